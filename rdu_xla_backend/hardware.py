@@ -1,0 +1,313 @@
+"""Chips as data: RDU sockets (SN10, SN30, SN40L) and GPU baselines (A100, H100).
+
+Adding a chip is adding an instance below, not code. Every public number carries its source in a
+comment (sources are listed in ``shared/research/hardware.md``):
+
+- [SN40L] Prabhakar et al., "SambaNova SN40L", MICRO 2024, arXiv 2405.07518 (Table II).
+- [HC24]  SN40L talk at Hot Chips 2024 (as reported by the tech press).
+- [SN10]  SN10 RDU, ISSCC 2022 and press.  [SN30] press.
+- [A100], [H100] NVIDIA SXM datasheets.
+
+Values the public record does not give (PCU lanes and stages, PMU banks, exact clock, inter-socket
+bandwidth, launch costs, GPU achievable fractions) live in ``ModelParameters`` /
+``GpuParameters``: named, with stated defaults, marked "not public: assumed/fitted", and listed by
+``assumptions(chip)``. A calibration suite may replace them (``dataclasses.replace``); nothing else
+in the backend may hide a constant of this kind.
+
+Units everywhere: bytes, seconds, bytes/s, FLOP/s, Hz.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+KB, MB, GB, TB = 1e3, 1e6, 1e9, 1e12
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class ModelParameters:
+    """RDU values that are not public. Every field: not public, assumed (to be fitted).
+
+    The defaults are chosen to be consistent with the public peak: with 32 lanes x 6 stages per PCU
+    doing one multiply-add per lane-stage per cycle, SN40L's 638 TFLOP/s over 1040 PCUs needs a
+    1.60 GHz clock, inside the public bound "< 2 GHz" [SN40L].
+    """
+
+    simd_lanes_per_pcu: int = 32  # not public: assumed (Plasticine had 16 lanes [PLAST])
+    stages_per_pcu: int = 6  # not public: assumed (Plasticine had 6 stages [PLAST])
+    banks_per_pmu: int = 32  # not public: assumed, one bank per lane
+    bank_word_bytes: int = 4  # not public: assumed, bytes a bank serves per cycle
+    # None: derived so that peak = 2 * PCUs * lanes * stages * clock (see ChipSpec.clock_hz).
+    clock_hz: float | None = None  # not public: assumed/derived ("< 2 GHz" for SN40L [SN40L])
+    inter_socket_bytes_per_s: float = 100 * GB  # not public: assumed, per socket, each way
+    launch_seconds_software: float = 10e-6  # not public: assumed/fitted, host-orchestrated gap
+    launch_seconds_hardware: float = 1e-6  # not public: assumed/fitted, AGCU-orchestrated gap
+    host_link_bytes_per_s: float = 32 * GB  # not public: assumed, PCIe 4 x16-class link
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and value <= 0:
+                raise ValueError(f"ModelParameters.{f.name} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ChipSpec:
+    """One RDU socket: public facts plus the assumed ``params``.
+
+    ``assumed`` names fields of this instance that are *not* public for this chip (with why),
+    e.g. SN30's PCU count; ``assumptions()`` reports them with the ``params`` fields.
+    """
+
+    name: str
+    peak_bf16_flops: float  # FLOP/s, dense BF16
+    pcus: int
+    pmus: int
+    sram_bytes: float  # total PMU scratchpad bytes
+    hbm_bytes: float  # 0: no HBM tier
+    hbm_bytes_per_s: float
+    ddr_bytes: float
+    ddr_bytes_per_s: float
+    pmu_addresses_per_cycle: int  # addresses a PMU address generator produces per cycle
+    params: ModelParameters = field(default_factory=ModelParameters)
+    assumed: tuple[tuple[str, str], ...] = ()  # (field name, reason) for non-public values
+
+    # --- the not-public values, reached through the chip for convenience ---
+    @property
+    def simd_lanes_per_pcu(self) -> int:
+        return self.params.simd_lanes_per_pcu
+
+    @property
+    def stages_per_pcu(self) -> int:
+        return self.params.stages_per_pcu
+
+    @property
+    def banks_per_pmu(self) -> int:
+        return self.params.banks_per_pmu
+
+    @property
+    def inter_socket_bytes_per_s(self) -> float:
+        return self.params.inter_socket_bytes_per_s
+
+    @property
+    def launch_seconds_software(self) -> float:
+        return self.params.launch_seconds_software
+
+    @property
+    def launch_seconds_hardware(self) -> float:
+        return self.params.launch_seconds_hardware
+
+    @property
+    def host_link_bytes_per_s(self) -> float:
+        return self.params.host_link_bytes_per_s
+
+    # --- derived quantities ---
+    @property
+    def clock_hz(self) -> float:
+        """Clock in Hz: ``params.clock_hz`` or, if None, peak / (2 * PCUs * lanes * stages)."""
+        if self.params.clock_hz is not None:
+            return self.params.clock_hz
+        return self.peak_bf16_flops / (2 * self.pcus * self.macs_per_pcu_per_cycle)
+
+    @property
+    def macs_per_pcu_per_cycle(self) -> int:
+        """Multiply-adds one PCU does per cycle in systolic mode: lanes x stages."""
+        return self.simd_lanes_per_pcu * self.stages_per_pcu
+
+    @property
+    def flops_per_pcu(self) -> float:
+        """Peak BF16 FLOP/s of one PCU (public peak / PCU count)."""
+        return self.peak_bf16_flops / self.pcus
+
+    @property
+    def flops_per_pcu_per_cycle(self) -> float:
+        return self.flops_per_pcu / self.clock_hz
+
+    @property
+    def sram_bytes_per_pmu(self) -> float:
+        """Scratchpad bytes of one PMU (total SRAM / PMU count)."""
+        return self.sram_bytes / self.pmus
+
+    @property
+    def pmu_bytes_per_s(self) -> float:
+        """Peak read bandwidth of one PMU: banks x bank word bytes x clock (bytes/s)."""
+        return self.banks_per_pmu * self.params.bank_word_bytes * self.clock_hz
+
+    @property
+    def sram_bytes_per_s(self) -> float:
+        """Aggregate on-chip SRAM read bandwidth over all PMUs (bytes/s)."""
+        return self.pmus * self.pmu_bytes_per_s
+
+
+@dataclass(frozen=True)
+class GpuParameters:
+    """GPU-baseline values that are not datasheet numbers: assumed, to be fitted."""
+
+    launch_sync_seconds: float = 5e-6  # not public: assumed; community measurements 3-7 us
+    achievable_compute_fraction: float = 0.7  # not public: assumed/fitted, large dense matmul
+    achievable_bandwidth_fraction: float = 0.8  # not public: assumed/fitted, streaming HBM
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value <= 0 or (f.name.endswith("fraction") and value > 1):
+                raise ValueError(f"GpuParameters.{f.name} out of range: {value!r}")
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One GPU of the kernel-by-kernel baseline."""
+
+    name: str
+    peak_bf16_flops: float  # FLOP/s, dense tensor core BF16
+    hbm_bytes: float
+    hbm_bytes_per_s: float
+    l2_bytes: float
+    nvlink_bytes_per_s: float
+    host_link_bytes_per_s: float
+    sector_bytes: int = 32  # CUDA C++ Best Practices Guide: global memory moves in 32-byte sectors
+    params: GpuParameters = field(default_factory=GpuParameters)
+    assumed: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def launch_sync_seconds(self) -> float:
+        return self.params.launch_sync_seconds
+
+    @property
+    def achievable_flops(self) -> float:
+        """FLOP/s a well-shaped dense kernel reaches: peak x achievable fraction (assumed)."""
+        return self.peak_bf16_flops * self.params.achievable_compute_fraction
+
+    @property
+    def achievable_hbm_bytes_per_s(self) -> float:
+        """HBM bytes/s a streaming kernel reaches: peak x achievable fraction (assumed)."""
+        return self.hbm_bytes_per_s * self.params.achievable_bandwidth_fraction
+
+
+# ----------------------------------------------------------------------------- RDU instances
+
+SN40L = ChipSpec(
+    name="SN40L",
+    peak_bf16_flops=638 * TB,  # [SN40L] Table II: 638 TFLOP/s BF16
+    pcus=1040,  # [SN40L] Table II
+    pmus=1040,  # [SN40L] Table II
+    sram_bytes=520 * MiB,  # [SN40L] Table II: 520 MiB (0.5 MiB per PMU, derived)
+    hbm_bytes=64 * GB,  # [SN40L] Table II: 64 GB
+    hbm_bytes_per_s=1.8 * TB,  # [SN40L] Table II: 1.8 TB/s (text: "about 2 TB/s")
+    ddr_bytes=1.5 * TB,  # [SN40L] Table II: 1.5 TB
+    ddr_bytes_per_s=200 * GB,  # [SN40L]: "over 200 GB/s" (lower bound taken)
+    pmu_addresses_per_cycle=4,  # [HC24]: PMU address generation, 4 addresses per cycle
+)
+
+SN10 = ChipSpec(
+    name="SN10",
+    peak_bf16_flops=320 * TB,  # [SN10] ISSCC 2022: "over 320 TFLOP/s" BF16 (lower bound taken)
+    pcus=640,  # [SN10] ISSCC 2022
+    pmus=640,  # [SN10] ISSCC 2022
+    sram_bytes=320 * MB,  # [SN10] ISSCC 2022: 320 MB on-chip SRAM
+    hbm_bytes=0.0,  # [SN10]: no HBM tier; DDR4 only
+    hbm_bytes_per_s=0.0,
+    ddr_bytes=1.5 * TB,  # [SN10] press: 1.5 TB DDR4 per socket
+    ddr_bytes_per_s=150 * GB,  # not public: assumed
+    pmu_addresses_per_cycle=4,  # not public for SN10: assumed equal to SN40L [HC24]
+    assumed=(
+        ("ddr_bytes_per_s", "SN10 DDR4 bandwidth not in our public sources"),
+        ("pmu_addresses_per_cycle", "published for SN40L only [HC24]"),
+    ),
+)
+
+SN30 = ChipSpec(
+    name="SN30",
+    peak_bf16_flops=688 * TB,  # [SN30] press: 688 TFLOP/s BF16
+    pcus=1280,  # not public: assumed 2 x SN10's 640 (two SN10-class dies, 8 tiles [SN30])
+    pmus=1280,  # not public: assumed 2 x SN10's 640
+    sram_bytes=640 * MB,  # [SN30] press: 640 MB on-chip SRAM
+    hbm_bytes=0.0,  # [SN30]: no HBM tier
+    hbm_bytes_per_s=0.0,
+    ddr_bytes=1 * TB,  # [SN30] press: "about 1 TB" DDR
+    ddr_bytes_per_s=300 * GB,  # not public: assumed (about 2 x SN10's assumed value)
+    pmu_addresses_per_cycle=4,  # not public for SN30: assumed equal to SN40L [HC24]
+    assumed=(
+        ("pcus", "SN30 PCU count not public; 2 x SN10 (two SN10-class dies)"),
+        ("pmus", "SN30 PMU count not public; 2 x SN10 (two SN10-class dies)"),
+        ("ddr_bytes_per_s", "SN30 DDR bandwidth not in our public sources"),
+        ("pmu_addresses_per_cycle", "published for SN40L only [HC24]"),
+    ),
+)
+
+# ----------------------------------------------------------------------------- GPU instances
+
+A100_40GB = GpuSpec(
+    name="A100_40GB",
+    peak_bf16_flops=312 * TB,  # [A100] datasheet: 312 TFLOP/s BF16 dense tensor
+    hbm_bytes=40 * GB,  # [A100] datasheet SXM4 40 GB
+    hbm_bytes_per_s=1.555 * TB,  # [A100] datasheet: 1,555 GB/s
+    l2_bytes=40 * MB,  # [A100] datasheet/whitepaper: 40 MB L2
+    nvlink_bytes_per_s=600 * GB,  # [A100] datasheet: NVLink 600 GB/s
+    host_link_bytes_per_s=32 * GB,  # [A100] datasheet: PCIe 4.0, 32 GB/s (as used in [SN40L])
+)
+
+A100_80GB = dataclasses.replace(
+    A100_40GB,
+    name="A100_80GB",
+    hbm_bytes=80 * GB,  # [A100] datasheet SXM4 80 GB
+    hbm_bytes_per_s=2.039 * TB,  # [A100] datasheet: 2,039 GB/s
+)
+
+H100 = GpuSpec(
+    name="H100",
+    peak_bf16_flops=989 * TB,  # [H100] datasheet SXM5: 989 TFLOP/s BF16 dense tensor
+    hbm_bytes=80 * GB,  # [H100] datasheet SXM5: 80 GB
+    hbm_bytes_per_s=3.35 * TB,  # [H100] datasheet SXM5: 3.35 TB/s
+    l2_bytes=50 * MB,  # [H100] whitepaper: 50 MB L2
+    nvlink_bytes_per_s=900 * GB,  # [H100] datasheet: NVLink 900 GB/s
+    host_link_bytes_per_s=64 * GB,  # [H100] datasheet: PCIe 5.0, 64 GB/s (as used in [SN40L])
+)
+
+# ----------------------------------------------------------------------------- registry
+
+CHIPS: dict[str, ChipSpec | GpuSpec] = {
+    c.name: c for c in (SN10, SN30, SN40L, A100_40GB, A100_80GB, H100)
+}
+# "a100" alone means the 80 GB part: the DGX A100 of the [SN40L] comparison.
+ALIASES: dict[str, str] = {"A100": "A100_80GB"}
+
+
+def get_chip(name: str) -> ChipSpec | GpuSpec:
+    """Look up a chip by name, case-insensitive ('-' and '_' alike), e.g. 'sn40l', 'a100-40gb'.
+
+    Raises:
+        ValueError: unknown name; the message lists the allowed names.
+    """
+    key = name.strip().upper().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key not in CHIPS:
+        allowed = ", ".join(sorted(CHIPS) + sorted(ALIASES))
+        raise ValueError(f"unknown chip {name!r}; allowed: {allowed}")
+    return CHIPS[key]
+
+
+def _fmt(value: float | None) -> str:
+    return "None" if value is None else f"{value:.4g}"
+
+
+def assumptions(chip: ChipSpec | GpuSpec) -> list[str]:
+    """Human-readable lines stating every non-public value the model uses for ``chip``.
+
+    Each line: '<chip>: <field> = <value> (assumed[: reason])'. Includes every field of the chip's
+    ``params`` and every chip field listed in ``chip.assumed``; for an RDU also the clock actually
+    used when it is derived from the peak.
+    """
+    lines = []
+    for f in dataclasses.fields(chip.params):
+        lines.append(f"{chip.name}: {f.name} = {_fmt(getattr(chip.params, f.name))} "
+                     "(not public: assumed/fitted)")
+    if isinstance(chip, ChipSpec) and chip.params.clock_hz is None:
+        lines.append(f"{chip.name}: clock_hz derived = {chip.clock_hz:.4g} Hz "
+                     "(peak / (2 x PCUs x lanes x stages); assumed lanes and stages)")
+    for name, reason in chip.assumed:
+        lines.append(f"{chip.name}: {name} = {_fmt(getattr(chip, name))} "
+                     f"(not public: assumed: {reason})")
+    return lines
