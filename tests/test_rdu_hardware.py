@@ -69,3 +69,17 @@ def test_invalid_parameters_rejected():
         hw.ModelParameters(banks_per_pmu=0)
     with pytest.raises(ValueError, match="fraction"):
         hw.GpuParameters(achievable_compute_fraction=1.5)
+
+
+def test_backend_never_imports_sparsetrain():
+    import ast
+    import pathlib
+
+    import rdu_xla_backend
+
+    root = pathlib.Path(rdu_xla_backend.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] == "sparsetrain" for n in names), path
