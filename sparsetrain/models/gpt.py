@@ -1,0 +1,216 @@
+"""GPT in Flax NNX: learned positions, pre-LayerNorm, GELU MLP, tied embeddings, causal attention.
+
+The decoder layers are stored stacked (every parameter has a leading layer axis) and run with
+`jax.lax.scan`, so one layer body is traced whatever the depth; `remat` wraps that body in
+`jax.checkpoint`. Any of the four linear kinds (qkv, attn_out, mlp_up, mlp_down) can be
+block-sparse: it then stores only its nonzero blocks (`values`) and their block-row indices
+(`row_indices`, a `BlockIndices` variable: integer, not trained, checkpointed) and multiplies with
+`block_sparse_matmul`. Embeddings and the tied output head stay dense.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sparsetrain.config import LINEAR_KINDS, Config, ModelShape, linear_shapes
+from sparsetrain.sparsity import BlockLayout, block_sparse_matmul, blocks_per_column, make_layout
+
+
+class BlockIndices(nnx.Variable):
+    """Block-row indices of a sparse linear's stored blocks: int32, not trained, checkpointed."""
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """One linear kind: (in, out) features, fraction of blocks stored, square block size."""
+
+    n_in: int
+    n_out: int
+    density: float = 1.0
+    block: int = 64
+
+    @property
+    def sparse(self) -> bool:
+        return self.density < 1.0
+
+
+@dataclass(frozen=True)
+class GPTSpec:
+    """Everything static about a GPT: shape, vocabulary, numerics and each linear's sparsity."""
+
+    shape: ModelShape
+    vocab_size: int
+    linears: tuple[tuple[str, LinearSpec], ...]
+    pattern: str = "dense"
+    pattern_seed: int = 0
+    dtype: str = "float32"
+    remat: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Config, vocab_size: int | None = None) -> "GPTSpec":
+        shape = cfg.shape()
+        linears = []
+        for kind, (n_in, n_out) in linear_shapes(shape).items():
+            density, block = cfg.sparsity.of(kind)
+            linears.append((kind, LinearSpec(n_in, n_out, density, block)))
+        return cls(shape=shape, vocab_size=vocab_size or cfg.data.vocab_size, linears=tuple(linears),
+                   pattern=cfg.sparsity.pattern, pattern_seed=cfg.sparsity.seed,
+                   dtype=cfg.model.dtype, remat=cfg.model.remat)
+
+    def linear(self, kind: str) -> LinearSpec:
+        return dict(self.linears)[kind]
+
+
+def make_layouts(spec: GPTSpec) -> dict[str, list[BlockLayout]]:
+    """The block layout of every sparse linear, one per layer (computed eagerly, outside jit)."""
+    layouts = {}
+    for i, (kind, lin) in enumerate(spec.linears):
+        if not lin.sparse:
+            continue
+        keys = jax.random.split(jax.random.key(spec.pattern_seed * 7919 + i), spec.shape.n_layers)
+        layouts[kind] = [
+            make_layout(spec.pattern, (lin.n_in, lin.n_out), (lin.block, lin.block), lin.density, key=k)
+            for k in keys
+        ]
+    return layouts
+
+
+class StackedLinear(nnx.Module):
+    """`n_layers` linears (n_in -> n_out) with bias, dense or block-sparse, stacked on axis 0.
+
+    Dense: `kernel` (L, n_in, n_out). Sparse: `values` (L, n_col_blocks, k, bk, bn) and
+    `row_indices` (L, n_col_blocks, k). Bias: (L, n_out), zeros at init.
+    """
+
+    def __init__(self, n_layers: int, lin: LinearSpec, std: float, layouts, *, rngs: nnx.Rngs):
+        self.spec = lin
+        key = rngs.params()
+        if lin.sparse:
+            idx = jnp.stack([jnp.asarray(l.row_indices, jnp.int32) for l in layouts])
+            n_col_blocks, k = idx.shape[1:]
+            # Keep the output variance of a dense init: each output sees density * n_in inputs.
+            scale = std / math.sqrt(lin.density)
+            self.values = nnx.Param(
+                scale * jax.random.normal(key, (n_layers, n_col_blocks, k, lin.block, lin.block)))
+            self.row_indices = BlockIndices(idx)
+        else:
+            self.kernel = nnx.Param(std * jax.random.normal(key, (n_layers, lin.n_in, lin.n_out)))
+        self.bias = nnx.Param(jnp.zeros((n_layers, lin.n_out)))
+
+
+def linear_apply(p: dict, lin: LinearSpec, x: jax.Array) -> jax.Array:
+    """Apply one layer's slice of a StackedLinear. x: (..., n_in) -> (..., n_out), x's dtype."""
+    if lin.sparse:
+        layout = BlockLayout(row_indices=p["row_indices"], shape=(lin.n_in, lin.n_out),
+                             block=(lin.block, lin.block))
+        y = block_sparse_matmul(x, p["values"].astype(x.dtype), layout)
+    else:
+        y = jnp.dot(x, p["kernel"].astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
+    return y + p["bias"].astype(x.dtype)
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """LayerNorm over the last axis, computed in float32, returned in x's dtype."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    return ((xf - mean) * jax.lax.rsqrt(var + eps) * scale + bias).astype(x.dtype)
+
+
+def decoder_layer(p: dict, x: jax.Array, spec: GPTSpec) -> jax.Array:
+    """One pre-LN decoder layer. p: this layer's parameters; x: (B, T, d) -> (B, T, d)."""
+    B, T, d = x.shape
+    n_heads = spec.shape.n_heads
+    h = layer_norm(x, p["ln1_scale"], p["ln1_bias"])
+    qkv = linear_apply(p["qkv"], spec.linear("qkv"), h)
+    q, k, v = jnp.split(qkv.reshape(B, T, 3, n_heads, d // n_heads), 3, axis=2)
+    att = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], is_causal=True)
+    x = x + linear_apply(p["attn_out"], spec.linear("attn_out"), att.reshape(B, T, d))
+    h = layer_norm(x, p["ln2_scale"], p["ln2_bias"])
+    h = jax.nn.gelu(linear_apply(p["mlp_up"], spec.linear("mlp_up"), h))
+    return x + linear_apply(p["mlp_down"], spec.linear("mlp_down"), h)
+
+
+class DecoderStack(nnx.Module):
+    """All decoder layers, parameters stacked on a leading layer axis, run with a scan."""
+
+    def __init__(self, spec: GPTSpec, layouts: dict[str, list[BlockLayout]], *, rngs: nnx.Rngs):
+        L, d = spec.shape.n_layers, spec.shape.d_model
+        std, resid_std = 0.02, 0.02 / math.sqrt(2 * L)  # GPT-2 init: scaled residual projections
+        for kind, lin in spec.linears:
+            s = resid_std if kind in ("attn_out", "mlp_down") else std
+            setattr(self, kind, StackedLinear(L, lin, s, layouts.get(kind), rngs=rngs))
+        self.ln1_scale = nnx.Param(jnp.ones((L, d)))
+        self.ln1_bias = nnx.Param(jnp.zeros((L, d)))
+        self.ln2_scale = nnx.Param(jnp.ones((L, d)))
+        self.ln2_bias = nnx.Param(jnp.zeros((L, d)))
+
+    def __call__(self, x: jax.Array, spec: GPTSpec) -> jax.Array:
+        stacked = nnx.state(self).to_pure_dict()
+        body = lambda x, p: (decoder_layer(p, x, spec), None)
+        if spec.remat:
+            body = jax.checkpoint(body)
+        x, _ = jax.lax.scan(body, x, stacked)
+        return x
+
+
+class GPT(nnx.Module):
+    """Decoder-only transformer. tokens int32 (B, T) -> logits float32 (B, T, vocab)."""
+
+    def __init__(self, spec: GPTSpec, layouts: dict[str, list[BlockLayout]] | None = None,
+                 *, rngs: nnx.Rngs):
+        if layouts is None:
+            layouts = make_layouts(spec)
+        self.spec = spec
+        d = spec.shape.d_model
+        self.wte = nnx.Param(0.02 * jax.random.normal(rngs.params(), (spec.vocab_size, d)))
+        self.wpe = nnx.Param(0.01 * jax.random.normal(rngs.params(), (spec.shape.context, d)))
+        self.layers = DecoderStack(spec, layouts, rngs=rngs)
+        self.ln_f_scale = nnx.Param(jnp.ones((d,)))
+        self.ln_f_bias = nnx.Param(jnp.zeros((d,)))
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        dtype = jnp.dtype(self.spec.dtype)
+        T = tokens.shape[-1]
+        x = (self.wte.value[tokens] + self.wpe.value[:T]).astype(dtype)
+        x = self.layers(x, self.spec)
+        x = layer_norm(x, self.ln_f_scale.value, self.ln_f_bias.value)
+        return jnp.dot(x, self.wte.value.astype(dtype).T, preferred_element_type=jnp.float32)
+
+
+def build_model(spec: GPTSpec, seed: int) -> GPT:
+    """A freshly initialised GPT (parameters from `seed`, sparsity pattern from the spec)."""
+    return GPT(spec, rngs=nnx.Rngs(params=seed))
+
+
+def placeholder_layouts(spec: GPTSpec) -> dict[str, list[BlockLayout]]:
+    """Layouts of the right shapes with all-zero indices: enough for shape-only tracing."""
+    layouts = {}
+    for kind, lin in spec.linears:
+        if lin.sparse:
+            rows, cols = lin.n_in // lin.block, lin.n_out // lin.block
+            idx = np.zeros((cols, blocks_per_column(rows, lin.density)), np.int32)
+            layout = BlockLayout(row_indices=idx, shape=(lin.n_in, lin.n_out), block=(lin.block, lin.block))
+            layouts[kind] = [layout] * spec.shape.n_layers
+    return layouts
+
+
+def abstract_model(spec: GPTSpec) -> GPT:
+    """A GPT whose parameters are ShapeDtypeStructs: no weights allocated (for 13B accounting).
+
+    The sparsity pattern is not drawn (indices are placeholders): only shapes are meaningful.
+    """
+    layouts = placeholder_layouts(spec)
+    return nnx.eval_shape(lambda: GPT(spec, layouts, rngs=nnx.Rngs(params=0)))
+
+
+def stored_layouts(model: GPT) -> dict[str, np.ndarray]:
+    """Current block-row indices of each sparse linear: kind -> int (L, n_col_blocks, k)."""
+    return {kind: np.asarray(getattr(model.layers, kind).row_indices.value)
+            for kind, lin in model.spec.linears if lin.sparse}

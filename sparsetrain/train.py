@@ -1,0 +1,219 @@
+"""The training loop: recipe -> data -> GPT -> AdamW steps -> eval -> checkpoints -> metrics.
+
+`train(cfg)` reads top to bottom: build the data, the model and the optimizer, restore the newest
+checkpoint when resuming, then run jitted steps, evaluating and checkpointing on the recipe's
+cadence. The train state is a plain pytree (dicts of arrays and the Optax state):
+
+    {"params": ..., "indices": ..., "opt_state": ..., "step": int32 (), "rng": uint32 key data}
+
+`indices` holds the block-row indices of the sparse linears: not trained, checkpointed, and the
+same shapes whatever blocks are stored, so changing them never recompiles the step.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from sparsetrain.checkpoint import Checkpointer
+from sparsetrain.config import Config, ConfigError, save_recipe
+from sparsetrain.data import BatchIterator, build_datasets, eval_batches
+from sparsetrain.models.accounting import model_counts
+from sparsetrain.models.gpt import GPT, BlockIndices, GPTSpec, build_model
+from sparsetrain.optim import make_optimizer
+from sparsetrain.tracking import Tracker, read_jsonl
+
+# ---------------------------------------------------------------------------------------------
+# Pure pieces: model application, loss, step
+# ---------------------------------------------------------------------------------------------
+class ModelFunctions:
+    """A GPT split into its static graph and its (params, indices) pytrees of plain arrays."""
+
+    def __init__(self, model: GPT):
+        self.spec: GPTSpec = model.spec
+        self.graphdef, self._params, self._indices = nnx.split(model, nnx.Param, BlockIndices)
+
+    def initial(self) -> tuple[dict, dict]:
+        """(params, indices) as nested dicts of arrays."""
+        return self._params.to_pure_dict(), self._indices.to_pure_dict()
+
+    def logits(self, params: dict, indices: dict, tokens: jax.Array) -> jax.Array:
+        """tokens int32 (B, T) -> logits float32 (B, T, vocab)."""
+        p = jax.tree.map(lambda x: x, self._params)
+        p.replace_by_pure_dict(params)
+        i = jax.tree.map(lambda x: x, self._indices)
+        i.replace_by_pure_dict(indices)
+        return nnx.merge(self.graphdef, p, i)(tokens)
+
+    def loss(self, params: dict, indices: dict, batch: dict) -> jax.Array:
+        """Mean next-token cross-entropy (nats) of a batch {tokens, targets: int32 (B, T)}."""
+        logits = self.logits(params, indices, batch["tokens"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+
+
+def init_state(fns: ModelFunctions, tx: optax.GradientTransformation, seed: int) -> dict:
+    params, indices = fns.initial()
+    return {"params": params, "indices": indices, "opt_state": tx.init(params),
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(seed))}
+
+
+def make_train_step(fns: ModelFunctions, tx: optax.GradientTransformation, schedule):
+    """A jitted `step(state, batch) -> (state, metrics)`; the state's buffers are donated."""
+
+    def step(state: dict, batch: dict):
+        loss, grads = jax.value_and_grad(fns.loss)(state["params"], state["indices"], batch)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0])
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
+        new = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": rng}
+        return new, metrics
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(fns: ModelFunctions):
+    return jax.jit(fns.loss)
+
+
+def evaluate(eval_step, state: dict, windows: np.ndarray, batch_size: int, max_batches: int) -> float:
+    """Mean validation loss (nats/token) over the first `max_batches` fixed val batches."""
+    losses = [float(eval_step(state["params"], state["indices"], b))
+              for b in eval_batches(windows, batch_size, max_batches)]
+    return float(np.mean(losses))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+def _check_resumable(cfg: Config, meta: dict) -> None:
+    """Refuse to resume a checkpoint of a different model or sparsity layout."""
+    saved = meta.get("recipe", {})
+    for section in ("model", "sparsity"):
+        if saved.get(section) != cfg.to_dict()[section]:
+            raise ConfigError(
+                f"{section}: the recipe's {section} section differs from the checkpoint's "
+                f"({saved.get(section)} vs {cfg.to_dict()[section]}); resume with the same "
+                f"{section} settings or choose another run.name")
+
+
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop rows logged after `last_step` (a crash after the checkpoint logged them once already)."""
+    if path.is_file():
+        rows = [r for r in read_jsonl(path) if r["step"] <= last_step]
+        import json
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
+          progress: bool | None = None) -> dict:
+    """Train a GPT from a validated recipe. Returns the run summary (also in OUT/summary.json).
+
+    Args:
+      cfg: the recipe (already validated by `load_recipe`).
+      resume: continue from the newest complete checkpoint in the run directory.
+      stop_after: stop (with a checkpoint) after this step, as if interrupted; the learning-rate
+        schedule still spans `run.steps`.
+      progress: show a progress bar (default: the recipe's `run.progress`).
+    """
+    out = cfg.out_dir
+    ckpt = Checkpointer(out / "checkpoints", cfg.run.keep_checkpoints)
+    if ckpt.latest_step() is not None and not resume:
+        raise ConfigError(f"run.name: {cfg.run.name!r} already has checkpoints in {out}; pass "
+                          "--resume to continue it, or choose another run.name (nothing was changed)")
+    out.mkdir(parents=True, exist_ok=True)
+    save_recipe(cfg, out / "recipe.yaml")
+
+    data = build_datasets(cfg.data, out)
+    spec = GPTSpec.from_config(cfg, data.vocab_size)
+    model = build_model(spec, cfg.run.seed)
+    counts = model_counts(model, cfg.data.seq_len)
+    fns = ModelFunctions(model)
+    tx, schedule = make_optimizer(cfg.optimizer, cfg.run.steps)
+    state = init_state(fns, tx, cfg.run.seed)
+    batches = BatchIterator(data.train, cfg.data.batch_size, cfg.data.seed)
+    start, wall_before, best_val = 0, 0.0, math.inf
+
+    if resume and ckpt.latest_step() is not None:
+        meta = ckpt.read_meta()
+        _check_resumable(cfg, meta)
+        state, meta = ckpt.restore(None, state)
+        batches.set_state(meta["data_state"])
+        start, wall_before = int(meta["step"]), float(meta.get("wall_time_s", 0.0))
+        best_val = float(meta.get("best_val_loss", math.inf))
+        _truncate_jsonl(out / "metrics.jsonl", start)
+
+    tracker = Tracker(out, cfg.run.wandb, cfg.run.wandb_project, cfg.run.name, cfg.to_dict(),
+                      resume=resume)
+    train_step, eval_step = make_train_step(fns, tx, schedule), make_eval_step(fns)
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    end = cfg.run.steps if stop_after is None else min(stop_after, cfg.run.steps)
+    show = cfg.run.progress if progress is None else progress
+
+    step_times: list[float] = []
+    val_loss = math.nan
+    t_run = time.perf_counter()
+    bar = tqdm(range(start, end), initial=start, total=end, desc=cfg.run.name, disable=not show,
+               dynamic_ncols=True)
+    for step in bar:
+        batch = batches.next()
+        t0 = time.perf_counter()
+        state, metrics = train_step(state, batch)
+        metrics = jax.device_get(metrics)
+        step_times.append(time.perf_counter() - t0)
+        done = step + 1
+        row = {k: float(v) for k, v in metrics.items()}
+        if done % cfg.run.log_every == 0 or done == end:
+            recent = step_times[1:][-cfg.run.log_every:] or step_times[-1:]
+            tps = tokens_per_step / statistics.median(recent)
+            row.update(tokens_per_s=tps, tokens=done * tokens_per_step,
+                       tflops_dense=tps * counts.train_flops_per_token_dense / 1e12,
+                       tflops_effective=tps * counts.train_flops_per_token_effective / 1e12)
+        if done % cfg.run.eval_every == 0 or done % cfg.run.checkpoint_every == 0 or done == end:
+            val_loss = evaluate(eval_step, state, data.val, cfg.data.batch_size, cfg.run.eval_batches)
+            best_val = min(best_val, val_loss)
+            row.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)))
+        if not math.isfinite(row["loss"]):
+            tracker.log(row, done)
+            tracker.finish()
+            raise FloatingPointError(f"loss is {row['loss']} at step {done}; stopping. The last "
+                                     f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}")
+        tracker.log(row, done)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{val_loss:.3f}")
+        if done % cfg.run.checkpoint_every == 0 or done == end:
+            meta = {"step": done, "data_state": batches.state(), "recipe": cfg.to_dict(),
+                    "vocab_size": data.vocab_size, "fingerprint": data.fingerprint,
+                    "val_loss": val_loss, "best_val_loss": best_val,
+                    "wall_time_s": wall_before + time.perf_counter() - t_run}
+            ckpt.save(done, state, meta, val_loss)
+    bar.close()
+
+    steady = step_times[2:] or step_times
+    step_time = statistics.median(steady) if steady else math.nan
+    summary = {
+        "run": cfg.run.name, "steps": end, "final_loss": row["loss"] if step_times else math.nan,
+        "final_val_loss": val_loss, "best_val_loss": best_val,
+        "step_time_s": step_time, "tokens_per_s": tokens_per_step / step_time,
+        "tokens": end * tokens_per_step,
+        "params_dense": counts.params_dense, "params_stored": counts.params_stored,
+        "train_flops_effective": counts.train_flops_per_token_effective * end * tokens_per_step,
+        "train_flops_dense": counts.train_flops_per_token_dense * end * tokens_per_step,
+        "wall_time_s": wall_before + time.perf_counter() - t_run,
+        "vocab_size": data.vocab_size, "fingerprint": data.fingerprint,
+        "train_bytes": data.train_bytes, "val_bytes": data.val_bytes,
+    }
+    tracker.summary(summary)
+    tracker.finish()
+    ckpt.close()
+    return summary
