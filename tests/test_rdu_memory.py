@@ -108,3 +108,28 @@ def test_placement_spills_and_reports_overflow():
     assert p.bytes_per_tier["sram"] <= c.sram_bytes
     p2 = mem.place({"a": 10.0, "b": 10.0}, c, capacity={"sram": 15.0})
     assert p2.tier_of == {"a": "sram", "b": "hbm"}
+
+
+def test_gather_input_errors():
+    with pytest.raises(ValueError, match="tokens"):
+        mem.block_gather_cost(np.zeros((2, 1), int), (4, 4), 16, 0, PMU4)
+    with pytest.raises(ValueError, match="row_stride"):
+        mem.element_gather_cost(np.array([[0, 9]]), 16, 2, PMU4, row_stride=8)
+    with pytest.raises(ValueError, match="row_indices"):
+        mem.block_gather_cost(np.array([[4]]), (4, 4), 16, 2, PMU4)
+    # Three scattered features per token, by hand: banks 0, 1, 1 -> 2 cycles, 1 conflict.
+    c = mem.element_gather_cost(np.array([[0, 5, 9]]), 16, 3, PMU4)
+    assert (c.cycles, c.conflicts, c.groups, c.elements) == (6, 3, 3, 9)
+
+
+def test_gpu_sector_bytes():
+    # BF16, 32-byte sectors = 16 elements. A 64-wide block row: 4 full sectors, nothing wasted.
+    rows = np.array([[0, 2]])
+    feats = mem.block_feature_lists(rows, 64, 256)
+    assert mem.sector_bytes_moved(feats, 256, 3, 2) == 3 * 2 * 64 * 2
+    # Scattered elements: one sector each (32 bytes for 2 useful bytes); shared sector once.
+    assert mem.sector_bytes_moved(np.array([[0, 100, 200, 201]]), 256, 5, 2) == 5 * 3 * 32
+    # Odd row length: token rows straddle sectors; compare with a direct count.
+    f = np.array([[0, 7, 8]])
+    direct = sum(len({((t * 9 + x) * 2) // 32 for x in (0, 7, 8)}) for t in range(40)) * 32
+    assert mem.sector_bytes_moved(f, 9, 40, 2) == direct

@@ -196,6 +196,9 @@ def _cost_over_tokens(features: np.ndarray, tokens: int, row_stride: int,
     bank period, so only p = period / gcd(row_stride, period) tokens are simulated; the total is
     exact for any ``tokens``.
     """
+    if tokens < 1 or (features.size and row_stride <= features.max()):
+        raise ValueError(f"need tokens >= 1 and row_stride > every feature index "
+                         f"(got tokens={tokens}, row_stride={row_stride})")
     vectors = _vectors(features, pmu.lanes)
     p = min(tokens, pmu.period // math.gcd(row_stride, pmu.period))
     addr = _token_addresses(vectors, p, row_stride)  # (p, groups_per_token, lanes)
@@ -231,12 +234,16 @@ def block_gather_cost(row_indices: np.ndarray, block: tuple[int, int], in_featur
     Returns:
         GatherCost totals in cycles and counts.
     """
-    bk, _ = block
+    features = block_feature_lists(row_indices, block[0], in_features)
+    return _cost_over_tokens(features, tokens, row_stride or in_features, pmu)
+
+
+def block_feature_lists(row_indices: np.ndarray, bk: int, in_features: int) -> np.ndarray:
+    """Input features each output column block reads: (n_col_blocks, k) -> (n_col_blocks, k*bk)."""
     r = np.asarray(row_indices, np.int64)
     if r.ndim != 2 or r.size and (r.min() < 0 or (r.max() + 1) * bk > in_features):
         raise ValueError(f"row_indices must be (n_col_blocks, k) in [0, {in_features // bk})")
-    features = (r[:, :, None] * bk + np.arange(bk)).reshape(r.shape[0], -1)
-    return _cost_over_tokens(features, tokens, row_stride or in_features, pmu)
+    return (r[:, :, None] * bk + np.arange(bk)).reshape(r.shape[0], -1)
 
 
 def element_gather_cost(feature_indices: np.ndarray, in_features: int, tokens: int,
@@ -257,6 +264,36 @@ def element_gather_cost(feature_indices: np.ndarray, in_features: int, tokens: i
     if f.ndim != 2 or f.size and (f.min() < 0 or f.max() >= in_features):
         raise ValueError(f"feature_indices must be (n_out, nnz) in [0, {in_features})")
     return _cost_over_tokens(f, tokens, row_stride or in_features, pmu)
+
+
+def sector_bytes_moved(features: np.ndarray, in_features: int, tokens: int, element_bytes: int,
+                       sector_bytes: int = 32) -> int:
+    """Bytes a GPU moves from HBM for the same gather: whole sectors, each counted once per list.
+
+    X (tokens, in_features) row-major in HBM; list i reads X[t, features[i]] for every token t and
+    pays every distinct ``sector_bytes`` sector those elements touch (the GPU baseline's price of
+    an irregular gather; block rows of >= sector_bytes waste nothing).
+
+    Args:
+        features: (n_lists, length) int feature indices (e.g. ``block_feature_lists`` or an
+            element-wise (n_out, nnz) index array).
+        in_features, tokens: shape of X.
+        element_bytes: bytes per element (2 for BF16).
+        sector_bytes: memory sector size (``GpuSpec.sector_bytes``).
+    Returns:
+        bytes moved (int).
+    """
+    f = np.asarray(features, np.int64)
+    row = in_features * element_bytes
+    p = min(tokens, sector_bytes // math.gcd(row, sector_bytes))  # sector pattern period
+    byte = (np.arange(p)[:, None, None] * row + f[None] * element_bytes)  # (p, n_lists, length)
+    first = byte // sector_bytes
+    last = (byte + element_bytes - 1) // sector_bytes
+    sectors = np.sort(np.concatenate([first, last], axis=-1), axis=-1)
+    distinct = (np.diff(sectors, axis=-1) != 0).sum(axis=-1) + (sectors.shape[-1] > 0)
+    per_token = distinct.sum(axis=1)  # (p,)
+    reps, rest = divmod(tokens, p)
+    return int((reps * per_token.sum() + per_token[:rest].sum()) * sector_bytes)
 
 
 # ----------------------------------------------------------------------------- memory tiers
