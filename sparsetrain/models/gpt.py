@@ -178,15 +178,21 @@ class GPT(nnx.Module):
     def __call__(self, tokens: jax.Array) -> jax.Array:
         dtype = jnp.dtype(self.spec.dtype)
         T = tokens.shape[-1]
-        x = (self.wte.value[tokens] + self.wpe.value[:T]).astype(dtype)
+        x = (self.wte[...][tokens] + self.wpe[...][:T]).astype(dtype)
         x = self.layers(x, self.spec)
-        x = layer_norm(x, self.ln_f_scale.value, self.ln_f_bias.value)
-        return jnp.dot(x, self.wte.value.astype(dtype).T, preferred_element_type=jnp.float32)
+        x = layer_norm(x, self.ln_f_scale[...], self.ln_f_bias[...])
+        return jnp.dot(x, self.wte[...].astype(dtype).T, preferred_element_type=jnp.float32)
 
 
 def build_model(spec: GPTSpec, seed: int) -> GPT:
-    """A freshly initialised GPT (parameters from `seed`, sparsity pattern from the spec)."""
-    return GPT(spec, rngs=nnx.Rngs(params=seed))
+    """A freshly initialised GPT (parameters from `seed`, sparsity pattern from the spec).
+
+    Initialisation runs as one jitted program: compiling each parameter's random draw on its
+    own costs a compile per shape.
+    """
+    layouts = make_layouts(spec)
+    key = jax.random.key(seed, impl="rbg")  # compiles much faster than threefry on XLA:CPU
+    return nnx.jit(lambda: GPT(spec, layouts, rngs=nnx.Rngs(params=key)))()
 
 
 def placeholder_layouts(spec: GPTSpec) -> dict[str, list[BlockLayout]]:
@@ -212,5 +218,5 @@ def abstract_model(spec: GPTSpec) -> GPT:
 
 def stored_layouts(model: GPT) -> dict[str, np.ndarray]:
     """Current block-row indices of each sparse linear: kind -> int (L, n_col_blocks, k)."""
-    return {kind: np.asarray(getattr(model.layers, kind).row_indices.value)
+    return {kind: np.asarray(getattr(model.layers, kind).row_indices[...])
             for kind, lin in model.spec.linears if lin.sparse}

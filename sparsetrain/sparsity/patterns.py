@@ -6,6 +6,8 @@ value is `layout.density`. Pick a pattern by name with `make_layout`.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +29,16 @@ def random_balanced(key, shape, block, density) -> BlockLayout:
     """
     nr, nc = _grid(shape, block)
     k = blocks_per_column(nr, density)
+    rows = _random_balanced_rows(key, nr, nc, k)
+    return BlockLayout(rows, tuple(shape), tuple(block))
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3))
+def _random_balanced_rows(key, nr: int, nc: int, k: int) -> jax.Array:
+    """int32 (nc, k): per column, the k least-used rows so far (ties at random), sorted.
+
+    Jitted once per grid shape: an un-jitted scan would be re-traced on every call.
+    """
 
     def pick(counts, col_key):
         score = counts + jax.random.uniform(col_key, (nr,))
@@ -34,7 +46,7 @@ def random_balanced(key, shape, block, density) -> BlockLayout:
         return counts.at[rows].add(1.0), jnp.sort(rows)
 
     _, rows = jax.lax.scan(pick, jnp.zeros((nr,)), jax.random.split(key, nc))
-    return BlockLayout(rows.astype(jnp.int32), tuple(shape), tuple(block))
+    return rows.astype(jnp.int32)
 
 
 def magnitude(weight, block, density) -> BlockLayout:
