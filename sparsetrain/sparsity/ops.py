@@ -17,6 +17,12 @@ from jax import lax
 from sparsetrain.sparsity.layout import BlockLayout
 
 ALLOWED_DTYPES = (jnp.float32, jnp.bfloat16)
+# Column loops are unrolled up to this many columns (beyond it, in groups of it). Unrolled,
+# XLA:CPU runs independent column dots concurrently on its threads (a rolled while loop runs
+# them one at a time on one core) and its cost analysis counts every column. The price is
+# compile time, which grows with the unroll.
+MAX_UNROLL = 64
+MAX_SLAB_UNROLL = 4
 
 
 def matmul_flops(tokens: int, layout: BlockLayout) -> int:
@@ -59,7 +65,7 @@ def _forward(x2, values, rows):
         yj = jnp.dot(_gather(xb, rows[j]), w[j], preferred_element_type=jnp.float32)
         return lax.dynamic_update_slice_in_dim(y, yj.astype(y.dtype), j * bn, axis=1)
 
-    return lax.fori_loop(0, nc, column, jnp.zeros((t, nc * bn), x2.dtype))
+    return lax.fori_loop(0, nc, column, jnp.zeros((t, nc * bn), x2.dtype), unroll=min(nc, MAX_UNROLL))
 
 
 def _backward(x2, values, rows, dy):
@@ -72,13 +78,16 @@ def _backward(x2, values, rows, dy):
         dyj = lax.dynamic_slice_in_dim(dy, j * bn, bn, axis=1)
         dw = jnp.dot(_gather(xb, rows[j]).T, dyj, preferred_element_type=jnp.float32)
         contrib = jnp.dot(dyj, w[j].T, preferred_element_type=jnp.float32)
-        for i in range(k):  # add each bk-wide slab into the input block it came from
+        def add_slab(i, dx):  # add each bk-wide slab into the input block it came from
             start = rows[j, i] * bk
             old = lax.dynamic_slice_in_dim(dx, start, bk, axis=1)
-            dx = lax.dynamic_update_slice_in_dim(dx, old + contrib[:, i * bk:(i + 1) * bk], start, axis=1)
+            new = lax.dynamic_slice_in_dim(contrib, i * bk, bk, axis=1)
+            return lax.dynamic_update_slice_in_dim(dx, old + new, start, axis=1)
+
+        dx = lax.fori_loop(0, k, add_slab, dx, unroll=min(k, MAX_SLAB_UNROLL))
         return dx, dw.astype(values.dtype)
 
-    dx, dw = lax.scan(column, jnp.zeros((t, n_in), jnp.float32), jnp.arange(nc))
+    dx, dw = lax.scan(column, jnp.zeros((t, n_in), jnp.float32), jnp.arange(nc), unroll=min(nc, MAX_UNROLL))
     return dx.astype(x2.dtype), dw.reshape(values.shape)
 
 
