@@ -38,6 +38,7 @@ def tiny_recipe(tmp_path: Path, corpus: Path, sparse: bool = True, **sections) -
     }
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
