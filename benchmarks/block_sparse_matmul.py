@@ -1,0 +1,242 @@
+"""Block-sparse matmul vs dense jnp.dot on this machine: forward and forward+backward.
+
+    python benchmarks/block_sparse_matmul.py                 # full grid (~15-25 min on 2 cores)
+    python benchmarks/block_sparse_matmul.py --quick         # one shape, block 64, 2 densities
+    python benchmarks/block_sparse_matmul.py --allocator tuned   # glibc malloc tunables (see below)
+
+Prints a markdown table and writes JSON (default benchmarks/results/block_sparse_matmul.json).
+Every time is the median of --reps runs after one warm-up, with block_until_ready; speedups are
+dense time / sparse time, dense measured in the same process. Peers (same run): jax.experimental
+.sparse BCOO (element-sparse, block 64 only) and torch BSR (when torch is installed).
+
+Allocator: XLA:CPU allocates its big buffers with malloc; glibc hands those out with mmap and
+returns them on free, so every call page-faults its outputs again. `--allocator tuned` re-runs the
+process with GLIBC_TUNABLES that keep freed memory in the heap (mmap_max=0, a huge
+trim_threshold); `--allocator tcmalloc` preloads libtcmalloc_minimal if `ldconfig -p` finds it.
+The setting that ran is printed and stored in the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+TUNED_GLIBC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456"
+SHAPES = [(8192, 768, 3072), (4096, 2048, 8192)]  # tokens x in x out
+BLOCKS = [32, 64, 128]
+DENSITIES = [1 / 2, 1 / 4, 1 / 8, 1 / 16]
+
+
+def _find_tcmalloc():
+    try:
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
+    except OSError:
+        return None
+    for line in out.splitlines():
+        if "libtcmalloc_minimal.so" in line and "=>" in line:
+            return line.split("=>")[1].strip()
+    return None
+
+
+def _reexec_with_allocator(choice: str) -> None:
+    """Restart this script with the allocator environment, once (before jax is imported)."""
+    if os.environ.get("_BSMM_ALLOCATOR_SET") or choice == "default":
+        return
+    env = dict(os.environ, _BSMM_ALLOCATOR_SET="1")
+    if choice == "tuned":
+        env["GLIBC_TUNABLES"] = TUNED_GLIBC
+    elif choice == "tcmalloc":
+        lib = _find_tcmalloc()
+        if lib is None:
+            sys.exit("--allocator tcmalloc: libtcmalloc_minimal not found by `ldconfig -p`")
+        env["LD_PRELOAD"] = lib
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def allocator_setting() -> str:
+    parts = []
+    if os.environ.get("LD_PRELOAD"):
+        parts.append(f"LD_PRELOAD={os.environ['LD_PRELOAD']}")
+    if os.environ.get("GLIBC_TUNABLES"):
+        parts.append(f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}")
+    return " ".join(parts) or "glibc malloc, default settings"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="first shape, block 64, densities 1/2 and 1/8")
+    ap.add_argument("--out", default="benchmarks/results/block_sparse_matmul.json", help="JSON output path")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per case (median)")
+    ap.add_argument("--allocator", choices=["default", "tuned", "tcmalloc"], default="default")
+    ap.add_argument("--no-peers", action="store_true", help="skip jax.experimental.sparse and torch")
+    args = ap.parse_args(argv)
+    _reexec_with_allocator(args.allocator)
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from sparsetrain.sparsity import block_sparse_matmul, dense_to_values, random_balanced
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+
+    def timed(fn, *a):
+        jax.block_until_ready(fn(*a))  # compile + warm-up
+        times = []
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            jax.block_until_ready(fn(*a))
+            times.append(time.perf_counter() - t)
+        return float(np.median(times))
+
+    def fwd_bwd(matmul):
+        def f(x, w, dy):
+            y, vjp = jax.vjp(matmul, x, w)
+            return (y, *vjp(dy))
+
+        return jax.jit(f)
+
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    blocks = [64] if args.quick else BLOCKS
+    densities = [1 / 2, 1 / 8] if args.quick else DENSITIES
+    setting = allocator_setting()
+    print(f"# block_sparse_matmul benchmark: jax {jax.__version__}, {os.cpu_count()} CPUs, "
+          f"{platform.processor() or platform.machine()}; allocator: {setting}", flush=True)
+
+    rows = []
+    for tokens, n_in, n_out in shapes:
+        key = jax.random.PRNGKey(0)
+        kx, kw, kd = jax.random.split(key, 3)
+        x = jax.random.normal(kx, (tokens, n_in), jnp.float32)
+        w = jax.random.normal(kw, (n_in, n_out), jnp.float32)
+        dy = jax.random.normal(kd, (tokens, n_out), jnp.float32)
+        dense_f = timed(jax.jit(jnp.dot), x, w)
+        dense_fb = timed(fwd_bwd(jnp.dot), x, w, dy)
+        shape_s = f"{tokens}x{n_in}x{n_out}"
+        print(f"dense {shape_s}: fwd {dense_f * 1e3:.1f} ms, fwd+bwd {dense_fb * 1e3:.1f} ms", flush=True)
+        for block in blocks:
+            for density in densities:
+                layout = random_balanced(key, (n_in, n_out), (block, block), density)
+                values = dense_to_values(w, layout)
+                mm = lambda x, v, layout=layout: block_sparse_matmul(x, v, layout)  # noqa: E731
+                t0 = time.perf_counter()
+                f = timed(jax.jit(mm), x, values)
+                fb = timed(fwd_bwd(mm), x, values, dy)
+                row = dict(impl="sparsetrain", shape=shape_s, block=block, density=density,
+                           actual_density=layout.density, fwd_ms=f * 1e3, fwd_bwd_ms=fb * 1e3,
+                           dense_fwd_ms=dense_f * 1e3, dense_fwd_bwd_ms=dense_fb * 1e3,
+                           fwd_speedup=dense_f / f, fwd_bwd_speedup=dense_fb / fb)
+                rows.append(row)
+                print(f"  {shape_s} b{block} d=1/{round(1 / density)} (actual {layout.density:.3f}): "
+                      f"fwd x{row['fwd_speedup']:.2f} fwd+bwd x{row['fwd_bwd_speedup']:.2f} "
+                      f"[{time.perf_counter() - t0:.0f}s]", flush=True)
+                if args.no_peers or block != 64:
+                    continue
+                rows += _peers(args, jax, jnp, np, torch, timed, fwd_bwd, x, w, dy, layout, row)
+    _report(rows, setting, args.out, jax)
+    return 0
+
+
+def _peers(args, jax, jnp, np, torch, timed, fwd_bwd, x, w, dy, layout, ours):
+    """jax.experimental.sparse BCOO and torch BSR on the same masked weight."""
+    from jax.experimental import sparse as jsparse
+
+    from sparsetrain.sparsity import layout_to_mask
+
+    out = []
+    base = {k: ours[k] for k in ("shape", "block", "density", "actual_density", "dense_fwd_ms", "dense_fwd_bwd_ms")}
+    mask = np.kron(np.asarray(layout_to_mask(layout)), np.ones(layout.block, bool))
+    wm = jnp.where(mask, w, 0)
+    wsp = jsparse.BCOO.fromdense(wm, nse=int(mask.sum()))
+
+    def bcoo_mm(x, data):
+        return x @ jsparse.BCOO((data, wsp.indices), shape=wsp.shape)
+
+    try:
+        f = timed(jax.jit(bcoo_mm), x, wsp.data)
+        fb = timed(fwd_bwd(bcoo_mm), x, wsp.data, dy)
+        out.append(dict(base, impl="jax.experimental.sparse BCOO", fwd_ms=f * 1e3, fwd_bwd_ms=fb * 1e3,
+                        fwd_speedup=base["dense_fwd_ms"] / (f * 1e3), fwd_bwd_speedup=base["dense_fwd_bwd_ms"] / (fb * 1e3)))
+    except Exception as err:  # noqa: BLE001 - a peer failing must not stop the benchmark
+        msg = repr(err)[:160]
+        print(f"  BCOO peer failed: {msg}")
+        out.append(dict(base, impl="jax.experimental.sparse BCOO", fwd_ms=None, fwd_bwd_ms=None,
+                        fwd_speedup=None, fwd_bwd_speedup=None, error=msg))
+    if torch is not None:
+        try:
+            out.append(dict(base, impl=f"torch {torch.__version__} BSR", **_torch_times(args, torch, np, x, wm, dy, layout, base)))
+        except Exception as err:  # noqa: BLE001
+            print(f"  torch peer failed: {err!r}")
+    for r in out:
+        if r.get("fwd_speedup"):
+            print(f"    peer {r['impl']}: fwd x{r['fwd_speedup']:.2f} fwd+bwd "
+                  f"{'x%.2f' % r['fwd_bwd_speedup'] if r.get('fwd_bwd_speedup') else 'n/a'}", flush=True)
+    return out
+
+
+def _torch_times(args, torch, np, x, wm, dy, layout, base):
+    """y.T = W.T (BSR) @ x.T; forward+backward gives grads of x and of the stored blocks."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    xt = torch.from_numpy(np.asarray(x)).T.contiguous()
+    dyt = torch.from_numpy(np.asarray(dy)).T.contiguous()
+    wt = torch.from_numpy(np.asarray(wm)).T.contiguous().to_sparse_bsr(layout.block[::-1])
+
+    def run(backward):
+        if not backward:
+            with torch.no_grad():
+                return torch.mm(wt, xt)
+        a = wt.detach().requires_grad_(True)
+        b = xt.detach().requires_grad_(True)
+        torch.mm(a, b).backward(dyt)
+        return b.grad
+
+    def t(backward):
+        run(backward)
+        times = []
+        for _ in range(args.reps):
+            s = time.perf_counter()
+            run(backward)
+            times.append(time.perf_counter() - s)
+        return float(np.median(times)) * 1e3
+
+    res = dict(fwd_ms=t(False))
+    res["fwd_speedup"] = base["dense_fwd_ms"] / res["fwd_ms"]
+    try:
+        res["fwd_bwd_ms"] = t(True)
+        res["fwd_bwd_speedup"] = base["dense_fwd_bwd_ms"] / res["fwd_bwd_ms"]
+    except Exception as err:  # noqa: BLE001 - BSR backward is not supported by every torch build
+        res["fwd_bwd_ms"] = res["fwd_bwd_speedup"] = None
+        res["fwd_bwd_error"] = repr(err)[:200]
+    return res
+
+
+def _report(rows, setting, out_path, jax):
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.2f}x"
+
+    print(f"\nAllocator: {setting}\n")
+    print("| impl | shape (T x in x out) | block | density (actual) | fwd ms | fwd speedup | fwd+bwd ms | fwd+bwd speedup |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        f = "n/a" if r.get("fwd_ms") is None else f"{r['fwd_ms']:.1f}"
+        fb = "n/a" if r.get("fwd_bwd_ms") is None else f"{r['fwd_bwd_ms']:.1f}"
+        note = f" ({r['error'][:40]})" if r.get("error") else ""
+        print(f"| {r['impl']}{note} | {r['shape']} | {r['block']} | 1/{round(1 / r['density'])} ({r['actual_density']:.3f}) "
+              f"| {f} | {fmt(r.get('fwd_speedup'))} | {fb} | {fmt(r.get('fwd_bwd_speedup'))} |")
+    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
+    with open(out_path, "w") as f:
+        json.dump(dict(allocator=setting, jax=jax.__version__, cpus=os.cpu_count(),
+                       machine=platform.machine(), rows=rows), f, indent=1)
+    print(f"\nwrote {out_path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
