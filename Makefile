@@ -19,7 +19,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/dense_vs_sparse.py
 
 test: $(STAMP)
 	XLA_FLAGS="$${XLA_FLAGS:-}" $(BIN)/python -m pytest -q tests

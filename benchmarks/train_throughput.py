@@ -1,0 +1,179 @@
+"""Training throughput: dense vs block-sparse GPT (and PyTorch dense when installed), one run.
+
+    python benchmarks/train_throughput.py            # tiny and small-30m, density 1/8
+    python benchmarks/train_throughput.py --quick    # tiny only, fewer steps
+
+Times the real jitted train step (forward, backward, AdamW) on random tokens after a warmup,
+median of several steps, and prints tokens/s per configuration with the sparse/dense ratio of
+the same model measured in the same process. Writes JSON (default
+benchmarks/results/train_throughput.json). Target on 2 CPU cores: sparse >= 2x dense tokens/s
+on small-30m. With torch installed, a nanoGPT-style dense PyTorch model of the same shape is
+timed too (JAX dense should reach >= 1.0x of it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from sparsetrain.config import Config, from_dict, validate
+from sparsetrain.models.accounting import model_counts
+from sparsetrain.models.gpt import GPTSpec, build_model
+from sparsetrain.optim import make_optimizer
+from sparsetrain.train import ModelFunctions, init_state, make_train_step
+
+CASES = {  # name -> (preset, batch, seq_len, block)
+    "tiny": ("tiny", 16, 128, 32),
+    "small-30m": ("small-30m", 8, 256, 64),
+}
+VOCAB = 2048
+
+
+def recipe(preset: str, batch: int, seq_len: int, block: int, density: float) -> Config:
+    raw = {"model": {"preset": preset},
+           "sparsity": ({"pattern": "random_balanced", "density": density, "block": block}
+                        if density < 1 else {"pattern": "dense"}),
+           "data": {"vocab_size": VOCAB, "seq_len": seq_len, "batch_size": batch}}
+    cfg = from_dict(Config, raw)
+    validate(cfg, check_data=False)
+    return cfg
+
+
+def time_jax(cfg: Config, steps: int) -> dict:
+    spec = GPTSpec.from_config(cfg, VOCAB)
+    model = build_model(spec, 0)
+    counts = model_counts(model, cfg.data.seq_len)
+    fns = ModelFunctions(model)
+    tx, schedule = make_optimizer(cfg.optimizer, 1000)
+    state = init_state(fns, tx, 0)
+    step = make_train_step(fns, tx, schedule)
+    rng = np.random.default_rng(0)
+    shape = (cfg.data.batch_size, cfg.data.seq_len)
+    batch = {"tokens": rng.integers(0, VOCAB, shape, dtype=np.int32),
+             "targets": rng.integers(0, VOCAB, shape, dtype=np.int32)}
+    for _ in range(2):  # compile + one warm step
+        state, m = step(state, batch)
+        jax.block_until_ready(m)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, m = step(state, batch)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    t = statistics.median(times)
+    tokens = shape[0] * shape[1]
+    return {"step_s": t, "tokens_per_s": tokens / t, "params_stored": counts.params_stored,
+            "params_dense": counts.params_dense,
+            "tflops_effective": counts.train_flops_per_token_effective * tokens / t / 1e12}
+
+
+def time_torch(cfg: Config, steps: int) -> dict | None:
+    """nanoGPT-style dense GPT of the same shape in PyTorch (CPU, float32), AdamW step."""
+    try:
+        import torch
+        import torch.nn as nn
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    shape = cfg.shape()
+    d, H, L = shape.d_model, shape.n_heads, shape.n_layers
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+            self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+        def forward(self, x):
+            B, T, _ = x.shape
+            q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, H, d // H).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.proj(a.transpose(1, 2).reshape(B, T, d))
+            return x + self.down(F.gelu(self.up(self.ln2(x))))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(VOCAB, d), nn.Embedding(shape.context, d)
+            self.blocks = nn.ModuleList(Block() for _ in range(L))
+            self.ln_f = nn.LayerNorm(d)
+
+        def forward(self, idx):
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            for b in self.blocks:
+                x = b(x)
+            return self.ln_f(x) @ self.wte.weight.T
+
+    model = GPT()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    B, T = cfg.data.batch_size, cfg.data.seq_len
+    tokens = torch.randint(0, VOCAB, (B, T))
+    targets = torch.randint(0, VOCAB, (B, T))
+
+    def step():
+        loss = F.cross_entropy(model(tokens).view(-1, VOCAB), targets.view(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    t = statistics.median(times)
+    return {"step_s": t, "tokens_per_s": B * T / t, "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny only, 3 timed steps")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per configuration")
+    parser.add_argument("--density", type=float, default=0.125)
+    parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
+    args = parser.parse_args()
+    names = ["tiny"] if args.quick else list(CASES)
+    steps = 3 if args.quick else args.steps
+
+    rows = []
+    print(f"JAX {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores, "
+          f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+    print("\n| config | params (dense) | dense tok/s | sparse tok/s | sparse/dense | torch dense tok/s | JAX/torch dense |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        preset, batch, seq_len, block = CASES[name]
+        dense = time_jax(recipe(preset, batch, seq_len, block, 1.0), steps)
+        sparse = time_jax(recipe(preset, batch, seq_len, block, args.density), steps)
+        torch_dense = time_torch(recipe(preset, batch, seq_len, block, 1.0), steps)
+        row = {"config": name, "preset": preset, "batch": batch, "seq_len": seq_len, "block": block,
+               "density": args.density, "dense": dense, "sparse": sparse, "torch_dense": torch_dense,
+               "sparse_over_dense": sparse["tokens_per_s"] / dense["tokens_per_s"],
+               "jax_over_torch_dense": (dense["tokens_per_s"] / torch_dense["tokens_per_s"]
+                                        if torch_dense else None)}
+        rows.append(row)
+        t_tok = f"{torch_dense['tokens_per_s']:,.0f}" if torch_dense else "n/a"
+        t_ratio = f"{row['jax_over_torch_dense']:.2f}x" if torch_dense else "n/a"
+        print(f"| {name} | {dense['params_dense'] / 1e6:.1f} M | {dense['tokens_per_s']:,.0f} | "
+              f"{sparse['tokens_per_s']:,.0f} | {row['sparse_over_dense']:.2f}x | {t_tok} | {t_ratio} |",
+              flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+                               "cores": os.cpu_count(), "jax": jax.__version__, "rows": rows}, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
