@@ -37,12 +37,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_recipe_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     sub.add_parser("fields", help="list every recipe field with its default and meaning")
+    for register in _extra_commands():
+        register(sub)
     return parser
+
+
+def _extra_commands():
+    """`register(subparsers)` functions of commands that live in their own modules. Each adds a
+    subparser with `set_defaults(run=fn)`, where `fn(args) -> int` is the exit status."""
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if hasattr(args, "run"):
+            return args.run(args)
         if args.command == "fields":
             print("\n".join(describe_fields()))
             return 0
