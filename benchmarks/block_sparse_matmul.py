@@ -124,7 +124,11 @@ def main(argv=None) -> int:
         print(f"dense {shape_s}: fwd {dense_f * 1e3:.1f} ms, fwd+bwd {dense_fb * 1e3:.1f} ms", flush=True)
         for block in blocks:
             for density in densities:
-                layout = random_balanced(key, (n_in, n_out), (block, block), density)
+                try:
+                    layout = random_balanced(key, (n_in, n_out), (block, block), density)
+                except ValueError as err:  # e.g. 1/16 of 6 row blocks leaves none
+                    print(f"  {shape_s} b{block} d=1/{round(1 / density)}: skipped ({err})", flush=True)
+                    continue
                 values = dense_to_values(w, layout)
                 mm = lambda x, v, layout=layout: block_sparse_matmul(x, v, layout)  # noqa: E731
                 t0 = time.perf_counter()
@@ -135,6 +139,7 @@ def main(argv=None) -> int:
                            dense_fwd_ms=dense_f * 1e3, dense_fwd_bwd_ms=dense_fb * 1e3,
                            fwd_speedup=dense_f / f, fwd_bwd_speedup=dense_fb / fb)
                 rows.append(row)
+                _write_json(rows, setting, args.out, jax, complete=False)
                 print(f"  {shape_s} b{block} d=1/{round(1 / density)} (actual {layout.density:.3f}): "
                       f"fwd x{row['fwd_speedup']:.2f} fwd+bwd x{row['fwd_bwd_speedup']:.2f} "
                       f"[{time.perf_counter() - t0:.0f}s]", flush=True)
@@ -231,11 +236,16 @@ def _report(rows, setting, out_path, jax):
         note = f" ({r['error'][:40]})" if r.get("error") else ""
         print(f"| {r['impl']}{note} | {r['shape']} | {r['block']} | 1/{round(1 / r['density'])} ({r['actual_density']:.3f}) "
               f"| {f} | {fmt(r.get('fwd_speedup'))} | {fb} | {fmt(r.get('fwd_bwd_speedup'))} |")
+    _write_json(rows, setting, out_path, jax, complete=True)
+    print(f"\nwrote {out_path}")
+
+
+def _write_json(rows, setting, out_path, jax, complete):
+    """Written after every case too (complete=False), so an interrupted run leaves its rows."""
     os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
     with open(out_path, "w") as f:
         json.dump(dict(allocator=setting, jax=jax.__version__, cpus=os.cpu_count(),
-                       machine=platform.machine(), rows=rows), f, indent=1)
-    print(f"\nwrote {out_path}")
+                       machine=platform.machine(), complete=complete, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":
