@@ -202,7 +202,12 @@ def _cost_over_tokens(features: np.ndarray, tokens: int, row_stride: int,
     vectors = _vectors(features, pmu.lanes)
     p = min(tokens, pmu.period // math.gcd(row_stride, pmu.period))
     addr = _token_addresses(vectors, p, row_stride)  # (p, groups_per_token, lanes)
-    g = group_cycles(jnp.asarray(addr.reshape(-1, pmu.lanes)), pmu)
+    flat = addr.reshape(-1, pmu.lanes)
+    # Pad with idle groups (cost 0) to a power of two: one compile serves many gather shapes.
+    padded = np.full((1 << max(flat.shape[0] - 1, 1).bit_length(), pmu.lanes), -1, np.int32)
+    padded[: flat.shape[0]] = flat
+    g = group_cycles(jnp.asarray(padded), pmu)
+    g = GroupCycles(*(x[: flat.shape[0]] for x in g))
     per_token = np.stack([np.asarray(x).reshape(p, -1).sum(axis=1)
                           for x in (g.cycles, g.bank_cycles, g.ag_cycles, g.conflicts)], axis=1)
     groups_per_token = addr.shape[1]
