@@ -168,6 +168,7 @@ class GpuSpec:
     nvlink_bytes_per_s: float
     host_link_bytes_per_s: float
     sector_bytes: int = 32  # CUDA C++ Best Practices Guide: global memory moves in 32-byte sectors
+    peak_fp32_flops: float = 0.0  # FLOP/s of non-tensor-core FP32 (element-wise ops); 0: unknown
     params: GpuParameters = field(default_factory=GpuParameters)
     assumed: tuple[tuple[str, str], ...] = ()
 
@@ -179,6 +180,12 @@ class GpuSpec:
     def achievable_flops(self) -> float:
         """FLOP/s a well-shaped dense kernel reaches: peak x achievable fraction (assumed)."""
         return self.peak_bf16_flops * self.params.achievable_compute_fraction
+
+    @property
+    def achievable_vector_flops(self) -> float:
+        """FLOP/s of element-wise (non-tensor-core) work: FP32 peak x achievable fraction."""
+        peak = self.peak_fp32_flops or self.peak_bf16_flops / 16
+        return peak * self.params.achievable_compute_fraction
 
     @property
     def achievable_hbm_bytes_per_s(self) -> float:
@@ -247,6 +254,7 @@ A100_40GB = GpuSpec(
     l2_bytes=40 * MB,  # [A100] datasheet/whitepaper: 40 MB L2
     nvlink_bytes_per_s=600 * GB,  # [A100] datasheet: NVLink 600 GB/s
     host_link_bytes_per_s=32 * GB,  # [A100] datasheet: PCIe 4.0, 32 GB/s (as used in [SN40L])
+    peak_fp32_flops=19.5 * TB,  # [A100] datasheet: FP32 19.5 TFLOP/s
 )
 
 A100_80GB = dataclasses.replace(
@@ -264,6 +272,7 @@ H100 = GpuSpec(
     l2_bytes=50 * MB,  # [H100] whitepaper: 50 MB L2
     nvlink_bytes_per_s=900 * GB,  # [H100] datasheet: NVLink 900 GB/s
     host_link_bytes_per_s=64 * GB,  # [H100] datasheet: PCIe 5.0, 64 GB/s (as used in [SN40L])
+    peak_fp32_flops=67 * TB,  # [H100] datasheet SXM5: FP32 67 TFLOP/s
 )
 
 # ----------------------------------------------------------------------------- registry
