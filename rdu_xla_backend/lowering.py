@@ -404,11 +404,12 @@ def lower(fn: Callable, *args, mode: str = "fused", name: str = "") -> Graph:
             k = _fused_kernel(fes, flat, len(kernels))
             steps.append(Step(fes, [len(kernels)]))
             kernels.append(k)
-    else:
-        for fe in flat.eqns:
-            made = _unfused_kernels(fe, flat, len(kernels))
-            steps.append(Step([fe], list(range(len(kernels), len(kernels) + len(made)))))
-            kernels += made
+    else:  # one kernel per op; executed in the fused groups (execution units, not kernels)
+        for idx in _group(flat, "fused"):
+            first = len(kernels)
+            for i in idx:
+                kernels += _unfused_kernels(flat.eqns[i], flat, len(kernels))
+            steps.append(Step([flat.eqns[i] for i in idx], list(range(first, len(kernels)))))
 
     tensors = _tensors(flat, kernels, steps, in_keys, out_keys)
     concrete = {}
