@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """`register(subparsers)` functions of commands that live in their own modules. Each adds a
     subparser with `set_defaults(run=fn)`, where `fn(args) -> int` is the exit status."""
-    return []
+    from sparsetrain.emulate import register as emulate
+
+    return [emulate]
 
 
 def main(argv: list[str] | None = None) -> int:
