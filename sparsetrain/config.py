@@ -66,7 +66,10 @@ PRESETS: dict[str, ModelShape] = {
 }
 
 LINEAR_KINDS = ("qkv", "attn_out", "mlp_up", "mlp_down")
-PATTERNS = ("dense", "random_balanced", "butterfly")  # magnitude needs a dense checkpoint (pruning flows)
+PATTERNS = ("dense", "random_balanced", "butterfly", "magnitude")  # magnitude: only with init_from
+FLOWS = ("static", "gradual", "prune_regrow")
+REGROW = ("random", "gradient")
+DISTRIBUTIONS = ("uniform", "erk")
 DTYPES = ("float32", "bfloat16")
 WANDB_MODES = ("disabled", "offline", "online")
 BACKENDS = ("xla",)  # "rdu" arrives with rdu_xla_backend (issue 5)
@@ -100,19 +103,38 @@ class SparsityConfig:
     mlp_up: LinearSparsity = _f(None, "density/block of the MLP up projection (d -> 4d)")
     mlp_down: LinearSparsity = _f(None, "density/block of the MLP down projection (4d -> d)")
     seed: int = _f(0, "seed of the random pattern")
+    distribution: str = _f("uniform", f"density across linear kinds, one of {DISTRIBUTIONS}: uniform = "
+                           "per-kind values as given; erk = Erdos-Renyi-Kernel, density is the global target")
+    flow: str = _f("static", f"how the mask evolves while training, one of {FLOWS}")
+    initial_density: float = _f(1.0, "gradual: density the pruning starts from (blocks stored all along)")
+    start_fraction: float = _f(0.0, "gradual/prune_regrow: mask updates start at this fraction of run.steps")
+    end_fraction: float = _f(0.75, "gradual/prune_regrow: mask updates end at this fraction of run.steps")
+    update_every: int = _f(50, "gradual/prune_regrow: steps between mask updates")
+    drop_fraction: float = _f(0.3, "prune_regrow: fraction of stored blocks replaced at the first update "
+                              "(cosine-decayed to 0 at end_fraction)")
+    regrow: str = _f("gradient", f"prune_regrow: how new blocks are chosen, one of {REGROW} "
+                     "(random = SET, gradient = RigL)")
+    init_from: str | None = _f(None, "start from another run's checkpoint (its dir), converted to this "
+                               "model: dense->sparse (one-shot pruning) or sparse->dense (densify)")
+    init_step: int | None = _f(None, "which checkpoint step of init_from; null = newest")
 
     def __post_init__(self):
         for kind in LINEAR_KINDS:
             if getattr(self, kind) is None:
                 setattr(self, kind, LinearSparsity())
+        self._shapes: dict[str, tuple[int, int]] | None = None  # set by Config (ERK needs shapes)
 
     def of(self, kind: str) -> tuple[float, int]:
-        """(density, block) of one linear kind, defaults filled in."""
+        """(density, block) of one linear kind, defaults filled in (ERK resolved when chosen)."""
         s = getattr(self, kind)
         density = self.density if s.density is None else s.density
         block = self.block if s.block is None else s.block
         if self.pattern == "dense":
             density = 1.0
+        elif self.distribution == "erk" and self._shapes is not None:
+            from sparsetrain.sparsity.distribution import erk_densities
+
+            density = erk_densities(self._shapes, self.density)[kind]
         return float(density), int(block)
 
 
@@ -171,6 +193,8 @@ class Config:
         for f in dataclasses.fields(self):
             if getattr(self, f.name) is None:
                 setattr(self, f.name, _section_types()[f.name]())
+        if self.model.preset in PRESETS:  # ERK densities depend on the linear shapes
+            self.sparsity._shapes = linear_shapes(self.shape())
 
     @property
     def out_dir(self) -> Path:
@@ -338,11 +362,15 @@ def validate(cfg: Config, check_data: bool = True) -> None:
                  f"a block size dividing the {kind} weight shape ({n_in}, {n_out})")
         rows = n_in // block
         where = f"sparsity.{kind}.density" if ks.density is not None else "sparsity.density"
+        if s.flow == "gradual":
+            density = max(density, s.initial_density)
         try:
             blocks_per_column(rows, density)
         except ValueError:
             _require(False, where, density,
                      f">= {1 / rows:.4g} (one of the {rows} blocks per column of {kind})")
+
+    _validate_flow(s)
 
     d = cfg.data
     _require(d.vocab_size >= 257, "data.vocab_size", d.vocab_size,
@@ -379,6 +407,37 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     _require(r.wandb in WANDB_MODES, "run.wandb", r.wandb, ", ".join(WANDB_MODES))
     _require(r.backend in BACKENDS, "run.backend", r.backend, ", ".join(BACKENDS))
     _require(bool(r.name) and "/" not in r.name, "run.name", r.name, "a non-empty name without '/'")
+
+
+def _validate_flow(s: SparsityConfig) -> None:
+    """Flow, distribution and init_from fields of the sparsity section."""
+    _require(s.distribution in DISTRIBUTIONS, "sparsity.distribution", s.distribution, ", ".join(DISTRIBUTIONS))
+    if s.distribution == "erk":
+        for kind in LINEAR_KINDS:
+            v = getattr(s, kind).density
+            _require(v is None, f"sparsity.{kind}.density", v,
+                     "null with sparsity.distribution=erk (ERK sets each kind's density)")
+    _require(s.flow in FLOWS, "sparsity.flow", s.flow, ", ".join(FLOWS))
+    _require(s.regrow in REGROW, "sparsity.regrow", s.regrow, ", ".join(REGROW))
+    _require(0.0 < s.initial_density <= 1.0, "sparsity.initial_density", s.initial_density, "a fraction in (0, 1]")
+    _require(0.0 <= s.start_fraction < 1.0, "sparsity.start_fraction", s.start_fraction, "a fraction in [0, 1)")
+    _require(s.start_fraction < s.end_fraction <= 1.0, "sparsity.end_fraction", s.end_fraction,
+             f"a fraction in (start_fraction={s.start_fraction}, 1]")
+    _require(s.update_every >= 1, "sparsity.update_every", s.update_every, "an integer >= 1")
+    _require(0.0 <= s.drop_fraction < 1.0, "sparsity.drop_fraction", s.drop_fraction, "a fraction in [0, 1)")
+    if s.flow != "static":
+        _require(s.pattern != "dense", "sparsity.flow", s.flow,
+                 "'static' with sparsity.pattern=dense (other flows need a sparse pattern)")
+    if s.flow == "gradual":
+        _require(s.initial_density > s.density, "sparsity.initial_density", s.initial_density,
+                 f"a fraction above sparsity.density={s.density} (gradual pruning starts denser)")
+    if s.pattern == "magnitude":
+        _require(s.init_from is not None, "sparsity.pattern", s.pattern,
+                 "'magnitude' only with sparsity.init_from (it ranks the blocks of a trained checkpoint)")
+        _require(s.flow == "static", "sparsity.flow", s.flow, "'static' with sparsity.pattern=magnitude")
+    if s.init_from is not None:
+        _require(s.flow == "static", "sparsity.flow", s.flow, "'static' with sparsity.init_from")
+    _require(s.init_step is None or s.init_step >= 1, "sparsity.init_step", s.init_step, "an integer >= 1 or null")
 
 
 def describe_fields(cls=Config, prefix: str = "") -> list[str]:

@@ -7,12 +7,20 @@ cadence. The train state is a plain pytree (dicts of arrays and the Optax state)
     {"params": ..., "indices": ..., "opt_state": ..., "step": int32 (), "rng": uint32 key data}
 
 `indices` holds the block-row indices of the sparse linears: not trained, checkpointed, and the
-same shapes whatever blocks are stored, so changing them never recompiles the step.
+same shapes whatever blocks are stored, so changing them never recompiles the step. A sparse
+training flow (`sparsity/schedule.py`: static, gradual pruning, prune-and-regrow) may add a
+"flow" entry and updates the masks between steps with its own jitted function. With
+`sparsity.init_from` a run starts from another run's checkpoint converted to this model (one-shot
+magnitude pruning of a dense model, or densifying a sparse one) and continues its step count,
+data position and metrics.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -26,11 +34,13 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from sparsetrain.checkpoint import Checkpointer
-from sparsetrain.config import Config, ConfigError, save_recipe
-from sparsetrain.data import BatchIterator, build_datasets, eval_batches
+from sparsetrain.config import Config, ConfigError, from_dict, save_recipe
+from sparsetrain.data import TOKENIZER_FILENAME, BatchIterator, build_datasets, eval_batches
 from sparsetrain.models.accounting import model_counts
-from sparsetrain.models.gpt import GPT, BlockIndices, GPTSpec, build_model
+from sparsetrain.models.gpt import GPT, BlockIndices, GPTSpec, abstract_model, build_model
 from sparsetrain.optim import make_optimizer
+from sparsetrain.sparsity.convert import convert_state
+from sparsetrain.sparsity.schedule import Flow, kind_infos, make_flow, pruned_params, training_spec
 from sparsetrain.tracking import Tracker, read_jsonl
 
 # ---------------------------------------------------------------------------------------------
@@ -68,12 +78,59 @@ def init_state(fns: ModelFunctions, tx: optax.GradientTransformation, seed: int)
             "rng": jax.random.key_data(jax.random.key(seed))}
 
 
-def make_train_step(fns: ModelFunctions, tx: optax.GradientTransformation, schedule):
-    """A jitted `step(state, batch) -> (state, metrics)`; the state's buffers are donated."""
+def dense_twin(spec: GPTSpec) -> ModelFunctions:
+    """The same GPT with every linear dense, abstract (no weights): RigL's dense gradient."""
+    linears = tuple((kind, dataclasses.replace(lin, density=1.0)) for kind, lin in spec.linears)
+    return ModelFunctions(abstract_model(dataclasses.replace(spec, linears=linears, pattern="dense")))
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything a run's state is made of: model functions, optimizer, flow, initial state."""
+
+    spec: GPTSpec
+    model: GPT
+    fns: ModelFunctions
+    tx: optax.GradientTransformation
+    schedule: Any
+    flow: Flow
+    state: dict   # real arrays, or ShapeDtypeStructs when built abstract
+
+
+def build_setup(cfg: Config, vocab_size: int, abstract: bool = False) -> Setup:
+    """Model, optimizer, flow and initial train state of a recipe.
+
+    `abstract=True` allocates nothing (ShapeDtypeStruct leaves): the restore target of a
+    checkpoint, for evaluation or for converting one run into another.
+    """
+    spec = training_spec(cfg.sparsity, GPTSpec.from_config(cfg, vocab_size))
+    if spec.pattern == "magnitude":  # the blocks come from the init_from checkpoint
+        spec = dataclasses.replace(spec, pattern="butterfly")
+    model = abstract_model(spec) if abstract else build_model(spec, cfg.run.seed)
+    fns = ModelFunctions(model)
+    tx, schedule = make_optimizer(cfg.optimizer, cfg.run.steps)
+    dense_loss = None
+    if cfg.sparsity.flow == "prune_regrow" and cfg.sparsity.regrow == "gradient":
+        twin = dense_twin(spec)
+        dense_loss = lambda params, batch: twin.loss(params, {}, batch)
+    flow = make_flow(cfg.sparsity, spec, cfg.run.steps, dense_loss)
+    make = lambda: flow.init(init_state(fns, tx, cfg.run.seed))
+    state = jax.eval_shape(make) if abstract else make()
+    return Setup(spec, model, fns, tx, schedule, flow, state)
+
+
+def make_train_step(fns: ModelFunctions, tx: optax.GradientTransformation, schedule, flow: Flow | None = None):
+    """A jitted `step(state, batch) -> (state, metrics)`; the state's buffers are donated.
+
+    A flow's `mask` removes pruned blocks from the gradients and the updates (they stay zero).
+    """
+    mask = flow.mask if flow is not None else (lambda tree, state: tree)
 
     def step(state: dict, batch: dict):
         loss, grads = jax.value_and_grad(fns.loss)(state["params"], state["indices"], batch)
+        grads = mask(grads, state)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        updates = mask(updates, state)
         params = optax.apply_updates(state["params"], updates)
         rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0])
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
@@ -112,8 +169,36 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
     """Drop rows logged after `last_step` (a crash after the checkpoint logged them once already)."""
     if path.is_file():
         rows = [r for r in read_jsonl(path) if r["step"] <= last_step]
-        import json
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def restore_run(run_dir: Path, step: int | None = None) -> tuple[Config, Setup, dict, dict]:
+    """(recipe, abstract setup, state, meta) of a run's checkpoint (newest if `step` is None)."""
+    ckpt = Checkpointer(Path(run_dir) / "checkpoints", keep_last=1_000_000)
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{run_dir}: no checkpoint in {ckpt.directory}")
+        if step is not None and step not in steps:
+            raise ValueError(f"step: {step} is not allowed; {run_dir} has checkpoints at steps {sorted(steps)}")
+        meta = ckpt.read_meta(step)
+        cfg = from_dict(Config, meta["recipe"])
+        setup = build_setup(cfg, int(meta["vocab_size"]), abstract=True)
+        state, meta = ckpt.restore(step, setup.state)
+    finally:
+        ckpt.close()
+    return cfg, setup, state, meta
+
+
+def _start_from_run(cfg: Config, setup: Setup, out: Path) -> tuple[dict, dict, list[dict]]:
+    """The initial state converted from `sparsity.init_from`, its meta and its metrics rows."""
+    src_dir = Path(cfg.sparsity.init_from)
+    src_cfg, src_setup, src_state, meta = restore_run(src_dir, cfg.sparsity.init_step)
+    state = convert_state(src_state, kind_infos(src_cfg.sparsity, src_setup.spec), setup.state,
+                          kind_infos(cfg.sparsity, setup.spec), magnitude=cfg.sparsity.pattern == "magnitude")
+    rows = [r for r in read_jsonl(src_dir / "metrics.jsonl") if r["step"] <= int(meta["step"])] \
+        if (src_dir / "metrics.jsonl").is_file() else []
+    return state, meta, rows
 
 
 def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
@@ -134,30 +219,43 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
                           "--resume to continue it, or choose another run.name (nothing was changed)")
     out.mkdir(parents=True, exist_ok=True)
     save_recipe(cfg, out / "recipe.yaml")
+    init_from = cfg.sparsity.init_from and not (resume and ckpt.latest_step() is not None)
+    if init_from and not (out / TOKENIZER_FILENAME).is_file():  # the embeddings need its tokens
+        shutil.copy(Path(cfg.sparsity.init_from) / TOKENIZER_FILENAME, out / TOKENIZER_FILENAME)
 
     data = build_datasets(cfg.data, out)
-    spec = GPTSpec.from_config(cfg, data.vocab_size)
-    model = build_model(spec, cfg.run.seed)
-    counts = model_counts(model, cfg.data.seq_len)
-    fns = ModelFunctions(model)
-    tx, schedule = make_optimizer(cfg.optimizer, cfg.run.steps)
-    state = init_state(fns, tx, cfg.run.seed)
+    setup = build_setup(cfg, data.vocab_size)
+    fns, tx, schedule, flow, state = setup.fns, setup.tx, setup.schedule, setup.flow, setup.state
+    counts = model_counts(setup.model, cfg.data.seq_len)
     batches = BatchIterator(data.train, cfg.data.batch_size, cfg.data.seed)
-    start, wall_before, best_val = 0, 0.0, math.inf
+    start, wall_before, best_val, flops_before = 0, 0.0, math.inf, 0.0
 
-    if resume and ckpt.latest_step() is not None:
+    if init_from:
+        state, meta, rows = _start_from_run(cfg, setup, out)
+        if meta["fingerprint"] != data.fingerprint:
+            raise ConfigError(f"sparsity.init_from: {cfg.sparsity.init_from!r} was trained on other data or "
+                              "another tokenizer (fingerprints differ); use the same data section")
+        batches.set_state(meta["data_state"])
+        start, wall_before = int(meta["step"]), float(meta.get("wall_time_s", 0.0))
+        flops_before = float(rows[-1].get("train_flops", 0.0)) if rows else 0.0
+        (out / "metrics.jsonl").write_text("".join(json.dumps({**r, "init_from": True}) + "\n" for r in rows))
+    elif resume and ckpt.latest_step() is not None:
         meta = ckpt.read_meta()
         _check_resumable(cfg, meta)
         state, meta = ckpt.restore(None, state)
         batches.set_state(meta["data_state"])
         start, wall_before = int(meta["step"]), float(meta.get("wall_time_s", 0.0))
         best_val = float(meta.get("best_val_loss", math.inf))
+        flops_before = float(meta.get("train_flops", start * counts.train_flops_per_token_effective
+                                      * cfg.data.batch_size * cfg.data.seq_len))
         _truncate_jsonl(out / "metrics.jsonl", start)
 
     tracker = Tracker(out, cfg.run.wandb, cfg.run.wandb_project, cfg.run.name, cfg.to_dict(),
                       resume=resume)
-    train_step, eval_step = make_train_step(fns, tx, schedule), make_eval_step(fns)
+    train_step, eval_step = make_train_step(fns, tx, schedule, flow), make_eval_step(fns)
+    flow_step = jax.jit(flow.update, donate_argnums=0) if flow.update is not None else None
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    flops_per_step = counts.train_flops_per_token_effective * tokens_per_step
     end = cfg.run.steps if stop_after is None else min(stop_after, cfg.run.steps)
     show = cfg.run.progress if progress is None else progress
 
@@ -170,15 +268,18 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
         batch = batches.next()
         t0 = time.perf_counter()
         state, metrics = train_step(state, batch)
+        done = step + 1
+        if flow_step is not None and flow.is_update_step(done):
+            state, flow_metrics = flow_step(state, batch)
+            metrics = {**metrics, **flow_metrics}
         metrics = jax.device_get(metrics)
         step_times.append(time.perf_counter() - t0)
-        done = step + 1
         row = {k: float(v) for k, v in metrics.items()}
+        row.update(tokens=done * tokens_per_step, train_flops=flops_before + (done - start) * flops_per_step)
         if done % cfg.run.log_every == 0 or done == end:
             recent = step_times[1:][-cfg.run.log_every:] or step_times[-1:]
             tps = tokens_per_step / statistics.median(recent)
-            row.update(tokens_per_s=tps, tokens=done * tokens_per_step,
-                       tflops_dense=tps * counts.train_flops_per_token_dense / 1e12,
+            row.update(tokens_per_s=tps, tflops_dense=tps * counts.train_flops_per_token_dense / 1e12,
                        tflops_effective=tps * counts.train_flops_per_token_effective / 1e12)
         if done % cfg.run.eval_every == 0 or done % cfg.run.checkpoint_every == 0 or done == end:
             val_loss = evaluate(eval_step, state, data.val, cfg.data.batch_size, cfg.run.eval_batches)
@@ -195,6 +296,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
             meta = {"step": done, "data_state": batches.state(), "recipe": cfg.to_dict(),
                     "vocab_size": data.vocab_size, "fingerprint": data.fingerprint,
                     "val_loss": val_loss, "best_val_loss": best_val,
+                    "train_flops": flops_before + (done - start) * flops_per_step,
                     "wall_time_s": wall_before + time.perf_counter() - t_run}
             ckpt.save(done, state, meta, val_loss)
     bar.close()
@@ -207,8 +309,10 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
         "step_time_s": step_time, "tokens_per_s": tokens_per_step / step_time,
         "tokens": end * tokens_per_step,
         "params_dense": counts.params_dense, "params_stored": counts.params_stored,
-        "train_flops_effective": counts.train_flops_per_token_effective * end * tokens_per_step,
+        "params_alive": counts.params_stored - pruned_params(state),
+        "train_flops_effective": flops_before + flops_per_step * (end - start),
         "train_flops_dense": counts.train_flops_per_token_dense * end * tokens_per_step,
+        "flow": flow.name, "train_step_compiles": train_step._cache_size(),
         "wall_time_s": wall_before + time.perf_counter() - t_run,
         "vocab_size": data.vocab_size, "fingerprint": data.fingerprint,
         "train_bytes": data.train_bytes, "val_bytes": data.val_bytes,
