@@ -6,6 +6,11 @@ Usable without ``sparsetrain``; it must never import it.
 - ``hardware``: chips as data (public numbers with sources; assumed values named).
 - ``emulator.memory``: PMU banked SRAM (bank conflicts of real gathers), tiers, transfers.
 - ``emulator.pipeline``: stage balancing in a fused kernel; micro-batch schedules across sockets.
+- ``lowering.lower(fn, *args)``: jaxpr -> ``graph.Graph`` of fused kernels, loops and tensors.
+- ``perf.program_perf(graph, chip, Options(...))``: time, bytes per tier, bound, per kernel.
+- ``emulator.execute.execute(graph, *args)``: real outputs, counters per kernel.
+- ``emulator.gpu.gpu_perf(graph, gpu)``: the kernel-by-kernel GPU baseline.
+- ``report``: markdown table, JSON, timeline and roofline PNGs.
 """
 
 from rdu_xla_backend.hardware import (
@@ -17,6 +22,8 @@ from rdu_xla_backend.hardware import (
     assumptions,
     get_chip,
 )
+from rdu_xla_backend.lowering import UnsupportedPrimitiveError, lower
+from rdu_xla_backend.perf import Options, program_perf
 
-__all__ = ["CHIPS", "ChipSpec", "GpuParameters", "GpuSpec", "ModelParameters", "assumptions",
-           "get_chip"]
+__all__ = ["CHIPS", "ChipSpec", "GpuParameters", "GpuSpec", "ModelParameters", "Options",
+           "UnsupportedPrimitiveError", "assumptions", "get_chip", "lower", "program_perf"]
