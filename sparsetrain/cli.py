@@ -45,9 +45,11 @@ def _parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """`register(subparsers)` functions of commands that live in their own modules. Each adds a
     subparser with `set_defaults(run=fn)`, where `fn(args) -> int` is the exit status."""
+    from sparsetrain.compare import register as compare
     from sparsetrain.emulate import register as emulate
+    from sparsetrain.evaluate import register as evaluate
 
-    return [emulate]
+    return [emulate, evaluate, compare]
 
 
 def main(argv: list[str] | None = None) -> int:

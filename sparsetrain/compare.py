@@ -1,0 +1,204 @@
+"""Compare runs against a dense baseline: one table (markdown + JSON) and a plot, W&B optional.
+
+    sparsetrain compare RUN [RUN ...] [--baseline NAME] [--out DIR] [--batches N]
+
+Every run is evaluated on its newest checkpoint with `evaluate.py` (val loss, bits per byte).
+The table lists stored parameters, training FLOPs (the work the kernels did: stored blocks only),
+tokens, wall time, val loss, bits per byte, and the difference to the baseline (by default the
+first dense run). Runs whose tokenizer or validation windows differ (data fingerprints differ)
+are refused: their losses are not comparable and must not look comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sparsetrain.tracking import read_jsonl, resolve_wandb_mode
+
+
+class ComparisonError(ValueError):
+    """The runs cannot be compared fairly."""
+
+
+def _summary(run_dir: Path) -> dict:
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        raise ComparisonError(f"{run_dir}: no summary.json (the run did not finish); nothing to compare")
+    return json.loads(path.read_text())
+
+
+def check_same_data(summaries: dict[str, dict]) -> str:
+    """The common data fingerprint of the runs; ComparisonError naming the odd ones out."""
+    prints = {run: s.get("fingerprint") for run, s in summaries.items()}
+    first_run, first = next(iter(prints.items()))
+    odd = {run: fp for run, fp in prints.items() if fp != first}
+    if odd:
+        listing = ", ".join(f"{run} ({str(fp)[:12]})" for run, fp in odd.items())
+        raise ComparisonError(
+            f"runs were evaluated on different data: {listing} differ from {first_run} ({str(first)[:12]}) in "
+            "tokenizer or validation windows; losses would not be comparable. Train them with the same "
+            "data section (dataset, tokenizer, vocab_size, seq_len, val_fraction, seed)")
+    return first
+
+
+def curve(run_dir: Path, summary: dict) -> list[dict]:
+    """(step, tokens, train_flops, val_loss) of every evaluation logged by the run."""
+    tokens_per_step = summary["tokens"] / max(summary["steps"], 1)
+    flops_per_token = summary["train_flops_effective"] / max(summary["tokens"], 1)
+    rows = []
+    for r in read_jsonl(run_dir / "metrics.jsonl"):
+        if "val_loss" in r:
+            tokens = r.get("tokens", r["step"] * tokens_per_step)
+            rows.append({"step": r["step"], "tokens": tokens, "val_loss": r["val_loss"],
+                         "train_flops": r.get("train_flops", tokens * flops_per_token)})
+    return rows
+
+
+def compare_runs(run_dirs: list[str | Path], baseline: str | None = None, max_batches: int | None = None) -> dict:
+    """Evaluate and tabulate runs. Returns {"baseline", "fingerprint", "rows": [...], "curves"}."""
+    from sparsetrain.evaluate import evaluate_run
+
+    dirs = [Path(d) for d in run_dirs]
+    summaries = {str(d): _summary(d) for d in dirs}
+    fingerprint = check_same_data(summaries)  # before any evaluation work
+    rows, curves = [], {}
+    for d in dirs:
+        s = summaries[str(d)]
+        recipe = json.loads(json.dumps(_recipe(d)))
+        ev = evaluate_run(d, max_batches=max_batches, n_samples=0)
+        sp = recipe.get("sparsity", {})
+        name = s["run"] if s["run"] not in [r["run"] for r in rows] else str(d)
+        rows.append({
+            "run": name, "dir": str(d), "pattern": sp.get("pattern"), "flow": s.get("flow", "static"),
+            "init_from": sp.get("init_from"), "params_stored": int(s.get("params_alive", s["params_stored"])),
+            "train_flops": float(s["train_flops_effective"]), "tokens": int(s["tokens"]),
+            "wall_time_s": float(s["wall_time_s"]), "val_loss": ev["val_loss"],
+            "bits_per_byte": ev["bits_per_byte"], "eval_tokens": ev["tokens"], "step": ev["step"],
+            "wandb": recipe.get("run", {}).get("wandb", "disabled"),
+            "wandb_project": recipe.get("run", {}).get("wandb_project", "sparsetrain"),
+        })
+        curves[name] = curve(d, s)
+    base = _pick_baseline(rows, baseline)
+    for r in rows:
+        if base is not None:
+            r["val_loss_vs_base"] = r["val_loss"] - base["val_loss"]
+            r["val_loss_vs_base_pct"] = 100.0 * (r["val_loss"] / base["val_loss"] - 1.0)
+            r["bpb_vs_base"] = r["bits_per_byte"] - base["bits_per_byte"]
+            r["flops_vs_base"] = r["train_flops"] / base["train_flops"]
+            r["params_vs_base"] = r["params_stored"] / base["params_stored"]
+    return {"baseline": base["run"] if base else None, "fingerprint": fingerprint, "rows": rows, "curves": curves}
+
+
+def _recipe(run_dir: Path) -> dict:
+    import yaml
+
+    path = run_dir / "recipe.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def _pick_baseline(rows: list[dict], name: str | None) -> dict | None:
+    if name is not None:
+        for r in rows:
+            if name in (r["run"], r["dir"]):
+                return r
+        raise ComparisonError(f"--baseline: {name!r} is not one of the runs ({', '.join(r['run'] for r in rows)})")
+    dense = [r for r in rows if r["pattern"] == "dense" and not r["init_from"]]
+    return dense[0] if dense else None
+
+
+def markdown_table(result: dict) -> str:
+    base = result["baseline"]
+    head = ["run", "flow", "params stored", "train FLOPs", "tokens", "wall (s)", "val loss", "bits/byte"]
+    if base:
+        head += [f"val loss vs {base}", f"FLOPs vs {base}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        flow = r["flow"] + (" (from checkpoint)" if r["init_from"] else "")
+        cells = [r["run"], flow, f"{r['params_stored']:,}", f"{r['train_flops']:.3g}", f"{r['tokens']:,}",
+                 f"{r['wall_time_s']:.0f}", f"{r['val_loss']:.4f}", f"{r['bits_per_byte']:.4f}"]
+        if base:
+            cells += [f"{r['val_loss_vs_base']:+.4f} ({r['val_loss_vs_base_pct']:+.1f}%)",
+                      f"{r['flops_vs_base']:.2f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(result: dict, path: Path) -> Path:
+    """PNG: val loss against tokens (left) and against training FLOPs (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rows in result["curves"].items():
+        if not rows:
+            continue
+        for ax, x in zip(axes, ("tokens", "train_flops")):
+            ax.plot([r[x] for r in rows], [r["val_loss"] for r in rows], marker="o", ms=3, label=name)
+    axes[0].set_xlabel("training tokens")
+    axes[1].set_xlabel("training FLOPs (stored blocks only)")
+    axes[1].set_xscale("log")
+    for ax in axes:
+        ax.set_ylabel("val loss (nats/token)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(result: dict, out: Path) -> dict[str, Path]:
+    """compare.md, compare.json and val_loss.png under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "compare.md", "json": out / "compare.json", "png": out / "val_loss.png"}
+    paths["markdown"].write_text(markdown_table(result) + "\n")
+    paths["json"].write_text(json.dumps(result, indent=2))
+    plot_curves(result, paths["png"])
+    return paths
+
+
+def log_to_wandb(result: dict, paths: dict[str, Path], out: Path) -> str | None:
+    """Log the table and the plot to a W&B run when any compared run tracked with W&B."""
+    modes = [r["wandb"] for r in result["rows"] if r["wandb"] != "disabled"]
+    if not modes:
+        return None
+    import wandb
+
+    mode = resolve_wandb_mode("online" if "online" in modes else "offline")
+    run = wandb.init(project=result["rows"][0]["wandb_project"], name="compare", mode=mode, dir=str(out),
+                     job_type="compare", settings=wandb.Settings(silent=True))
+    columns = ["run", "flow", "params_stored", "train_flops", "tokens", "wall_time_s", "val_loss", "bits_per_byte"]
+    table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in result["rows"]])
+    run.log({"comparison": table, "val_loss_curves": wandb.Image(str(paths["png"]))})
+    run_dir = str(Path(run.dir).parent)
+    run.finish()
+    return run_dir
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    try:
+        result = compare_runs(args.runs, args.baseline, args.batches)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"sparsetrain compare: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path(args.runs[0]).parent / "compare")
+    paths = write_outputs(result, out)
+    wandb_dir = log_to_wandb(result, paths, out)
+    print(markdown_table(result))
+    print(f"\nwritten: {', '.join(str(p) for p in paths.values())}" + (f"; W&B run {wandb_dir}" if wandb_dir else ""))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `sparsetrain compare`."""
+    p = subparsers.add_parser("compare", help="table and plot of runs against a dense baseline")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (same data and tokenizer)")
+    p.add_argument("--baseline", default=None, help="run name or dir of the baseline (default: first dense run)")
+    p.add_argument("--out", default=None, help="output directory (default: <parent of first run>/compare)")
+    p.add_argument("--batches", type=int, default=None, help="at most this many val batches per run")
+    p.set_defaults(run=_run_cli)
