@@ -73,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"(counted from abstract shapes in {time.perf_counter() - t0:.1f} s)")
             return 0
         if args.command == "train":
+            import datasets
+
             from sparsetrain.train import train
+
+            datasets.disable_progress_bars()  # local files: "downloading" bars are noise
 
             cfg = load_recipe(args.recipe, args.overrides)
             summary = train(cfg, resume=args.resume, stop_after=args.stop_after,
