@@ -84,3 +84,9 @@ def test_bundled_recipes_load():
         cfg = load_recipe(p, check_data=False)
         assert cfg.model.preset in PRESETS
         assert yaml.safe_load(open(p))["run"]["name"] == cfg.run.name
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan", "-.inf"])
+def test_non_finite_floats_are_refused(value):
+    with pytest.raises(ConfigError, match="optimizer.lr: .* is not allowed; allowed: a finite number"):
+        from_dict(Config, {"optimizer": {"lr": yaml.safe_load(value)}})
