@@ -386,6 +386,8 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     if d.tokenizer != "bpe":
         _require(not check_data or Path(d.tokenizer).is_file(), "data.tokenizer", d.tokenizer,
                  "'bpe' or the path of an existing tokenizer.json")
+    if check_data:
+        _validate_init_from(s)
     if check_data and d.dataset != "shakespeare" and looks_like_path(d.dataset):
         _require(bool(glob.glob(os.path.expanduser(d.dataset))), "data.dataset", d.dataset,
                  "'shakespeare', an existing file/dir/glob of "
@@ -441,6 +443,13 @@ def _validate_flow(s: SparsityConfig) -> None:
     if s.init_from is not None:
         _require(s.flow == "static", "sparsity.flow", s.flow, "'static' with sparsity.init_from")
     _require(s.init_step is None or s.init_step >= 1, "sparsity.init_step", s.init_step, "an integer >= 1 or null")
+
+
+def _validate_init_from(s: SparsityConfig) -> None:
+    """init_from must name a run directory with checkpoints (checked when data is checked)."""
+    if s.init_from is not None:
+        _require((Path(s.init_from) / "checkpoints").is_dir(), "sparsity.init_from", s.init_from,
+                 "a run directory with checkpoints/ (train that run first)")
 
 
 def describe_fields(cls=Config, prefix: str = "") -> list[str]:
