@@ -54,7 +54,7 @@ TRANSCENDENTAL = {"exp", "exp2", "log", "log1p", "expm1", "tanh", "logistic", "s
 REDUCE = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or",
           "reduce_xor", "argmax", "argmin", "cumsum", "cumprod", "cummax", "cummin",
           "cumlogsumexp"}
-MEMORY = {"transpose", "slice", "dynamic_slice", "dynamic_update_slice", "concatenate", "pad",
+MEMORY = {"transpose", "slice", "dynamic_slice", "dynamic_update_slice", "concatenate", "stack", "pad",
           "rev", "split", "select_and_scatter_add", "select_and_gather_add", "scatter",
           "scatter-add", "scatter_add", "scatter-mul", "scatter-min", "scatter-max", "sort",
           "reduce_window_sum", "reduce_window_max"}
