@@ -1,0 +1,58 @@
+"""Sharding rules, and the same losses on a 2x2x2 mesh of 8 CPU devices as on one device."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from sparsetrain.sharding import _fit, make_mesh, spec_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FakeMesh:
+    """Just the axis sizes, for the pure spec rules."""
+
+    def __init__(self, data=2, fsdp=2, tensor=2):
+        self.shape = {"data": data, "fsdp": fsdp, "tensor": tensor}
+
+
+def test_rules_by_kind_and_divisibility():
+    m = FakeMesh()
+    assert spec_for(["layers", "qkv", "kernel"], (2, 64, 192), m) == P(None, "fsdp", "tensor")
+    assert spec_for(["layers", "mlp_down", "kernel"], (2, 256, 64), m) == P(None, "tensor", "fsdp")
+    assert spec_for(["layers", "mlp_up", "values"], (2, 16, 2, 16, 16), m) == P(None, ("tensor", "fsdp"), None, None, None)
+    assert spec_for(["layers", "mlp_up", "row_indices"], (2, 16, 2), m) == P(None, ("tensor", "fsdp"), None)
+    assert spec_for(["layers", "qkv", "bias"], (2, 192), m) == P(None, "tensor")
+    assert spec_for(["layers", "ln1_scale"], (2, 64), m) == P(None, None)
+    assert spec_for(["wte"], (320, 64), m) == P("fsdp", None)
+    # 25 heads x 64 = 1600 (gpt2-xl): tensor=2 divides, 3 does not -> replicated there
+    assert _fit((None, "tensor"), (48, 1600), FakeMesh(tensor=3)) == P(None, None)
+    assert spec_for(["wte"], (50257, 1600), m) == P(None, None)  # odd vocabulary: replicated
+
+
+def test_mesh_size_must_match_devices():
+    with pytest.raises(ValueError, match=r"mesh: data\*fsdp\*tensor = 2\*2\*2 = 8 is not allowed; "
+                                         r"it must equal the number of devices, 1"):
+        make_mesh(2, 2, 2, devices=jax.devices()[:1])
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_2x2x2_mesh_gives_the_single_device_losses(kind):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, str(ROOT / "tests/multidevice/sharded_steps.py"), kind],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 8
+    np.testing.assert_allclose(result["sharded"], result["single"], rtol=2e-5)
+    assert result["n_shards_wte"] == 2  # the embedding really is split over fsdp
