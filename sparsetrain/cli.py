@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="parameters, bytes and FLOPs of a recipe's model (no weights allocated)")
     _add_recipe_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--mesh", default=None, metavar="DxFxT",
+                   help="also plan per-device memory on a data x fsdp x tensor mesh, e.g. 1x8x1")
+    p.add_argument("--device", default="h100-80gb", help="device of the memory plan (h100-80gb, "
+                   "a100-80gb, a100-40gb, h200)")
     sub.add_parser("fields", help="list every recipe field with its default and meaning")
     for register in _extra_commands():
         register(sub)
@@ -52,6 +56,25 @@ def _extra_commands():
     return [emulate, evaluate, compare]
 
 
+def _memory_plan(cfg, mesh_text: str, device: str) -> dict:
+    """Plan on virtual CPU devices: set before JAX starts its backend (nothing has asked it yet)."""
+    import os
+
+    import jax
+
+    from sparsetrain.memory_plan import memory_plan, parse_mesh
+
+    mesh = parse_mesh(mesh_text)
+    n = mesh[0] * mesh[1] * mesh[2]
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={n}")
+    jax.config.update("jax_platforms", "cpu")
+    if jax.device_count() < n:
+        raise ValueError(f"--mesh: {mesh_text!r} needs {n} devices; JAX already started with "
+                         f"{jax.device_count()} (run `sparsetrain info` in a fresh process)")
+    return memory_plan(cfg, mesh, device)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -66,11 +89,17 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_recipe(args.recipe, args.overrides, check_data=False)
             t0 = time.perf_counter()
             info = model_info(cfg)
+            if args.mesh:
+                info["memory_plan"] = _memory_plan(cfg, args.mesh, args.device)
             if args.json:
                 print(json.dumps(info, indent=2))
             else:
                 print(format_info(info))
-                print(f"(counted from abstract shapes in {time.perf_counter() - t0:.1f} s)")
+                if args.mesh:
+                    from sparsetrain.memory_plan import format_plan
+
+                    print(format_plan(info["memory_plan"]))
+                print(f"(from abstract shapes in {time.perf_counter() - t0:.1f} s)")
             return 0
         if args.command == "train":
             import datasets

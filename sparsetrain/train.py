@@ -119,8 +119,11 @@ def build_setup(cfg: Config, vocab_size: int, abstract: bool = False) -> Setup:
     return Setup(spec, model, fns, tx, schedule, flow, state)
 
 
-def make_train_step(fns: ModelFunctions, tx: optax.GradientTransformation, schedule, flow: Flow | None = None):
+def make_train_step(fns: ModelFunctions, tx: optax.GradientTransformation, schedule, flow: Flow | None = None,
+                    out_shardings=None):
     """A jitted `step(state, batch) -> (state, metrics)`; the state's buffers are donated.
+
+    `out_shardings` (state shardings, metrics) keeps a sharded state's layout fixed across steps.
 
     A flow's `mask` removes pruned blocks from the gradients and the updates (they stay zero).
     """
@@ -137,7 +140,7 @@ def make_train_step(fns: ModelFunctions, tx: optax.GradientTransformation, sched
         new = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": rng}
         return new, metrics
 
-    return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, donate_argnums=0, out_shardings=out_shardings)
 
 
 def make_eval_step(fns: ModelFunctions):
@@ -228,6 +231,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
     fns, tx, schedule, flow, state = setup.fns, setup.tx, setup.schedule, setup.flow, setup.state
     counts = model_counts(setup.model, cfg.data.seq_len)
     batches = BatchIterator(data.train, cfg.data.batch_size, cfg.data.seed)
+    # flops_before: training FLOPs not counted by (step - start) * flops_per_step (earlier runs, RigL passes)
     start, wall_before, best_val, flops_before = 0, 0.0, math.inf, 0.0
 
     if init_from:
@@ -272,6 +276,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
         if flow_step is not None and flow.is_update_step(done):
             state, flow_metrics = flow_step(state, batch)
             metrics = {**metrics, **flow_metrics}
+            flops_before += flow.update_cost_dense_steps * counts.train_flops_per_token_dense * tokens_per_step
         metrics = jax.device_get(metrics)
         step_times.append(time.perf_counter() - t0)
         row = {k: float(v) for k, v in metrics.items()}

@@ -56,3 +56,20 @@ def test_2x2x2_mesh_gives_the_single_device_losses(kind):
     assert result["devices"] == 8
     np.testing.assert_allclose(result["sharded"], result["single"], rtol=2e-5)
     assert result["n_shards_wte"] == 2  # the embedding really is split over fsdp
+
+
+def test_memory_plan_splits_params_over_fsdp(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {preset: tiny, n_layers: 2, d_model: 64, n_heads: 4, context: 16}\n"
+                      "data: {vocab_size: 320, seq_len: 16, batch_size: 4}\n")
+    out = subprocess.run([sys.executable, "-m", "sparsetrain.cli", "info", str(recipe), "--json",
+                          "--mesh", "1x4x1"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    info = json.loads(out.stdout)
+    plan = info["memory_plan"]
+    # every matrix dimension here divides by 4: kernels and embeddings are split 4 ways, the
+    # small vectors (biases, norms) stay whole on every device
+    assert info["weight_bytes"] / 4 < plan["params_bytes"] < info["weight_bytes"] / 4 * 1.1
+    assert plan["optimizer_bytes"] >= 2 * plan["params_bytes"]
+    assert plan["activation_and_temp_bytes"] > 0 and plan["fits"] is True

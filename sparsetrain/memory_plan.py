@@ -1,0 +1,82 @@
+"""Per-device memory of a training step on a device mesh, from an ahead-of-time compile.
+
+Parameters and optimizer state are counted from their shardings (`sharding.tree_shardings`);
+activations and other temporaries from XLA's own memory analysis of the train step compiled
+for the mesh with abstract (ShapeDtypeStruct) inputs: nothing is allocated, so a GPT-13B plan
+for 8 x 80 GB runs on a laptop CPU. The CPU needs as many (virtual) devices as the mesh:
+`sparsetrain info --mesh` restarts itself with `--xla_force_host_platform_device_count`.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+
+from sparsetrain.config import Config
+from sparsetrain.models.gpt import GPTSpec, abstract_model
+from sparsetrain.optim import make_optimizer
+from sparsetrain.sharding import (
+    batch_sharding, check_batch, make_mesh, per_device_bytes, tree_shardings,
+)
+
+DEVICE_MEMORY = {  # bytes per device, from the datasheets (see rdu_xla_backend/hardware.py)
+    "h100-80gb": 80e9, "a100-80gb": 80e9, "a100-40gb": 40e9, "h200": 141e9,
+}
+
+
+def parse_mesh(text: str) -> tuple[int, int, int]:
+    """'DATAxFSDPxTENSOR' (e.g. 1x8x1) -> (data, fsdp, tensor)."""
+    try:
+        parts = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 1:
+        raise ValueError(f"--mesh: {text!r} is not allowed; expected DATAxFSDPxTENSOR, e.g. 1x8x1")
+    return parts
+
+
+def memory_plan(cfg: Config, mesh_shape: tuple[int, int, int], device: str = "h100-80gb") -> dict:
+    """Per-device bytes of params, optimizer state and step temporaries; whether it fits."""
+    from sparsetrain.train import ModelFunctions, make_train_step
+
+    if device not in DEVICE_MEMORY:
+        raise ValueError(f"--device: {device!r} is not allowed; allowed: {', '.join(DEVICE_MEMORY)}")
+    mesh = make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
+    check_batch(cfg.data.batch_size, mesh)
+    spec = GPTSpec.from_config(cfg)
+    fns = ModelFunctions(abstract_model(spec))
+    tx, schedule = make_optimizer(cfg.optimizer, cfg.run.steps)
+    params, indices = fns.initial()
+    state = {"params": params, "indices": indices, "opt_state": jax.eval_shape(tx.init, params),
+             "step": jax.ShapeDtypeStruct((), np.int32), "rng": jax.ShapeDtypeStruct((2,), np.uint32)}
+    shardings = tree_shardings(state, mesh)
+    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                  state, shardings)
+    bs = batch_sharding(mesh)
+    tokens = jax.ShapeDtypeStruct((cfg.data.batch_size, cfg.data.seq_len), np.int32, sharding=bs)
+    step = make_train_step(fns, tx, schedule, out_shardings=(shardings, None))
+    compiled = step.lower(abstract_state, {"tokens": tokens, "targets": tokens}).compile()
+    analysis = compiled.memory_analysis()
+    params_b = per_device_bytes(state["params"], shardings["params"])
+    opt_b = per_device_bytes(state["opt_state"], shardings["opt_state"])
+    temp_b = int(analysis.temp_size_in_bytes) if analysis is not None else 0
+    total = params_b + opt_b + per_device_bytes(state["indices"], shardings["indices"]) + temp_b
+    capacity = DEVICE_MEMORY[device]
+    return {"mesh": dict(zip(("data", "fsdp", "tensor"), mesh_shape)), "device": device,
+            "device_bytes": capacity, "params_bytes": params_b, "optimizer_bytes": opt_b,
+            "activation_and_temp_bytes": temp_b, "total_bytes": total, "fits": total <= capacity,
+            "batch_per_device": cfg.data.batch_size // (mesh_shape[0] * mesh_shape[1])}
+
+
+def format_plan(plan: dict) -> str:
+    gb = lambda b: f"{b / 1e9:8.2f} GB"
+    m = plan["mesh"]
+    return "\n".join([
+        f"mesh             data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']} on {plan['device']} "
+        f"({plan['device_bytes'] / 1e9:.0f} GB), {plan['batch_per_device']} sequences per device",
+        f"per device       params {gb(plan['params_bytes'])}, optimizer {gb(plan['optimizer_bytes'])}, "
+        f"activations+temporaries {gb(plan['activation_and_temp_bytes'])} (XLA memory analysis)",
+        f"total            {gb(plan['total_bytes'])} per device: "
+        + ("fits" if plan["fits"] else "does not fit"),
+    ])
