@@ -9,24 +9,14 @@ import pytest
 
 from sparsetrain.cli import main
 from sparsetrain.compare import ComparisonError, compare_runs, log_to_wandb, write_outputs
-from sparsetrain.config import load_recipe
 from sparsetrain.tracking import read_jsonl
-from sparsetrain.train import train
-from tests.conftest import tiny_recipe
+from test_schedule import trained_runs  # the module pytest imported (shares its cache)
 
 
-@pytest.fixture(scope="module")
-def runs(text_corpus, tmp_path_factory):
-    """A sparse run (3 steps) and a sparse-then-dense run: dense from the sparse step-2 checkpoint."""
-    root = tmp_path_factory.mktemp("runs")
-    sparse = load_recipe(tiny_recipe(root / "sparse", text_corpus),
-                         ["run.steps=3", "run.checkpoint_every=1", "run.keep_checkpoints=5", "run.name=sparse"])
-    s_sum = train(sparse)
-    std = load_recipe(tiny_recipe(root / "std", text_corpus, sparse=False,
-                                  sparsity={"pattern": "dense", "init_from": str(sparse.out_dir), "init_step": 2}),
-                      ["run.steps=3", "run.name=std"])
-    d_sum = train(std)
-    return sparse, s_sum, std, d_sum
+@pytest.fixture
+def runs(text_corpus):
+    """A RigL run and a sparse-then-dense run from its step-2 checkpoint (see trained_runs)."""
+    return trained_runs(text_corpus)
 
 
 def test_sparse_then_dense_continues_the_sparse_run(runs):
@@ -35,10 +25,11 @@ def test_sparse_then_dense_continues_the_sparse_run(runs):
     assert [r["step"] for r in rows] == [1, 2, 3] and [r.get("init_from", False) for r in rows] == [True, True, False]
     sparse_rows = read_jsonl(sparse.out_dir / "metrics.jsonl")
     assert rows[1]["loss"] == sparse_rows[1]["loss"]
-    # FLOPs: two sparse steps, then one dense step
-    per_step_sparse = s_sum["train_flops_effective"] / 3
+    # FLOPs: two sparse steps, each followed by a RigL update (one dense step), then one dense step
     per_step_dense = d_sum["train_flops_dense"] / 3
-    assert d_sum["train_flops_effective"] == pytest.approx(2 * per_step_sparse + per_step_dense)
+    per_step_sparse = (s_sum["train_flops_effective"] - 2 * per_step_dense) / 3
+    assert per_step_sparse < per_step_dense / 2
+    assert d_sum["train_flops_effective"] == pytest.approx(2 * per_step_sparse + 3 * per_step_dense)
     assert d_sum["params_stored"] == d_sum["params_dense"] > s_sum["params_stored"]
     # the first dense step starts from the sparse model: its loss is close to the sparse run's
     assert abs(rows[2]["loss"] - sparse_rows[2]["loss"]) < 0.5

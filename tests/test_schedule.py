@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import tempfile
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +18,7 @@ from sparsetrain.sparsity.convert import convert_state
 from sparsetrain.sparsity.distribution import erk_densities
 from sparsetrain.sparsity.schedule import (
     cubic_density, kind_infos, map_block_leaves, prune_regrow_flow, regrow_columns)
+from sparsetrain.tracking import read_jsonl
 from sparsetrain.train import build_setup, restore_run, train
 from tests.conftest import tiny_recipe
 
@@ -92,12 +97,30 @@ def test_regrown_blocks_get_zero_values_and_zero_moments_for_any_optax_state(tex
     assert new["step"] == state["step"]
 
 
-def test_rigl_updates_the_layout_inside_jit_without_recompiling(text_corpus, tmp_path):
-    sp = {**SPARSE, "flow": "prune_regrow", "regrow": "gradient", "update_every": 2, "end_fraction": 1.0}
-    cfg = load_recipe(tiny_recipe(tmp_path, text_corpus, sparsity=sp), ["run.steps=5", "run.checkpoint_every=5", "run.eval_every=5"])
-    initial = make_layouts(build_setup(cfg, 300, abstract=True).spec)  # what the run starts from
-    summary = train(cfg)
-    assert summary["train_step_compiles"] == 1
+@functools.cache
+def trained_runs(corpus: Path) -> tuple:
+    """Two real runs shared by this module and test_compare.py (trained once per session):
+
+    a RigL run (3 steps, mask updates after steps 1 and 2, a checkpoint every step) and a
+    sparse-then-dense run: dense, started from the RigL run's step-2 checkpoint, one dense step.
+    Returns (rigl_cfg, rigl_summary, std_cfg, std_summary).
+    """
+    root = Path(tempfile.mkdtemp(prefix="sparsetrain-runs-"))
+    sp = {**SPARSE, "flow": "prune_regrow", "regrow": "gradient", "update_every": 1, "end_fraction": 1.0}
+    rigl = load_recipe(tiny_recipe(root / "rigl", corpus, sparsity=sp),
+                       ["run.steps=3", "run.checkpoint_every=1", "run.keep_checkpoints=5", "run.eval_every=3",
+                        "run.name=sparse"])
+    rigl_summary = train(rigl)
+    std = load_recipe(tiny_recipe(root / "std", corpus, sparse=False,
+                                  sparsity={"pattern": "dense", "init_from": str(rigl.out_dir), "init_step": 2}),
+                      ["run.steps=3", "run.name=std"])
+    return rigl, rigl_summary, std, train(std)
+
+
+def test_rigl_updates_the_layout_inside_jit_without_recompiling(text_corpus):
+    cfg, summary, *_ = trained_runs(text_corpus)
+    assert summary["train_step_compiles"] == 1 and summary["flow"] == "prune_regrow/gradient"
+    initial = make_layouts(build_setup(cfg, summary["vocab_size"], abstract=True).spec)  # the start
     _, _, state, _ = restore_run(cfg.out_dir)
     changed = 0
     for kind, layouts in initial.items():
@@ -106,12 +129,15 @@ def test_rigl_updates_the_layout_inside_jit_without_recompiling(text_corpus, tmp
         assert r1.shape == r0.shape and (np.diff(r1, axis=-1) > 0).all()
         changed += int((r1 != r0).sum())
     assert changed > 0
+    rows = read_jsonl(cfg.out_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows if "flow/replaced_fraction" in r] == [1, 2]
 
 
 def test_gradual_pruning_reaches_final_density_and_pruned_blocks_stay_zero(text_corpus, tmp_path):
-    sp = {**SPARSE, "flow": "gradual", "initial_density": 0.5, "update_every": 2, "end_fraction": 0.5}
-    cfg = load_recipe(tiny_recipe(tmp_path, text_corpus, sparsity=sp), ["run.steps=6", "run.checkpoint_every=6", "run.eval_every=6"])
-    summary = train(cfg)  # pruning at steps 2 and 3 (the end), then 3 more training steps
+    sp = {**SPARSE, "flow": "gradual", "initial_density": 0.5, "update_every": 1, "end_fraction": 0.5}
+    cfg = load_recipe(tiny_recipe(tmp_path, text_corpus, sparsity=sp), ["run.steps=4", "run.checkpoint_every=4",
+                                                                        "run.eval_every=4"])
+    summary = train(cfg)  # pruning after steps 1 and 2 (the end), then 2 more training steps
     assert summary["train_step_compiles"] == 1
     assert summary["params_alive"] < summary["params_stored"]
     _, setup, state, _ = restore_run(cfg.out_dir)
@@ -146,3 +172,13 @@ def test_densify_then_magnitude_sparsify_round_trips(text_corpus, tmp_path):
         np.testing.assert_array_equal(a, b)
     mu = lambda s: s["opt_state"][1][0].mu["layers"]["qkv"]["values"]
     np.testing.assert_array_equal(mu(back), mu(state))
+
+
+def test_flow_fields_are_validated(text_corpus, tmp_path):
+    bad = [({"flow": "rigl"}, "sparsity.flow: 'rigl' is not allowed; allowed: static, gradual, prune_regrow"),
+           ({"flow": "gradual", "initial_density": 0.2}, "sparsity.initial_density: 0.2 is not allowed"),
+           ({"pattern": "magnitude"}, "sparsity.pattern: 'magnitude' is not allowed; allowed: 'magnitude' only with"),
+           ({"init_from": str(tmp_path / "nope")}, "sparsity.init_from: .* a run directory with checkpoints")]
+    for fields, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            load_recipe(tiny_recipe(tmp_path, text_corpus, sparsity={**SPARSE, **fields}))

@@ -127,6 +127,7 @@ class Flow:
     mask: Callable[[Any, dict], Any]
     update: Callable[[dict, dict], tuple[dict, dict]] | None
     is_update_step: Callable[[int], bool]
+    update_cost_dense_steps: float = 0.0  # training FLOPs of one update, in dense train steps
 
 
 def _identity_mask(updates, state):
@@ -316,7 +317,8 @@ def prune_regrow_flow(kinds: dict[str, KindInfo], total_steps: int, start_fracti
         return start < step < end and (step - start) % update_every == 0
 
     return Flow(f"prune_regrow/{regrow}", init=lambda state: state, mask=_identity_mask,
-                update=update, is_update_step=is_update_step)
+                update=update, is_update_step=is_update_step,
+                update_cost_dense_steps=1.0 if regrow == "gradient" else 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
