@@ -9,8 +9,9 @@ model of the same shape whose linears differ in storage:
 - sparse -> sparse: densify, then as dense -> sparse.
 
 The optimizer state is carried the same way for any Optax state: a leaf whose trailing dict keys
-are `layers/<kind>/kernel|values` is converted like the parameter; any other leaf is copied when
-the source has it at the same path with the same shape, else keeps its fresh initial value.
+are `layers/<kind>/kernel|values` is converted like the parameter (weights the source did not
+store get the layer's mean of that leaf, see `_fill_unstored`); any other leaf is copied when the
+source has it at the same path with the same shape, else keeps its fresh initial value.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from sparsetrain.sparsity.layout import dense_to_values
+from sparsetrain.sparsity.layout import dense_to_values, layout_to_mask
 from sparsetrain.sparsity.patterns import magnitude as magnitude_layout
 from sparsetrain.sparsity.schedule import LAYERS, KindInfo, _dict_suffix, densify_stacked
 
@@ -102,7 +103,10 @@ def _convert(src, src_kinds, dst, dst_kinds, magnitude):
             src_storage = "values" if kind in src_kinds else "kernel"
             src_key = key[: key.rfind("[")] + f"['{src_storage}']"
             if src_key in src_leaves:
-                w = _dense_weights(src["params"], src["indices"], src_kinds, kind, src_leaves[src_key])
+                leaf = src_leaves[src_key]
+                w = _dense_weights(src["params"], src["indices"], src_kinds, kind, leaf)
+                if kind in src_kinds:
+                    w = _fill_unstored(w, leaf, src["indices"][LAYERS][kind]["row_indices"], src_kinds[kind])
                 return _to_storage(w, rows.get(kind), dst_kinds.get(kind)).astype(template.dtype)
             return template
         old = src_leaves.get(key)
@@ -113,6 +117,20 @@ def _convert(src, src_kinds, dst, dst_kinds, magnitude):
     opt_state = jax.tree_util.tree_map_with_path(carry, dst["opt_state"])
     return {**dst, "params": params, "indices": indices, "opt_state": opt_state,
             "step": src["step"], "rng": src["rng"]}
+
+
+def _fill_unstored(dense, leaf, rows, info: KindInfo):
+    """Optimizer state of weights the source did not store: the layer's mean over stored blocks.
+
+    Zero moments with the optimizer's step count far from 0 make Adam-like updates of the new
+    weights large and all of one sign (a loss spike after densifying); the layer mean gives
+    them the scale the stored weights' statistics have (for signed moments it is about 0).
+    """
+    mean = leaf.mean(axis=tuple(range(1, leaf.ndim)))                       # (L,)
+    mask = jax.vmap(lambda r: layout_to_mask(info.layout(r)))(rows)        # (L, nr, nc) blocks
+    b = info.block
+    stored = jnp.repeat(jnp.repeat(mask, b, axis=1), b, axis=2)            # (L, n_in, n_out)
+    return jnp.where(stored, dense, mean[:, None, None].astype(dense.dtype))
 
 
 def _check_same_shapes(new: Any, template: Any) -> None:
