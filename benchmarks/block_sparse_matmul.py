@@ -3,6 +3,7 @@
     python benchmarks/block_sparse_matmul.py                 # full grid (~15-25 min on 2 cores)
     python benchmarks/block_sparse_matmul.py --quick         # one shape, block 64, 2 densities
     python benchmarks/block_sparse_matmul.py --allocator tuned   # glibc malloc tunables (see below)
+    python benchmarks/block_sparse_matmul.py --blocks 64 --densities 1/2,1/4,1/8   # a subset
 
 Prints a markdown table and writes JSON (default benchmarks/results/block_sparse_matmul.json).
 Every time is the median of --reps runs after one warm-up, with block_until_ready; speedups are
@@ -74,6 +75,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per case (median)")
     ap.add_argument("--allocator", choices=["default", "tuned", "tcmalloc"], default="default")
     ap.add_argument("--no-peers", action="store_true", help="skip jax.experimental.sparse and torch")
+    ap.add_argument("--shapes", help="comma-separated TxINxOUT subset, e.g. 8192x768x3072")
+    ap.add_argument("--blocks", help="comma-separated block sizes, e.g. 64")
+    ap.add_argument("--densities", help="comma-separated fractions, e.g. 1/2,1/4,1/8")
     args = ap.parse_args(argv)
     _reexec_with_allocator(args.allocator)
 
@@ -107,6 +111,12 @@ def main(argv=None) -> int:
     shapes = SHAPES[:1] if args.quick else SHAPES
     blocks = [64] if args.quick else BLOCKS
     densities = [1 / 2, 1 / 8] if args.quick else DENSITIES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    if args.blocks:
+        blocks = [int(b) for b in args.blocks.split(",")]
+    if args.densities:
+        densities = [float(num) / float(den or 1) for num, _, den in (d.partition("/") for d in args.densities.split(","))]
     setting = allocator_setting()
     print(f"# block_sparse_matmul benchmark: jax {jax.__version__}, {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}; allocator: {setting}", flush=True)

@@ -127,3 +127,28 @@ def test_compiled_flops_scale_with_density():
         b = _compiled_flops(fwd_bwd, x, values, layout)
         assert f == pytest.approx(density * dense_fwd, rel=0.15), density
         assert b == pytest.approx(3 * density * dense_fwd, rel=0.15), density
+
+
+@pytest.mark.parametrize("max_unroll", [128, 4])
+def test_unbalanced_layout_and_grouped_loops(monkeypatch, max_unroll):
+    """Input rows with unequal block counts take the general backward; small unroll limits
+    take the fori_loop over unrolled groups. Both must equal the masked dense result."""
+    from sparsetrain.sparsity import layout_from_mask, ops
+
+    monkeypatch.setattr(ops, "MAX_UNROLL_DOTS", max_unroll)
+    mask = np.zeros((4, 6), bool)
+    mask[0, :] = True  # row 0 stored in every column: above the balanced cap of 3
+    mask[1, :3] = True
+    mask[2, 3:] = True
+    for layout in (layout_from_mask(mask, (16, 16)),
+                   random_balanced(jax.random.PRNGKey(0), (64, 96), (16, 16), 0.5)):
+        x = jax.random.normal(jax.random.PRNGKey(1), (24, 64))
+        w = jax.random.normal(jax.random.PRNGKey(2), (64, 96))
+        cot = jax.random.normal(jax.random.PRNGKey(3), (24, 96))
+        values = dense_to_values(w, layout)
+        y, vjp = jax.vjp(lambda x, v: block_sparse_matmul(x, v, layout), x, values)
+        dx, dv = vjp(cot)
+        ry, rdx, rdw = _dense_and_grads(x, _masked(w, layout), cot)
+        np.testing.assert_allclose(y, ry, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(dx, rdx, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(dv, dense_to_values(rdw, layout), rtol=1e-4, atol=1e-3)

@@ -1,14 +1,25 @@
 """Block-sparse matmul y = x @ W for a weight stored as blocks (see layout.py).
 
-Forward, per output block-column j: gather the k input slabs x[:, rows[j]] (T, k*bk) and do one
-dense dot with the column's stored blocks (k*bk, bn). Backward, per column: the same gather gives
-dvalues[j] = g.T @ dy_j, and dx gets dy_j @ values[j].T added into the k slabs it came from.
+Everything runs on block-major activations: x (T, in) is transposed once to xbm (nr, T, bk), so
+input block-row r is the contiguous plane xbm[r] and `lax.dynamic_index_in_dim` reads it without
+a gather (XLA:CPU gathers copy element-wise at ~1 GB/s, slower than all the dots together).
+
+Forward, per output block-column j: y_j = sum_t xbm[rows[j, t]] @ values[j, t] (k dots of
+(T, bk) @ (bk, bn), float32 accumulation), columns concatenated.
+Backward, with dy block-major too (dybm (nc, T, bn)):
+  dvalues[j, t] = xbm[rows[j, t]].T @ dybm[j];
+  dx (block-major, then transposed back): plane r = sum over stored blocks (j, t) in input row r
+  of dybm[j] @ values[j, t].T. The (j, t) of each input row come from the transposed layout,
+  computed on device from row_indices (argsort); rows are padded to a static cap
+  ceil(nc * k / nr) slots (exact for balanced layouts such as random_balanced), padded slots
+  multiply a zeroed block. A layout with a row above the cap (e.g. magnitude) takes, via
+  lax.cond, a general path: a rolled loop adding each block's contribution into its plane.
 Every FLOP touches a stored block, so forward and backward cost scale with density.
+Loops are unrolled (XLA:CPU then runs independent dots concurrently on its threads and its cost
+analysis counts each one) up to MAX_UNROLL_DOTS dots, beyond that a loop over unrolled groups.
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,12 +28,8 @@ from jax import lax
 from sparsetrain.sparsity.layout import BlockLayout
 
 ALLOWED_DTYPES = (jnp.float32, jnp.bfloat16)
-# Column loops are unrolled up to this many columns (beyond it, in groups of it). Unrolled,
-# XLA:CPU runs independent column dots concurrently on its threads (a rolled while loop runs
-# them one at a time on one core) and its cost analysis counts every column. The price is
-# compile time, which grows with the unroll.
-MAX_UNROLL = 64
-MAX_SLAB_UNROLL = 4
+# Dots per unrolled loop body. Compile time grows with it; beyond it, a fori_loop runs groups.
+MAX_UNROLL_DOTS = 128
 
 
 def matmul_flops(tokens: int, layout: BlockLayout) -> int:
@@ -49,46 +56,132 @@ def _check_args(x, values, layout: BlockLayout):
         raise ValueError(f"values: dtype {values.dtype} is not allowed; expected x's dtype {x.dtype}")
 
 
-def _gather(xb, rows_j):
-    """x blocks (T, nr, bk), rows (k,) -> (T, k*bk)."""
-    g = jnp.take(xb, rows_j, axis=1, mode="clip", unique_indices=True, indices_are_sorted=True)
-    return g.reshape(xb.shape[0], -1)
+def _group_size(n: int, dots_per_item: int) -> int:
+    """Largest divisor of n with group * dots_per_item <= MAX_UNROLL_DOTS (at least 1)."""
+    limit = max(1, MAX_UNROLL_DOTS // max(1, dots_per_item))
+    return max(g for g in range(1, min(n, limit) + 1) if n % g == 0)
+
+
+def _plane(a, i):
+    return lax.dynamic_index_in_dim(a, i, 0, keepdims=False)
+
+
+def _block_major(a, b):
+    """(T, n*b) -> (n, T, b)."""
+    return a.reshape(a.shape[0], -1, b).transpose(1, 0, 2)
+
+
+def _grouped(n, dots_per_item, item, outs):
+    """Run item(i) for i < n; item returns (token-major slab (T, b), block stack (m, ...)).
+
+    Returns (slabs concatenated on axis 1, block stacks concatenated on axis 0). Unrolled, or a
+    fori_loop over unrolled groups writing into buffers shaped like `outs` (zeros to fill).
+    """
+    g = _group_size(n, dots_per_item)
+
+    def group(i0):
+        parts = [item(i0 + i) for i in range(g)]
+        return tuple(jnp.concatenate([p[a] for p in parts], axis=1 - a) for a in range(2))
+
+    if g == n:
+        return group(0)
+
+    def body(step, acc):
+        slab, blocks = group(step * g)
+        return (lax.dynamic_update_slice_in_dim(acc[0], slab, step * slab.shape[1], axis=1),
+                lax.dynamic_update_slice_in_dim(acc[1], blocks, step * blocks.shape[0], axis=0))
+
+    return lax.fori_loop(0, n // g, body, outs)
 
 
 def _forward(x2, values, rows):
     t, _ = x2.shape
     nc, k, bk, bn = values.shape
-    xb = x2.reshape(t, -1, bk)
-    w = values.reshape(nc, k * bk, bn)
+    xbm = _block_major(x2, bk)
+    dummy = jnp.zeros((nc, 0), x2.dtype)
 
-    def column(j, y):
-        yj = jnp.dot(_gather(xb, rows[j]), w[j], preferred_element_type=jnp.float32)
-        return lax.dynamic_update_slice_in_dim(y, yj.astype(y.dtype), j * bn, axis=1)
+    def column(j):
+        acc = None
+        for s in range(k):
+            d = jnp.dot(_plane(xbm, rows[j, s]), values[j, s], preferred_element_type=jnp.float32)
+            acc = d if acc is None else acc + d
+        return acc.astype(x2.dtype), dummy[:1] if isinstance(j, int) else lax.dynamic_slice_in_dim(dummy, j, 1)
 
-    return lax.fori_loop(0, nc, column, jnp.zeros((t, nc * bn), x2.dtype), unroll=min(nc, MAX_UNROLL))
+    return _grouped(nc, k, column, (jnp.zeros((t, nc * bn), x2.dtype), dummy))[0]
+
+
+def _transposed_layout(rows, nr, cap):
+    """Per input row r: up to `cap` flat block ids j*k+t stored in it (sorted), validity, counts."""
+    flat = rows.reshape(-1)
+    order = jnp.argsort(flat, stable=True).astype(jnp.int32)
+    counts = jnp.zeros((nr,), jnp.int32).at[flat].add(1)
+    start = jnp.cumsum(counts) - counts
+    slot = jnp.arange(cap, dtype=jnp.int32)
+    valid = slot[None, :] < counts[:, None]
+    pos = jnp.clip(start[:, None] + slot[None, :], 0, flat.shape[0] - 1)
+    ids = jnp.where(valid, order[pos], 0)
+    return ids, valid, jnp.max(counts)
+
+
+def _backward_balanced(xbm, dybm, vflat, rows, k, cap):
+    """Per input row r: g = its columns' dy planes side by side (T, cap*bn);
+    dx_r = g @ [values blocks].T and dvalues of its blocks = xbm[r].T @ g."""
+    nr, t, bk = xbm.shape
+    nb, _, bn = vflat.shape
+    ids, valid, _ = _transposed_layout(rows, nr, cap)
+    zero = jnp.zeros((), vflat.dtype)
+
+    def row(r):
+        b = ids[r]
+        g = jnp.concatenate([_plane(dybm, b[s] // k) for s in range(cap)], axis=1)
+        w = jnp.concatenate([jnp.where(valid[r, s], _plane(vflat, b[s]), zero) for s in range(cap)], axis=1)
+        dx_r = lax.dot_general(g, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        dw_r = lax.dot_general(_plane(xbm, r), g, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        dw_r = dw_r.reshape(bk, cap, bn).transpose(1, 0, 2)
+        return dx_r.astype(xbm.dtype), dw_r.astype(vflat.dtype)
+
+    outs = (jnp.zeros((t, nr * bk), xbm.dtype), jnp.zeros((nr * cap, bk, bn), vflat.dtype))
+    dx, dw_slots = _grouped(nr, 2 * cap, row, outs)
+    # Slot (r, s) holds block ids[r, s]; put each stored block's gradient back at its id.
+    slot_of = jnp.zeros((nb,), jnp.int32).at[jnp.where(valid, ids, nb).reshape(-1)].set(
+        jnp.arange(nr * cap, dtype=jnp.int32), mode="drop")
+    return dx, jnp.take(dw_slots, slot_of, axis=0)
+
+
+def _backward_general(xbm, dybm, vflat, rows, k):
+    """Any layout: a rolled loop over stored blocks, adding each dx contribution into its plane."""
+    nr, t, bk = xbm.shape
+    nb, _, bn = vflat.shape
+    flat = rows.reshape(-1)
+
+    def body(i, acc):
+        dxbm, dw = acc
+        r = flat[i]
+        dyp = _plane(dybm, i // k)
+        d = lax.dot_general(dyp, _plane(vflat, i), (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        dxbm = lax.dynamic_update_index_in_dim(dxbm, _plane(dxbm, r) + d, r, 0)
+        dwi = lax.dot_general(_plane(xbm, r), dyp, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        return dxbm, lax.dynamic_update_index_in_dim(dw, dwi.astype(dw.dtype), i, 0)
+
+    dxbm, dw = lax.fori_loop(0, nb, body, (jnp.zeros((nr, t, bk), jnp.float32), jnp.zeros_like(vflat)))
+    return dxbm.astype(xbm.dtype).transpose(1, 0, 2).reshape(t, nr * bk), dw
 
 
 def _backward(x2, values, rows, dy):
     t, n_in = x2.shape
     nc, k, bk, bn = values.shape
-    xb = x2.reshape(t, -1, bk)
-    w = values.reshape(nc, k * bk, bn)
-
-    def column(dx, j):
-        dyj = lax.dynamic_slice_in_dim(dy, j * bn, bn, axis=1)
-        dw = jnp.dot(_gather(xb, rows[j]).T, dyj, preferred_element_type=jnp.float32)
-        contrib = jnp.dot(dyj, w[j].T, preferred_element_type=jnp.float32)
-        def add_slab(i, dx):  # add each bk-wide slab into the input block it came from
-            start = rows[j, i] * bk
-            old = lax.dynamic_slice_in_dim(dx, start, bk, axis=1)
-            new = lax.dynamic_slice_in_dim(contrib, i * bk, bk, axis=1)
-            return lax.dynamic_update_slice_in_dim(dx, old + new, start, axis=1)
-
-        dx = lax.fori_loop(0, k, add_slab, dx, unroll=min(k, MAX_SLAB_UNROLL))
-        return dx, dw.astype(values.dtype)
-
-    dx, dw = lax.scan(column, jnp.zeros((t, n_in), jnp.float32), jnp.arange(nc), unroll=min(nc, MAX_UNROLL))
-    return dx.astype(x2.dtype), dw.reshape(values.shape)
+    nr = n_in // bk
+    xbm = _block_major(x2, bk)
+    dybm = _block_major(dy.astype(x2.dtype), bn)
+    vflat = values.reshape(nc * k, bk, bn)
+    cap = -(-nc * k // nr)  # exact for layouts balanced per input row (random_balanced)
+    _, _, max_count = _transposed_layout(rows, nr, 1)
+    dx, dw = lax.cond(
+        max_count <= cap,
+        lambda: _backward_balanced(xbm, dybm, vflat, rows, k, cap),
+        lambda: _backward_general(xbm, dybm, vflat, rows, k),
+    )
+    return dx, dw.reshape(values.shape)
 
 
 @jax.custom_vjp
