@@ -184,18 +184,33 @@ def _backward(x2, values, rows, dy):
     return dx, dw.reshape(values.shape)
 
 
-@jax.custom_vjp
-def _bsmm(x2, values, rows):
+# Named calls: the jaxpr shows each block-sparse matmul as one call with its layout argument, so a
+# dataflow lowering (rdu_xla_backend.lowering) can cost it as one fused kernel from its operands
+# and real indices instead of from this CPU-specific formulation.
+@jax.jit
+def block_sparse_matmul_forward(x2, values, rows):
+    """y (T, out) from x2 (T, in), values (nc, k, bk, bn), rows (nc, k)."""
     return _forward(x2, values, rows)
 
 
+@jax.jit
+def block_sparse_matmul_backward(x2, values, rows, dy):
+    """(dx (T, in), dvalues (nc, k, bk, bn)) from the forward's operands and dy (T, out)."""
+    return _backward(x2, values, rows, dy)
+
+
+@jax.custom_vjp
+def _bsmm(x2, values, rows):
+    return block_sparse_matmul_forward(x2, values, rows)
+
+
 def _bsmm_fwd(x2, values, rows):
-    return _forward(x2, values, rows), (x2, values, rows)
+    return block_sparse_matmul_forward(x2, values, rows), (x2, values, rows)
 
 
 def _bsmm_bwd(res, dy):
     x2, values, rows = res
-    dx, dw = _backward(x2, values, rows, dy)
+    dx, dw = block_sparse_matmul_backward(x2, values, rows, dy)
     return dx, dw, None
 
 
