@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import matplotlib
 
 matplotlib.use("Agg")
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="parent directory of the runs (default runs/pair-TIME)")
     args = parser.parse_args(argv)
 
+    datasets.disable_progress_bars()  # local files: "downloading" bars are noise
     out = Path(args.out or f"runs/pair-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"allocator: {allocator()}")
     print(f"runs in {out}/")
