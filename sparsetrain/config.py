@@ -180,6 +180,9 @@ class RunConfig:
     wandb_project: str = _f("sparsetrain", "W&B project name")
     backend: str = _f("xla", f"where steps run, one of {BACKENDS}")
     progress: bool = _f(True, "show a progress bar")
+    mesh_data: int = _f(1, "devices along the mesh's data (replica) axis")
+    mesh_fsdp: int = _f(1, "devices along the fsdp axis (params and optimizer state split)")
+    mesh_tensor: int = _f(1, "devices along the tensor axis (heads / MLP width split)")
 
 
 @dataclass
@@ -410,6 +413,11 @@ def validate(cfg: Config, check_data: bool = True) -> None:
         v = getattr(r, name)
         _require(v >= 1, f"run.{name}", v, "an integer >= 1")
     _require(r.wandb in WANDB_MODES, "run.wandb", r.wandb, ", ".join(WANDB_MODES))
+    for name in ("mesh_data", "mesh_fsdp", "mesh_tensor"):
+        _require(getattr(r, name) >= 1, f"run.{name}", getattr(r, name), "an integer >= 1")
+    replicas = r.mesh_data * r.mesh_fsdp
+    _require(d.batch_size % replicas == 0, "data.batch_size", d.batch_size,
+             f"a multiple of run.mesh_data * run.mesh_fsdp = {replicas}")
     _require(r.backend in BACKENDS, "run.backend", r.backend, ", ".join(BACKENDS))
     _require(bool(r.name) and "/" not in r.name, "run.name", r.name, "a non-empty name without '/'")
 

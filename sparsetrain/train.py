@@ -39,6 +39,7 @@ from sparsetrain.data import TOKENIZER_FILENAME, BatchIterator, build_datasets, 
 from sparsetrain.models.accounting import model_counts
 from sparsetrain.models.gpt import GPT, BlockIndices, GPTSpec, abstract_model, build_model
 from sparsetrain.optim import make_optimizer
+from sparsetrain.sharding import batch_sharding, make_mesh, tree_shardings
 from sparsetrain.sparsity.convert import convert_state
 from sparsetrain.sparsity.schedule import Flow, kind_infos, make_flow, pruned_params, training_spec
 from sparsetrain.tracking import Tracker, read_jsonl
@@ -204,6 +205,19 @@ def _start_from_run(cfg: Config, setup: Setup, out: Path) -> tuple[dict, dict, l
     return state, meta, rows
 
 
+def _mesh_of(cfg: Config):
+    """The recipe's (data, fsdp, tensor) mesh over the first devices, or None for one device."""
+    r = cfg.run
+    n = r.mesh_data * r.mesh_fsdp * r.mesh_tensor
+    if n == 1:
+        return None
+    if n > jax.device_count():
+        raise ConfigError(f"run.mesh_data*mesh_fsdp*mesh_tensor: {n} is not allowed; this process has "
+                          f"{jax.device_count()} devices (on CPU, set XLA_FLAGS="
+                          f"--xla_force_host_platform_device_count={n} before starting)")
+    return make_mesh(r.mesh_data, r.mesh_fsdp, r.mesh_tensor, devices=jax.devices()[:n])
+
+
 def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
           progress: bool | None = None) -> dict:
     """Train a GPT from a validated recipe. Returns the run summary (also in OUT/summary.json).
@@ -256,7 +270,13 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
 
     tracker = Tracker(out, cfg.run.wandb, cfg.run.wandb_project, cfg.run.name, cfg.to_dict(),
                       resume=resume)
-    train_step, eval_step = make_train_step(fns, tx, schedule, flow), make_eval_step(fns)
+    mesh, out_shardings = _mesh_of(cfg), None
+    if mesh is not None:  # place the state on the mesh; XLA (GSPMD) partitions the step
+        shardings = tree_shardings(state, mesh)
+        state = jax.device_put(state, shardings)
+        out_shardings = (shardings, None)
+    train_step = make_train_step(fns, tx, schedule, flow, out_shardings=out_shardings)
+    eval_step = make_eval_step(fns)
     flow_step = jax.jit(flow.update, donate_argnums=0) if flow.update is not None else None
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     flops_per_step = counts.train_flops_per_token_effective * tokens_per_step
@@ -270,6 +290,8 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
                dynamic_ncols=True)
     for step in bar:
         batch = batches.next()
+        if mesh is not None:
+            batch = jax.device_put(batch, batch_sharding(mesh))
         t0 = time.perf_counter()
         state, metrics = train_step(state, batch)
         done = step + 1

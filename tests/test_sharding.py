@@ -45,7 +45,24 @@ def test_mesh_size_must_match_devices():
         make_mesh(2, 2, 2, devices=jax.devices()[:1])
 
 
-@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def run_8_devices(script: str, *args: str) -> dict:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, str(ROOT / "tests/multidevice" / script), *args],
+                         env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_train_on_a_mesh_and_resume_on_another_device_count():
+    """The real train loop (sparse GPT): 1 device == 2x2x2 mesh; saved on 8 devices, resumed on 4."""
+    r = run_8_devices("sharded_train.py")
+    assert len(r["single"]) == 4
+    np.testing.assert_allclose(r["mesh"], r["single"], rtol=2e-5)
+    np.testing.assert_allclose(r["moved"], r["single"], rtol=2e-5)
+
+
+@pytest.mark.parametrize("kind", ["dense"])
 def test_2x2x2_mesh_gives_the_single_device_losses(kind):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
            "PYTHONPATH": str(ROOT)}
