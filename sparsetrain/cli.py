@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -58,8 +59,6 @@ def _extra_commands():
 
 def _memory_plan(cfg, mesh_text: str, device: str) -> dict:
     """Plan on virtual CPU devices: set before JAX starts its backend (nothing has asked it yet)."""
-    import os
-
     import jax
 
     from sparsetrain.memory_plan import memory_plan, parse_mesh
@@ -107,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             from sparsetrain.train import train
 
             datasets.disable_progress_bars()  # local files: "downloading" bars are noise
+            if os.environ.get("JAX_COORDINATOR_ADDRESS"):  # many hosts: JAX's own rendezvous
+                import jax
+
+                jax.distributed.initialize()
 
             cfg = load_recipe(args.recipe, args.overrides)
             summary = train(cfg, resume=args.resume, stop_after=args.stop_after,
