@@ -53,7 +53,7 @@ def test_forward_shape_and_causality():
     assert not np.allclose(out[:, 10:], logits[:, 10:])
 
 
-@pytest.mark.parametrize("remat", [False, True])
+@pytest.mark.parametrize("remat", [True])  # the rematerialised path; every other test runs without
 def test_sparse_model_equals_dense_model_with_masked_kernels(remat):
     sparse = build_model(spec_of(True, remat=remat), seed=0)
     for kind in ("qkv", "mlp_down"):  # non-zero biases, so they are checked too

@@ -55,10 +55,10 @@ def run_8_devices(script: str, *args: str) -> dict:
 
 
 def test_train_on_a_mesh_and_resume_on_another_device_count():
-    """The real train loop (sparse GPT): 1 device == 2x2x2 mesh; saved on 8 devices, resumed on 4."""
+    """The real train loop (sparse GPT): steps 1-2 on a 2x2x2 mesh, saved, steps 3-4 resumed on 4
+    devices: the same losses as on 1 device."""
     r = run_8_devices("sharded_train.py")
-    assert len(r["single"]) == 4
-    np.testing.assert_allclose(r["mesh"], r["single"], rtol=2e-5)
+    assert len(r["single"]) == 4 and len(r["moved"]) == 4
     np.testing.assert_allclose(r["moved"], r["single"], rtol=2e-5)
 
 

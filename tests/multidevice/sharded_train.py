@@ -1,5 +1,5 @@
-"""The real `train()` of a tiny sparse GPT on 1 device, on a 2x2x2 mesh, and saved on the 2x2x2 mesh
-then resumed on a 1x4x1 mesh (a different device count). Prints the three loss sequences as JSON.
+"""The real `train()` of a tiny sparse GPT on 1 device, and on a 2x2x2 mesh for 2 steps, saved there
+and resumed on a 1x4x1 mesh (a different device count) for 2 more. Prints both loss sequences as JSON.
 Needs XLA_FLAGS=--xla_force_host_platform_device_count=8 before JAX starts (run by a test)."""
 
 import json
@@ -38,7 +38,6 @@ def losses(name, mesh, stop_after=None, resume=False):
 
 
 single = losses("single", (1, 1, 1))
-mesh = losses("mesh", (2, 2, 2))
 losses("moved", (2, 2, 2), stop_after=2)
 moved = losses("moved", (1, 4, 1), resume=True)
-print(json.dumps({"single": single, "mesh": mesh, "moved": moved}))
+print(json.dumps({"single": single, "moved": moved}))
