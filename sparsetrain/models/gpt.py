@@ -111,7 +111,15 @@ def linear_apply(p: dict, lin: LinearSpec, x: jax.Array) -> jax.Array:
                              block=(lin.block, lin.block))
         y = block_sparse_matmul(x, p["values"].astype(x.dtype), layout)
     else:
-        y = jnp.dot(x, p["kernel"].astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
+        # Tokens flattened to one axis: XLA:CPU runs the backward's transposed dots ~1.4x faster
+        # on 2-D operands than on (B, T, d) ones (measured on the tiny MLP).
+        x2 = x.reshape(-1, lin.n_in)
+        w = p["kernel"].astype(x.dtype)
+        if x.dtype == jnp.float32:
+            y2 = jnp.dot(x2, w)
+        else:
+            y2 = jnp.dot(x2, w, preferred_element_type=jnp.float32).astype(x.dtype)
+        y = y2.reshape(*x.shape[:-1], lin.n_out)
     return y + p["bias"].astype(x.dtype)
 
 
