@@ -65,6 +65,10 @@ class Op:
     out_bytes_each: float = 0.0  # size of the value produced (for SRAM working set)
     gather: GatherInfo | None = None
     path: str = ""  # where it came from, e.g. 'scan/jit:_take/gather'
+    # (value key, bytes) of the values read / written (keys follow a value through calls and
+    # loops; ``operators`` uses them to find the bytes crossing an operator-kernel boundary).
+    ins: tuple = ()
+    outs: tuple = ()
 
     @property
     def total_flops(self) -> float:
@@ -111,11 +115,21 @@ class Kernel:
     working_bytes: float = 0.0  # sum of the values produced inside per trip (SRAM working set)
     largest_bytes: float = 0.0  # largest value produced inside per trip (sets the tile count)
     carry_bytes: float = 0.0  # loop carry (the activation passed from layer to layer)
+    # Bytes really read of a read tensor when less than its size (a kernel that slices a
+    # stacked weight reads one slice); absent keys read the whole tensor.
+    read_bytes: dict[int, float] = field(default_factory=dict)
+    # Kernel calls one trip was made of before the looping pass merged them (launches per trip
+    # when the loop is not pipelined).
+    calls_per_trip: int = 1
 
     @property
     def flops(self) -> float:
         """FLOPs of one call (all trips)."""
         return self.trips * sum(op.total_flops for op in self.ops)
+
+    def read_charge(self, key: int, nbytes: float) -> float:
+        """Bytes this kernel reads of tensor ``key`` (of ``nbytes`` bytes) per call."""
+        return min(nbytes, self.read_bytes.get(key, nbytes))
 
 
 @dataclass
