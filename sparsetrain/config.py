@@ -38,19 +38,41 @@ def _f(default: Any, doc: str):
 # Model presets: shapes of the GPT-2 (Radford et al. 2019) and GPT-3 (Brown et al. 2020, Table
 # 2.1) papers. GPT-3 1.3B lists 24 heads of 128 (3072 != 2048 wide); we use 16 heads of 128.
 # GPT-3 13B lists width 5140; we use 5120 (divisible by 40 heads and by block sizes).
+# Llama-family presets (RMSNorm, rotary positions, SwiGLU, grouped-query attention, untied head):
+# Llama 2 (Touvron et al. 2023, Table 1 and the released config), Llama 3.1 (Llama Team 2024,
+# "The Llama 3 Herd of Models", Table 3), Mistral 7B v0.1 (Jiang et al. 2023, Table 1; its 4096-token
+# sliding attention window is not modelled: identical for sequences up to 4096 tokens).
 # ---------------------------------------------------------------------------------------------
+MODEL_FAMILIES = ("gpt", "llama")
+TRAINABLE_FAMILIES = ("gpt",)  # Llama presets are for `info` and `emulate` (and KV-cache inference)
+
+
 @dataclass(frozen=True)
 class ModelShape:
-    """The resolved shape of a GPT: layers, width, heads, context (tokens)."""
+    """The resolved shape of a model: layers, width, heads, context (tokens), and for the llama
+    family its key/value heads, SwiGLU width, fixed vocabulary and RoPE base."""
 
     n_layers: int
     d_model: int
     n_heads: int
     context: int
+    family: str = "gpt"               # one of MODEL_FAMILIES
+    n_kv_heads: int | None = None     # llama: key/value heads (grouped-query); None = n_heads
+    ffn: int | None = None            # llama: SwiGLU hidden width; None = 4 * d_model (GPT MLP)
+    vocab: int | None = None          # vocabulary of the published tokenizer; None = data.vocab_size
+    rope_theta: float = 10000.0       # llama: rotary position base
 
     @property
     def d_ff(self) -> int:
-        return 4 * self.d_model
+        return self.ffn or 4 * self.d_model
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
 
 
 PRESETS: dict[str, ModelShape] = {
@@ -64,6 +86,13 @@ PRESETS: dict[str, ModelShape] = {
     "gpt3-2.7b": ModelShape(32, 2560, 32, 2048),
     "gpt3-6.7b": ModelShape(32, 4096, 32, 2048),
     "gpt3-13b": ModelShape(40, 5120, 40, 2048),
+    # name: (layers, width, heads, context, family, kv heads, SwiGLU width, vocab, RoPE base)
+    "llama-tiny": ModelShape(2, 64, 4, 64, "llama", 2, 128, None, 10000.0),
+    "llama2-7b": ModelShape(32, 4096, 32, 4096, "llama", 32, 11008, 32000, 10000.0),
+    "llama3.1-8b": ModelShape(32, 4096, 32, 131072, "llama", 8, 14336, 128256, 500000.0),
+    "llama3.1-70b": ModelShape(80, 8192, 64, 131072, "llama", 8, 28672, 128256, 500000.0),
+    "llama3.1-405b": ModelShape(126, 16384, 128, 131072, "llama", 8, 53248, 128256, 500000.0),
+    "mistral-7b": ModelShape(32, 4096, 32, 8192, "llama", 8, 14336, 32000, 10000.0),
 }
 
 LINEAR_KINDS = ("qkv", "attn_out", "mlp_up", "mlp_down")
@@ -84,6 +113,8 @@ class ModelConfig:
     d_model: int | None = _f(None, "override the preset's width (embedding size)")
     n_heads: int | None = _f(None, "override the preset's number of attention heads")
     context: int | None = _f(None, "override the preset's context length (tokens)")
+    n_kv_heads: int | None = _f(None, "override a llama preset's key/value heads (grouped-query "
+                                "attention; must divide n_heads); null for GPT presets")
     dtype: str = _f("float32", f"compute dtype of activations, one of {DTYPES} (params are float32)")
     remat: bool = _f(False, "rematerialise each decoder layer in the backward pass (saves memory)")
 
@@ -219,11 +250,13 @@ def _section_types() -> dict[str, type]:
 def resolve_shape(model: ModelConfig) -> ModelShape:
     """The preset's shape with the recipe's explicit overrides applied."""
     base = PRESETS[model.preset]
-    return ModelShape(
+    return dataclasses.replace(
+        base,
         n_layers=model.n_layers or base.n_layers,
         d_model=model.d_model or base.d_model,
         n_heads=model.n_heads or base.n_heads,
         context=model.context or base.context,
+        n_kv_heads=model.n_kv_heads or base.n_kv_heads,
     )
 
 
@@ -328,8 +361,15 @@ def _require(ok: bool, where: str, value: Any, allowed: str) -> None:
 
 
 def linear_shapes(shape: ModelShape) -> dict[str, tuple[int, int]]:
-    """(in_features, out_features) of each linear kind of a decoder layer."""
+    """(in_features, out_features) of each linear kind of a decoder layer.
+
+    llama: qkv holds the query heads and the (fewer) key/value heads; mlp_up holds the SwiGLU
+    gate and up projections side by side (2 * ffn outputs).
+    """
     d, ff = shape.d_model, shape.d_ff
+    if shape.family == "llama":
+        qkv = (shape.n_heads + 2 * shape.kv_heads) * shape.head_dim
+        return {"qkv": (d, qkv), "attn_out": (d, d), "mlp_up": (d, 2 * ff), "mlp_down": (ff, d)}
     return {"qkv": (d, 3 * d), "attn_out": (d, d), "mlp_up": (d, ff), "mlp_down": (ff, d)}
 
 
@@ -343,12 +383,13 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     m = cfg.model
     _require(m.preset in PRESETS, "model.preset", m.preset, ", ".join(PRESETS))
     _require(m.dtype in DTYPES, "model.dtype", m.dtype, ", ".join(DTYPES))
-    for name in ("n_layers", "d_model", "n_heads", "context"):
+    for name in ("n_layers", "d_model", "n_heads", "context", "n_kv_heads"):
         v = getattr(m, name)
         _require(v is None or v >= 1, f"model.{name}", v, "an integer >= 1 or null")
     shape = cfg.shape()
     _require(shape.d_model % shape.n_heads == 0, "model.n_heads", shape.n_heads,
              f"a divisor of model.d_model={shape.d_model}")
+    _validate_family(cfg, shape)
 
     s = cfg.sparsity
     _require(s.pattern in PATTERNS, "sparsity.pattern", s.pattern, ", ".join(PATTERNS))
@@ -420,6 +461,32 @@ def validate(cfg: Config, check_data: bool = True) -> None:
              f"a multiple of run.mesh_data * run.mesh_fsdp = {replicas}")
     _require(r.backend in BACKENDS, "run.backend", r.backend, ", ".join(BACKENDS))
     _require(bool(r.name) and "/" not in r.name, "run.name", r.name, "a non-empty name without '/'")
+
+
+def _validate_family(cfg: Config, shape: ModelShape) -> None:
+    """Fields whose allowed values depend on the preset's family (GPT or llama)."""
+    m, d = cfg.model, cfg.data
+    if shape.family != "llama":
+        _require(m.n_kv_heads is None, "model.n_kv_heads", m.n_kv_heads,
+                 f"null for the GPT preset {m.preset!r} (every head has its own keys and values)")
+        return
+    _require(shape.n_heads % shape.kv_heads == 0, "model.n_kv_heads", shape.kv_heads,
+             f"a divisor of model.n_heads={shape.n_heads}")
+    _require(shape.head_dim % 2 == 0, "model.n_heads", shape.n_heads,
+             f"a head count giving an even head width (rotary positions rotate pairs; "
+             f"model.d_model={shape.d_model})")
+    if shape.vocab is not None:
+        _require(d.vocab_size == shape.vocab, "data.vocab_size", d.vocab_size,
+                 f"{shape.vocab} (the tokenizer vocabulary of model.preset={m.preset!r})")
+
+
+def check_trainable(cfg: Config) -> None:
+    """Refuse, before anything is built, to train a preset whose family training does not support."""
+    family = cfg.shape().family
+    trainable = [name for name, s in PRESETS.items() if s.family in TRAINABLE_FAMILIES]
+    _require(family in TRAINABLE_FAMILIES, "model.preset", cfg.model.preset,
+             f"a GPT preset for training ({', '.join(trainable)}); {family} presets are for "
+             "`sparsetrain info` and `sparsetrain emulate`")
 
 
 def _validate_flow(s: SparsityConfig) -> None:

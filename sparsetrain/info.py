@@ -1,7 +1,7 @@
 """`sparsetrain info`: parameters, bytes and FLOPs of a recipe's model, without allocating it.
 
 The model and its optimizer state are built with `nnx.eval_shape` / `jax.eval_shape`, so a
-GPT-13B is counted from ShapeDtypeStructs in seconds and a few hundred MB.
+GPT-13B or a Llama 3.1 405B is counted from ShapeDtypeStructs in seconds and a few hundred MB.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from flax import nnx
 
 from sparsetrain.config import Config
 from sparsetrain.models.accounting import model_counts
-from sparsetrain.models.gpt import GPTSpec, abstract_model
+from sparsetrain.models.family import abstract_model, model_spec
 from sparsetrain.optim import make_optimizer
 
 
@@ -22,16 +22,17 @@ def _bytes(tree) -> int:
 
 def model_info(cfg: Config) -> dict:
     """Counts of the recipe's model (vocabulary = data.vocab_size) at data.seq_len."""
-    spec = GPTSpec.from_config(cfg)
+    spec = model_spec(cfg)
     model = abstract_model(spec)
     counts = model_counts(model, cfg.data.seq_len)
     params = nnx.state(model, nnx.Param).to_pure_dict()
     tx, _ = make_optimizer(cfg.optimizer, cfg.run.steps)
     opt_state = jax.eval_shape(tx.init, params)
     return {
-        "preset": cfg.model.preset,
+        "preset": cfg.model.preset, "family": spec.shape.family,
         "layers": spec.shape.n_layers, "d_model": spec.shape.d_model,
-        "heads": spec.shape.n_heads, "context": spec.shape.context, "vocab": spec.vocab_size,
+        "heads": spec.shape.n_heads, "kv_heads": spec.shape.kv_heads, "d_ff": spec.shape.d_ff,
+        "context": spec.shape.context, "vocab": spec.vocab_size,
         "params_dense": counts.params_dense,
         "params_stored": counts.params_stored,
         "stored_fraction": counts.params_stored / counts.params_dense,
@@ -55,8 +56,10 @@ def _human(n: float, unit: str = "") -> str:
 
 def format_info(info: dict) -> str:
     lines = [
-        f"model            {info['preset']}: {info['layers']} layers, width {info['d_model']}, "
-        f"{info['heads']} heads, context {info['context']}, vocab {info['vocab']}",
+        f"model            {info['preset']} ({info['family']}): {info['layers']} layers, width "
+        f"{info['d_model']}, {info['heads']} heads"
+        + (f" ({info['kv_heads']} key/value)" if info["kv_heads"] != info["heads"] else "")
+        + f", MLP {info['d_ff']}, context {info['context']}, vocab {info['vocab']}",
         f"parameters       {info['params_dense']:,} dense-equivalent, {info['params_stored']:,} stored "
         f"({100 * info['stored_fraction']:.1f}%)",
         f"weights          {_human(info['weight_bytes'], 'B')} float32 + {_human(info['index_bytes'], 'B')} "

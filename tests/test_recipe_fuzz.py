@@ -12,7 +12,8 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
 from sparsetrain.config import LINEAR_KINDS, PRESETS, Config, ConfigError, from_dict, validate
-from sparsetrain.models.gpt import GPTSpec, placeholder_layouts
+from sparsetrain.models.family import model_spec
+from sparsetrain.models.gpt import placeholder_layouts
 
 EXAMPLES = int(os.environ.get("RECIPE_FUZZ_EXAMPLES", "300"))
 
@@ -32,14 +33,14 @@ linear = maybe({"density": fracs, "block": ints})
 recipes = maybe({
     "model": st.one_of(junk, maybe({
         "preset": st.one_of(st.sampled_from(sorted(PRESETS)), junk),
-        "n_layers": ints, "d_model": ints, "n_heads": ints, "context": ints,
+        "n_layers": ints, "d_model": ints, "n_heads": ints, "context": ints, "n_kv_heads": ints,
         "dtype": st.one_of(st.sampled_from(["float32", "bfloat16", "float16"]), junk),
         "remat": st.one_of(st.booleans(), junk)})),
     "sparsity": st.one_of(junk, maybe({
         "pattern": st.one_of(st.sampled_from(["dense", "random_balanced", "butterfly", "x"]), junk),
         "density": fracs, "block": ints, **{k: st.one_of(linear, junk) for k in LINEAR_KINDS}})),
     "data": st.one_of(junk, maybe({
-        "vocab_size": ints, "seq_len": ints, "batch_size": ints, "val_fraction": fracs,
+        "vocab_size": st.one_of(ints, st.sampled_from([32000, 128256])), "seq_len": ints, "batch_size": ints, "val_fraction": fracs,
         "dataset": st.one_of(st.sampled_from(["shakespeare", "/nonexistent/x.txt", "user/hub-set"]), junk),
         "tokenizer": st.one_of(st.just("bpe"), junk)})),
     "optimizer": st.one_of(junk, maybe({"lr": fracs, "beta1": fracs, "beta2": fracs, "eps": fracs,
@@ -60,6 +61,6 @@ def test_any_recipe_is_accepted_or_refused_with_config_error(raw):
         message = str(e)
         assert ":" in message and ("allowed" in message or "expected" in message or "exist" in message)
         return
-    spec = GPTSpec.from_config(cfg)  # an accepted recipe must describe a buildable model
+    spec = model_spec(cfg)  # an accepted recipe must describe a buildable model (GPT or Llama)
     placeholder_layouts(spec)
     assert cfg.data.seq_len <= spec.shape.context

@@ -1,7 +1,7 @@
-"""Parameter, byte and FLOP accounting of a GPT, dense-equivalent and as actually stored.
+"""Parameter, byte and FLOP accounting of a GPT or Llama, dense-equivalent and as actually stored.
 
 Works on real or abstract models (`abstract_model`: ShapeDtypeStruct leaves, nothing allocated),
-so a GPT-13B is counted without its weights.
+so a GPT-13B or a Llama 3.1 405B is counted without its weights.
 
 FLOPs follow the usual convention (Kaplan et al. 2020; PaLM appendix B): a matmul of a token
 with an (in, out) weight costs 2*in*out FLOPs forward; attention scores and the weighted sum cost
@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from sparsetrain.models import llama
 from sparsetrain.models.gpt import GPT, BlockIndices, GPTSpec
 from sparsetrain.sparsity import blocks_per_column
 
@@ -49,8 +50,10 @@ def count_params(model: GPT) -> tuple[int, int]:
             sum(_size(x) for x in jax.tree.leaves(indices)))
 
 
-def dense_param_count(spec: GPTSpec) -> int:
-    """Parameters of the same GPT with every linear dense."""
+def dense_param_count(spec: GPTSpec | llama.LlamaSpec) -> int:
+    """Parameters of the same model with every linear dense."""
+    if isinstance(spec, llama.LlamaSpec):
+        return llama.dense_param_count(spec)
     L, d, ctx, V = spec.shape.n_layers, spec.shape.d_model, spec.shape.context, spec.vocab_size
     per_layer = sum(lin.n_in * lin.n_out + lin.n_out for _, lin in spec.linears) + 4 * d
     return V * d + ctx * d + L * per_layer + 2 * d

@@ -6,6 +6,10 @@ The decoder layers are stored stacked (every parameter has a leading layer axis)
 block-sparse: it then stores only its nonzero blocks (`values`) and their block-row indices
 (`row_indices`, a `BlockIndices` variable: integer, not trained, checkpointed) and multiplies with
 `block_sparse_matmul`. Embeddings and the tied output head stay dense.
+
+Besides `__call__` (a whole sequence), a GPT exposes the decoder protocol of
+`sparsetrain.models.kv_cache` (`embed_tokens`, `attention_inputs`, `layer_output`, `logits`), so
+`kv_cache.prefill` / `kv_cache.decode_step` run it with a KV cache.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sparsetrain.config import LINEAR_KINDS, Config, ModelShape, linear_shapes
+from sparsetrain.config import LINEAR_KINDS, Config, ConfigError, ModelShape, linear_shapes
 from sparsetrain.sparsity import BlockLayout, block_sparse_matmul, blocks_per_column, make_layout
 
 
@@ -28,12 +32,13 @@ class BlockIndices(nnx.Variable):
 
 @dataclass(frozen=True)
 class LinearSpec:
-    """One linear kind: (in, out) features, fraction of blocks stored, square block size."""
+    """One linear kind: (in, out) features, fraction of blocks stored, square block size, bias."""
 
     n_in: int
     n_out: int
     density: float = 1.0
     block: int = 64
+    bias: bool = True
 
     @property
     def sparse(self) -> bool:
@@ -55,6 +60,10 @@ class GPTSpec:
     @classmethod
     def from_config(cls, cfg: Config, vocab_size: int | None = None) -> "GPTSpec":
         shape = cfg.shape()
+        if shape.family != "gpt":
+            raise ConfigError(f"model.preset: {cfg.model.preset!r} is not allowed here; allowed: a "
+                              f"GPT preset (this one is a {shape.family} model: "
+                              "sparsetrain.models.family.model_spec builds it)")
         linears = []
         for kind, (n_in, n_out) in linear_shapes(shape).items():
             density, block = cfg.sparsity.of(kind)
@@ -82,10 +91,10 @@ def make_layouts(spec: GPTSpec) -> dict[str, list[BlockLayout]]:
 
 
 class StackedLinear(nnx.Module):
-    """`n_layers` linears (n_in -> n_out) with bias, dense or block-sparse, stacked on axis 0.
+    """`n_layers` linears (n_in -> n_out), dense or block-sparse, stacked on axis 0.
 
     Dense: `kernel` (L, n_in, n_out). Sparse: `values` (L, n_col_blocks, k, bk, bn) and
-    `row_indices` (L, n_col_blocks, k). Bias: (L, n_out), zeros at init.
+    `row_indices` (L, n_col_blocks, k). Bias (when `lin.bias`): (L, n_out), zeros at init.
     """
 
     def __init__(self, n_layers: int, lin: LinearSpec, std: float, layouts, *, rngs: nnx.Rngs):
@@ -101,7 +110,8 @@ class StackedLinear(nnx.Module):
             self.row_indices = BlockIndices(idx)
         else:
             self.kernel = nnx.Param(std * jax.random.normal(key, (n_layers, lin.n_in, lin.n_out)))
-        self.bias = nnx.Param(jnp.zeros((n_layers, lin.n_out)))
+        if lin.bias:
+            self.bias = nnx.Param(jnp.zeros((n_layers, lin.n_out)))
 
 
 def linear_apply(p: dict, lin: LinearSpec, x: jax.Array) -> jax.Array:
@@ -120,7 +130,7 @@ def linear_apply(p: dict, lin: LinearSpec, x: jax.Array) -> jax.Array:
         else:
             y2 = jnp.dot(x2, w, preferred_element_type=jnp.float32).astype(x.dtype)
         y = y2.reshape(*x.shape[:-1], lin.n_out)
-    return y + p["bias"].astype(x.dtype)
+    return y + p["bias"].astype(x.dtype) if lin.bias else y
 
 
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-5) -> jax.Array:
@@ -131,18 +141,30 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-
     return ((xf - mean) * jax.lax.rsqrt(var + eps) * scale + bias).astype(x.dtype)
 
 
-def decoder_layer(p: dict, x: jax.Array, spec: GPTSpec) -> jax.Array:
-    """One pre-LN decoder layer. p: this layer's parameters; x: (B, T, d) -> (B, T, d)."""
+def attention_inputs(p: dict, x: jax.Array, spec: GPTSpec) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Queries, keys and values of one layer: x (B, T, d) -> three (B, T, heads, head_dim)."""
     B, T, d = x.shape
     n_heads = spec.shape.n_heads
     h = layer_norm(x, p["ln1_scale"], p["ln1_bias"])
     qkv = linear_apply(p["qkv"], spec.linear("qkv"), h)
     q, k, v = jnp.split(qkv.reshape(B, T, 3, n_heads, d // n_heads), 3, axis=2)
-    att = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], is_causal=True)
+    return q[:, :, 0], k[:, :, 0], v[:, :, 0]
+
+
+def layer_output(p: dict, x: jax.Array, att: jax.Array, spec: GPTSpec) -> jax.Array:
+    """The rest of a layer after attention: x (B, T, d), att (B, T, heads, head_dim) -> (B, T, d)."""
+    B, T, d = x.shape
     x = x + linear_apply(p["attn_out"], spec.linear("attn_out"), att.reshape(B, T, d))
     h = layer_norm(x, p["ln2_scale"], p["ln2_bias"])
     h = jax.nn.gelu(linear_apply(p["mlp_up"], spec.linear("mlp_up"), h))
     return x + linear_apply(p["mlp_down"], spec.linear("mlp_down"), h)
+
+
+def decoder_layer(p: dict, x: jax.Array, spec: GPTSpec) -> jax.Array:
+    """One pre-LN decoder layer. p: this layer's parameters; x: (B, T, d) -> (B, T, d)."""
+    q, k, v = attention_inputs(p, x, spec)
+    att = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    return layer_output(p, x, att, spec)
 
 
 class DecoderStack(nnx.Module):
@@ -184,10 +206,31 @@ class GPT(nnx.Module):
         self.ln_f_bias = nnx.Param(jnp.zeros((d,)))
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        dtype = jnp.dtype(self.spec.dtype)
-        T = tokens.shape[-1]
-        x = (self.wte[...][tokens] + self.wpe[...][:T]).astype(dtype)
+        x = self.embed_tokens(tokens, 0)
         x = self.layers(x, self.spec)
+        return self.logits(x)
+
+    # The decoder protocol of sparsetrain.models.kv_cache ---------------------------------------
+    def embed_tokens(self, tokens: jax.Array, start: int | jax.Array) -> jax.Array:
+        """tokens int32 (B, T) at positions start .. start+T-1 -> (B, T, d) in the compute dtype.
+
+        `start`: int or int32 scalar array (a traced decode position); start + T <= context.
+        """
+        T = tokens.shape[-1]
+        wpe = self.wpe[...]
+        pos = wpe[:T] if isinstance(start, int) and start == 0 else jax.lax.dynamic_slice_in_dim(wpe, start, T)
+        return (self.wte[...][tokens] + pos).astype(jnp.dtype(self.spec.dtype))
+
+    def attention_inputs(self, p: dict, x: jax.Array, start: int | jax.Array):
+        """One layer's q, k, v (B, T, heads, head_dim); learned positions are already in x."""
+        return attention_inputs(p, x, self.spec)
+
+    def layer_output(self, p: dict, x: jax.Array, att: jax.Array) -> jax.Array:
+        return layer_output(p, x, att, self.spec)
+
+    def logits(self, x: jax.Array) -> jax.Array:
+        """Final LayerNorm and the tied head: (..., d) -> float32 (..., vocab)."""
+        dtype = jnp.dtype(self.spec.dtype)
         x = layer_norm(x, self.ln_f_scale[...], self.ln_f_bias[...])
         return jnp.dot(x, self.wte[...].astype(dtype).T, preferred_element_type=jnp.float32)
 
