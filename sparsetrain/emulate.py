@@ -35,7 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--vs", default="a100", help="GPU baseline: a100, a100-40gb, h100 (default "
                    "a100 = 80 GB); as many GPUs as sockets")
     p.add_argument("--mode", default="train", choices=MODES,
-                   help="train step, prefill (forward over the sequence) or decode (one token)")
+                   help="train step, prefill (forward over the sequence, filling a KV cache) or "
+                   "decode (one new token per sequence over a KV cache of data.seq_len positions)")
     p.add_argument("--parallel", default="pipeline", choices=("pipeline", "tensor"),
                    help="how sockets split the model (default pipeline)")
     p.add_argument("--micro-batches", type=int, default=None, help="pipeline micro-batches "
@@ -52,20 +53,63 @@ def register(subparsers) -> None:
 
 
 def program(cfg, mode: str):
-    """(function, abstract args) of one step of the recipe's model in ``mode``."""
-    from sparsetrain.models.gpt import GPTSpec, abstract_model
-    from sparsetrain.optim import make_optimizer
-    from sparsetrain.train import ModelFunctions, init_state, make_train_step
+    """(function, abstract args) of one step of the recipe's model (GPT or Llama) in ``mode``.
 
-    fns = ModelFunctions(abstract_model(GPTSpec.from_config(cfg)))
+    Nothing is allocated: every argument is a ShapeDtypeStruct. With B = data.batch_size and
+    T = data.seq_len:
+
+    - train: ``step(state, {tokens, targets: (B, T)}) -> (state, metrics)``, float32 params.
+    - prefill: ``(params, indices, tokens (B, T)) -> (logits (B, vocab), KV cache)``: the prompt's
+      forward writing the keys/values of its T positions; logits of the last position only.
+    - decode: ``(params, indices, cache, token (B,), position ()) -> (logits (B, vocab), cache)``:
+      ONE new token per sequence at position T-1, attending over a KV cache of T positions (T-1
+      earlier tokens and its own), then writing its keys/values into the cache.
+
+    Inference weights (and the KV cache) are in the compute dtype ``model.dtype``.
+    """
+    from sparsetrain.models.family import abstract_model, model_spec
+    from sparsetrain.models.kv_cache import CachedDecoder, abstract_cache
+
+    model = abstract_model(model_spec(cfg))
     B, T = cfg.data.batch_size, cfg.data.seq_len
-    tokens = jax.ShapeDtypeStruct((B, T if mode != "decode" else 1), jnp.int32)
     if mode == "train":
+        from sparsetrain.optim import make_optimizer
+        from sparsetrain.train import ModelFunctions, init_state, make_train_step
+
+        fns = ModelFunctions(model)
+        tokens = jax.ShapeDtypeStruct((B, T), jnp.int32)
         tx, schedule = make_optimizer(cfg.optimizer, cfg.run.steps)
         state = jax.eval_shape(lambda: init_state(fns, tx, 0))
         return make_train_step(fns, tx, schedule), (state, {"tokens": tokens, "targets": tokens})
-    params, indices = fns.initial()
-    return fns.logits, (params, indices, tokens)
+    if mode not in MODES:
+        raise ValueError(f"--mode: {mode!r} is not allowed; allowed: {', '.join(MODES)}")
+    dec = CachedDecoder(model)
+    params, indices = dec.initial()
+    dtype = jnp.dtype(cfg.model.dtype)
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype), params)
+    if mode == "prefill":
+        def prefill(params, indices, tokens):
+            return dec.prefill(params, indices, tokens, max_len=T, last_logits_only=True)
+
+        return prefill, (params, indices, jax.ShapeDtypeStruct((B, T), jnp.int32))
+    return dec.decode, (params, indices, abstract_cache(model, B, T),
+                        jax.ShapeDtypeStruct((B,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32))
+
+
+def mode_assumptions(cfg, mode: str) -> list[str]:
+    """What the traced program of ``mode`` does and does not include."""
+    T, dtype = cfg.data.seq_len, cfg.model.dtype
+    if mode == "prefill":
+        return [f"model: prefill = the forward over {T} prompt tokens per sequence, writing their "
+                f"keys/values into a KV cache of {T} positions; logits of the last position only; "
+                f"weights and cache in {dtype}"]
+    if mode == "decode":
+        return [f"model: decode = ONE new token per sequence at position {T - 1}; each layer reads "
+                f"the KV cache ({T - 1} earlier positions + the new one) once and attends over it; "
+                f"the new keys/values are written into the cache after the layer loop; weights and "
+                f"cache in {dtype}"]
+    return []
 
 
 def estimate(cfg, dense_cfg, args) -> dict:
@@ -92,9 +136,7 @@ def estimate(cfg, dense_cfg, args) -> dict:
                    + hardware.assumptions(gpu) + gpu_model.assumptions(gpu, args.sockets)
                    + ["model: block indices are placeholders (abstract shapes): sparse gathers "
                       "use the expected-cost model (seeded random draw of the same shape)"]
-                   + (["model: decode = a forward over one new token per sequence; the GPT has "
-                       "no KV cache, so attention over the cache is not counted"]
-                      if args.mode == "decode" else []))
+                   + mode_assumptions(cfg, args.mode))
     return {"rdu": rdu, "graph": graph, "gpu_dense": gpu_dense, "gpu_sparse": gpu_sparse,
             "assumptions": assumptions, "report": report}
 
@@ -139,9 +181,10 @@ def run(args: argparse.Namespace) -> int:
 
         print(json.dumps(data, indent=2, default=float))
         return 0
+    tokens = (f"1 new token (KV cache of {cfg.data.seq_len} positions)" if args.mode == "decode"
+              else f"{cfg.data.seq_len} tokens")
     print(f"{args.recipe}: {args.mode} step of {cfg.model.preset}, batch {cfg.data.batch_size} x "
-          f"{cfg.data.seq_len if args.mode != 'decode' else 1} tokens, "
-          f"{len(rdu.kernels)} kernels, {rdu.flops / 1e12:.4g} TFLOP")
+          f"{tokens}, {len(rdu.kernels)} kernels, {rdu.flops / 1e12:.4g} TFLOP")
     print()
     print(report.markdown_table(rdu))
     print()

@@ -34,7 +34,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from sparsetrain.checkpoint import Checkpointer
-from sparsetrain.config import Config, ConfigError, from_dict, save_recipe
+from sparsetrain.config import Config, ConfigError, check_trainable, from_dict, save_recipe
 from sparsetrain.data import TOKENIZER_FILENAME, BatchIterator, build_datasets, eval_batches
 from sparsetrain.models.accounting import model_counts
 from sparsetrain.models.gpt import GPT, BlockIndices, GPTSpec, abstract_model, build_model
@@ -229,6 +229,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
         schedule still spans `run.steps`.
       progress: show a progress bar (default: the recipe's `run.progress`).
     """
+    check_trainable(cfg)  # a Llama preset is refused here, before any data or compile
     out = cfg.out_dir
     ckpt = Checkpointer(out / "checkpoints", cfg.run.keep_checkpoints)
     if ckpt.latest_step() is not None and not resume:

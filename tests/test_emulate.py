@@ -44,3 +44,31 @@ def test_bad_arguments_fail_with_exit_2(tmp_path, capsys):
     assert main(["emulate", str(recipe), "--vs", "tpu"]) == 2
     assert "allowed" in capsys.readouterr().err
     assert main(["emulate", str(recipe), "--sockets", "0"]) == 2
+
+
+def test_llama_8b_decode_reads_weights_and_kv_cache_once(capsys):
+    """One new token of Llama 3.1 8B over an 8K KV cache: the FLOPs of a forward over one token
+    plus attention over the cache, and at least the bf16 weights and the cache read from HBM."""
+    assert main(["emulate", "recipes/llama3.1-8b.yaml", "--mode", "decode", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    L, d, T, V, kv = 32, 4096, 8192, 128256, 8 * 128
+    linears = d * (d + 2 * kv) + d * d + d * 2 * 14336 + 14336 * d
+    flops = 2 * L * linears + 2 * d * V + 4 * T * d * L   # layers, head, attention over the cache
+    assert data["flops"] == pytest.approx(flops, rel=0.03)
+    weights_and_cache = 2 * (L * linears + d * V) + 2 * 2 * L * T * kv   # bf16
+    hbm = sum(k["hbm_bytes"] for k in data["kernels"])
+    assert weights_and_cache <= hbm <= 1.25 * weights_and_cache
+    assert any("KV cache" in line for line in data["summary"]["assumptions"])
+
+
+def test_llama_prefill_program_fills_the_cache():
+    import jax
+
+    from sparsetrain.config import load_recipe
+    from sparsetrain.emulate import program
+
+    cfg = load_recipe("recipes/mistral-7b.yaml", check_data=False)
+    fn, args = program(cfg, "prefill")
+    logits, cache = jax.eval_shape(fn, *args)
+    assert logits.shape == (1, 32000) and cache.k.shape == (32, 1, 4096, 8, 128)
+    assert str(cache.k.dtype) == "bfloat16"
