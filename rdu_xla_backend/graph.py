@@ -121,6 +121,9 @@ class Kernel:
     # Kernel calls one trip was made of before the looping pass merged them (launches per trip
     # when the loop is not pipelined).
     calls_per_trip: int = 1
+    # All-reduces of ``carry_bytes`` per trip when the program is split tensor-parallel (a layer
+    # of a stack: 2, Megatron style; see ``parallel``).
+    collectives: int = 0
 
     @property
     def flops(self) -> float:
@@ -168,6 +171,9 @@ class Graph:
     concrete: dict[int, np.ndarray]  # flat argument position -> value, for concrete int inputs
     mode: str = "fused"
     name: str = ""
+    # Pytree path of each flat argument, e.g. "[0].params['layers']['wq']" (names the memory
+    # category of an input: weights, KV cache, optimizer state; see ``placement``).
+    input_paths: list[str] = field(default_factory=list)
 
     @property
     def flops(self) -> float:

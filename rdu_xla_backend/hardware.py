@@ -45,12 +45,25 @@ class ModelParameters:
     launch_seconds_software: float = 10e-6  # not public: assumed/fitted, host-orchestrated gap
     launch_seconds_hardware: float = 1e-6  # not public: assumed/fitted, AGCU-orchestrated gap
     host_link_bytes_per_s: float = 32 * GB  # not public: assumed, PCIe 4 x16-class link
+    # Fraction of the public HBM / DDR peak a streaming kernel (or a DDR -> HBM copy) reaches.
+    hbm_efficiency: float = 0.9  # not public: assumed/fitted ([SN40L] claims > 85% in decode)
+    ddr_efficiency: float = 0.9  # not public: assumed/fitted
+    # Latency of a kernel call's first off-chip access (HBM/DDR latency through the AGCU): a call
+    # cannot prefetch before it starts, a pipelined loop pays it once.
+    offchip_latency_seconds: float = 1e-6  # not public: assumed
+    # Cycles a tile spends in one pipeline stage beyond its work (network hops, PCU pipeline
+    # depth): adds to a kernel's fill and drain.
+    stage_latency_cycles: float = 32.0  # not public: assumed
+    # One hop of a collective between sockets (a recursive-doubling all-reduce takes log2(P)).
+    inter_socket_latency_seconds: float = 1e-6  # not public: assumed/fitted
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is not None and value <= 0:
                 raise ValueError(f"ModelParameters.{f.name} must be > 0, got {value!r}")
+            if f.name.endswith("efficiency") and value > 1:
+                raise ValueError(f"ModelParameters.{f.name} must be <= 1, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from rdu_xla_backend.graph import Kernel, Step, Tensor
 from rdu_xla_backend.operators import VIEWS
+from rdu_xla_backend.parallel import ALL_REDUCES_PER_LAYER
 
 
 def signature(kernel: Kernel, tensors: dict[int, Tensor]) -> tuple:
@@ -154,4 +155,4 @@ def _merge(group: list[Kernel], index: int, tensors: dict[int, Tensor]) -> Kerne
     return Kernel(name, first.phase, first.ops, reads=reads, writes=writes, trips=len(group),
                   calls=1, local_bytes=first.local_bytes, working_bytes=first.working_bytes,
                   largest_bytes=first.largest_bytes, carry_bytes=carry, read_bytes=read_bytes,
-                  calls_per_trip=first.calls_per_trip)
+                  calls_per_trip=first.calls_per_trip, collectives=ALL_REDUCES_PER_LAYER)

@@ -47,6 +47,7 @@ from rdu_xla_backend.collect import (
     is_marked_kernel,
 )
 from rdu_xla_backend.operators import charged_reads, operator_kernels
+from rdu_xla_backend.parallel import ALL_REDUCES_PER_LAYER
 from rdu_xla_backend.rules import (  # noqa: F401  (re-exported: the lowering's public names)
     BLOCK_SPARSE_CALLS,
     FREE,
@@ -211,6 +212,8 @@ def lower(fn: Callable, *args, mode: str = "fused", name: str = "") -> Graph:
             first = len(kernels)
             ops = [op for i in idx for op in _eqn_body(flat.eqns[i], flat).ops]
             kernels += operator_kernels(ops, first)
+            if len(idx) == 1 and is_loop_kernel(flat.eqns[idx[0]].eqn):
+                _layer_collectives(flat.eqns[idx[0]].eqn, kernels[first:])
             steps.append(Step([flat.eqns[i] for i in idx], list(range(first, len(kernels)))))
 
     tensors = _tensors(flat, kernels, steps, in_keys, out_keys)
@@ -227,8 +230,9 @@ def lower(fn: Callable, *args, mode: str = "fused", name: str = "") -> Graph:
         leaf = leaves[pos]
         if isinstance(leaf, (np.ndarray, jax.Array)) and not isinstance(leaf, jax.ShapeDtypeStruct):
             concrete[pos] = np.asarray(leaf)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(args)[0]]
     return Graph(kernels, tensors, steps, in_keys, out_keys, flat.constants, out_tree, in_tree,
-                 concrete, mode, name or getattr(fn, "__name__", "fn"))
+                 concrete, mode, name or getattr(fn, "__name__", "fn"), paths)
 
 
 def _fused_kernel(fes: list[FlatEqn], flat: _Flat, index: int) -> Kernel:
@@ -253,7 +257,18 @@ def _fused_kernel(fes: list[FlatEqn], flat: _Flat, index: int) -> Kernel:
         name = (f"{_call_name(fes[0].eqn)[len(KERNEL_PREFIX):]}.{index}"
                 if is_marked_kernel(fes[0].eqn) else f"{phase}.{index}")
     return Kernel(name, phase, body.ops, trips=trips, working_bytes=body.working,
-                  largest_bytes=body.largest, carry_bytes=carry)
+                  largest_bytes=body.largest, carry_bytes=carry,
+                  collectives=ALL_REDUCES_PER_LAYER if trips > 1 else 0)
+
+
+def _layer_collectives(eqn, kernels: list[Kernel]) -> None:
+    """Operators of an unfused layer loop: the layer's all-reduces (tensor parallel) follow its
+    last matmuls, one each, of the loop carry's size."""
+    nk = eqn.params["num_carry"]
+    carry = sum(aval_bytes(v.aval) for v in eqn.params["jaxpr"].jaxpr.outvars[:nk])
+    matmuls = [k for k in kernels if any(op.kind == "matmul" for op in k.ops)]
+    for k in matmuls[-ALL_REDUCES_PER_LAYER:]:
+        k.collectives, k.carry_bytes = 1, carry
 
 
 def _tensors(flat: _Flat, kernels: list[Kernel], steps: list[Step], in_keys, out_keys):

@@ -1,52 +1,69 @@
 """Timing of a lowered graph on an RDU: per kernel, per program, across sockets.
 
 The mapping of the workload (``Graph``) onto a chip (``hardware.ChipSpec``) is this module; the
-chip stays data. Per kernel call:
+chip stays data. Work a kernel does is computed once (``kernel_work``: stages, units, tiles, bytes
+per tier; it depends on the chip's structure, not on its fitted parameters) and timed by
+``kernel_time`` (cheap: a calibration refits launch gaps, efficiencies and latencies without
+re-balancing any pipeline).
+
+Per kernel, ``kernel_work``:
 
 - Stages: every operator that does work is a pipeline stage. PCU stages (matmul, vector,
   transcendental, reduce) and PMU stages (memory movement, gathers) get units from their pools
-  by ``pipeline.balance_stages``. Work of a stage on ONE unit, in cycles:
-  matmul FLOPs / (2 x lanes x stages) (systolic mode: the public peak per PCU); vector and
-  reduce FLOPs / (lanes x stages) (an element-wise chain packs into the SIMD stages);
-  transcendental FLOPs / lanes (one tail stage); memory bytes / (banks x bank word); a gather's
-  cycles come from ``memory.block_gather_cost`` on the real ``row_indices`` when the graph has
-  them, else on a seeded random draw of the same shape (the expected-cost model).
-- Tiles: the kernel streams tiles; a tile of its largest value fills half a PMU (double
-  buffering), so tiles = ceil(largest value / (PMU bytes / 2)). A looped kernel streams
-  trips x tiles through one pipeline when kernel looping is on (fill, drain and launch paid
-  once), else pays them every trip. ``pipeline.fused_kernel_timing`` gives the cycles.
-- Off-chip: the tensors a kernel reads and writes, each from the tier it is placed in (HBM, or
-  DDR when the live tensors exceed HBM: a liveness-based greedy placement), at that tier's
-  bandwidth; values produced inside a kernel stay in SRAM while the working set per tile fits,
-  the excess spills to HBM and back.
-- time = max(pipeline, memory, network) + launches x launch gap; the bound is the largest term.
+  by ``pipeline.balance_stages``. Work of a stage on ONE unit, in cycles: matmul FLOPs /
+  (2 x lanes x stages) (systolic mode: the public peak per PCU); vector and reduce FLOPs /
+  (lanes x stages); transcendental FLOPs / lanes (one tail stage); memory bytes / (banks x bank
+  word); a gather's cycles from ``memory.block_gather_cost`` on the real ``row_indices`` when the
+  graph has them, else on a seeded random draw of the same shape. Each stage adds
+  ``stage_latency_cycles`` to the fill (stages up to the slowest) or the drain (after it).
+- Tiles: a tile of the kernel's largest value fills half a PMU (double buffering).
+- Off-chip: the tensors it reads and writes, from the tier ``placement`` put them in; values
+  produced inside stay in SRAM while the working set per tile fits, the excess spills to HBM.
 
-Across sockets (``Options.sockets`` > 1): ``parallel='pipeline'`` splits each layer loop over the
-sockets and feeds M micro-batches through them (``pipeline.pipeline_schedule``, bubbles
-counted); ``parallel='tensor'`` splits every kernel's work and adds ring all-reduces of the layer
-activation (two per layer per pass, Megatron style) on the inter-socket links, overlapped with
-compute (the RDU streams collectives inside the kernel).
+Per call, ``kernel_time`` (I interval, F fill, D drain per tile; t tiles; n trips; M memory
+seconds per call at the achievable bandwidth ``efficiency x peak``; C collectives per trip):
+
+- pipeline of one trip: P1 = F + (t - 1) I + D.
+- looped kernel, ``kernel_looping`` on ([KL]: one call, outer loop pipelined): a trip may start
+  its first tile once the previous trip's first tile has left the pipeline (the layer carry),
+  so the loop takes (n - 1) max(t I, F + D + C) + P1 + C; weights of trip i + 1 stream while
+  trip i computes: time = gap + latency + max(loop, M).
+- otherwise every trip is a call of its own (``calls_per_trip`` launches): it cannot prefetch
+  before it starts and the next one cannot start before it drains, so each trip takes
+  gap x calls_per_trip + latency + max(P1 + C, M / n + D + last collective); the loop carry goes
+  through HBM between trips.
+- gap: ``launch_seconds_software`` (host-orchestrated) or ``launch_seconds_hardware``
+  (AGCU-orchestrated); latency: ``offchip_latency_seconds`` (first off-chip access of a call).
+
+Across sockets (``Options.sockets`` > 1): ``parallel='tensor'`` splits every kernel's work and
+bytes and adds the layer all-reduces (``parallel.collective_seconds``); ``parallel='pipeline'``
+splits the layer loop over sockets (``parallel.pipeline_parallel``).
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from rdu_xla_backend import parallel as par
 from rdu_xla_backend.emulator import memory as mem
 from rdu_xla_backend.emulator import pipeline as pl
-from rdu_xla_backend.graph import PCU_KINDS, GatherInfo, Graph, Kernel
+from rdu_xla_backend.gathers import (  # noqa: F401  (re-exported)
+    EXPECTED_SEED,
+    MAX_GATHER_FEATURES,
+    MAX_GATHER_LISTS,
+    gather_cost,
+)
+from rdu_xla_backend.gathers import index_lists as _index_lists  # noqa: F401
+from rdu_xla_backend.graph import PCU_KINDS, Graph, Kernel
 from rdu_xla_backend.hardware import ChipSpec
+from rdu_xla_backend.placement import MemoryPlan, plan_memory, place_tensors  # noqa: F401
 
 BOUNDS = ("compute", "sram", "hbm", "ddr", "network", "launch")
 PARALLEL = ("pipeline", "tensor")
 ORCHESTRATION = ("software", "hardware")
-MAX_GATHER_LISTS = 64  # index lists simulated per gather (evenly sampled); the rest scales
-MAX_GATHER_FEATURES = 1 << 16  # elements per simulated list; longer lists are sampled and scaled
-EXPECTED_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -59,7 +76,8 @@ class Options:
         micro_batches: M for pipeline parallelism (default 4 x sockets).
         schedule: 'gpipe' or '1f1b'.
         orchestration: 'software' (host launches) or 'hardware' (AGCU-sequenced launches).
-        kernel_looping: a looped kernel pays launch, fill and drain once (True) or every trip.
+        kernel_looping: a looped kernel's outer loop is pipelined (launch, sync, fill and drain
+            paid once per call) when True, else every trip is a kernel call of its own.
     """
 
     sockets: int = 1
@@ -81,10 +99,15 @@ class Options:
             raise ValueError(f"schedule {self.schedule!r} unknown; allowed: "
                              f"{', '.join(pl.SCHEDULES)}")
 
+    @property
+    def shards(self) -> int:
+        """Ways every kernel's work is split (tensor parallel), else 1."""
+        return self.sockets if self.parallel == "tensor" else 1
+
 
 @dataclass
 class KernelPerf:
-    """Timing of one kernel; times are for ALL its calls (seconds), bytes likewise."""
+    """Timing of one kernel on one socket (its share); times and bytes for ALL its calls."""
 
     name: str
     phase: str
@@ -95,7 +118,7 @@ class KernelPerf:
     pipeline_s: float
     memory_s: dict[str, float]
     network_s: float
-    launch_s: float
+    launch_s: float  # launch gaps and first-access latencies
     time_s: float
     bound: str
     tiles: int
@@ -108,10 +131,11 @@ class KernelPerf:
     gather_conflicts: float
     stage_names: list[str] = field(default_factory=list)
     stage_share: list[float] = field(default_factory=list)  # busy fraction of each stage
+    launches: float = 0.0  # kernel calls made (per trip when the loop is not pipelined)
 
     @property
     def work_s(self) -> float:
-        """Time without launches."""
+        """Time without launch gaps and latencies."""
         return self.time_s - self.launch_s
 
     @property
@@ -136,10 +160,16 @@ class ProgramPerf:
     placement: dict[int, str]
     overflow: list[int]  # tensors that fit no tier (reported, never hidden)
     notes: list[str]
+    memory: MemoryPlan | None = None
 
     @property
     def flops(self) -> float:
         return sum(k.flops for k in self.kernels)
+
+    @property
+    def launches(self) -> float:
+        """Kernel calls of one run of the program (per socket)."""
+        return sum(k.launches for k in self.kernels)
 
     @property
     def bound(self) -> str:
@@ -150,84 +180,12 @@ class ProgramPerf:
         return max(by, key=by.get) if by else "launch"
 
 
-# ----------------------------------------------------------------------------- placement
+# ----------------------------------------------------------------------------- kernel work
 
 
-def place_tensors(graph: Graph, chip) -> tuple[dict[int, str], list[int]]:
-    """Tier of every graph tensor: HBM while the live tensors fit, then DDR, else 'overflow'.
-
-    A tensor is live from its producing kernel to its last consumer (program outputs to the end);
-    tensors are placed greedily in order of birth, freeing dead ones first.
-    """
-    capacity = {"hbm": chip.hbm_bytes, "ddr": getattr(chip, "ddr_bytes", 0.0)}
-    left = {t: c for t, c in capacity.items() if c > 0}
-    tiers = list(left)
-    end = len(graph.kernels)
-    outputs = {k for k in graph.outputs if isinstance(k, int)}
-    order = sorted((t for t in graph.tensors.values() if not t.generated),
-                   key=lambda t: (t.producer, t.key))
-    live: list[tuple[int, int, str, float]] = []  # (death, key, tier, bytes)
-    tier_of, overflow = {}, []
-    for t in order:
-        while live and live[0][0] < t.producer:
-            _, _, tier, size = heapq.heappop(live)
-            left[tier] += size
-        death = end if t.key in outputs or not t.consumers else max(t.consumers)
-        tier = next((x for x in tiers if t.nbytes <= left[x]), "overflow")
-        tier_of[t.key] = tier
-        if tier == "overflow":
-            overflow.append(t.key)
-            continue
-        left[tier] -= t.nbytes
-        heapq.heappush(live, (death, t.key, tier, t.nbytes))
-    return tier_of, overflow
-
-
-# ----------------------------------------------------------------------------- gathers
-
-
-def _index_lists(info: GatherInfo, graph: Graph) -> tuple[np.ndarray, bool]:
-    """(n_lists, indices) index lists for a gather: real ones if known, else a seeded draw."""
-    arr = graph.concrete.get(info.origin) if info.origin is not None else None
-    if arr is not None and arr.size % info.indices == 0:
-        lists = np.clip(arr.reshape(-1, info.indices), 0, info.rows - 1)
-        real = True
-    else:
-        rng = np.random.default_rng(EXPECTED_SEED)
-        n = min(MAX_GATHER_LISTS, 16)
-        if info.indices <= info.rows:
-            lists = np.stack([np.sort(rng.choice(info.rows, info.indices, replace=False))
-                              for _ in range(n)])
-        else:
-            lists = np.sort(rng.integers(0, info.rows, (n, info.indices)), axis=1)
-        real = False
-    if lists.shape[0] > MAX_GATHER_LISTS:
-        lists = lists[np.linspace(0, lists.shape[0] - 1, MAX_GATHER_LISTS).astype(int)]
-    return lists.astype(np.int64), real
-
-
-def gather_cost(info: GatherInfo, graph: Graph, pmu: mem.PmuConfig,
-                cache: dict | None = None) -> tuple[float, float, bool]:
-    """(cycles, conflicts, from_real_indices) of ONE execution of a gather on one PMU."""
-    key = (info, pmu)
-    if cache is not None and key in cache:
-        return cache[key]
-    lists, real = _index_lists(info, graph)
-    keep = max(1, min(info.indices, MAX_GATHER_FEATURES // max(info.run, 1)))
-    scale = info.indices / keep
-    cost = mem.block_gather_cost(lists[:, :keep], (info.run, 1), info.rows * info.run,
-                                 info.tokens, pmu)
-    out = (cost.cycles / lists.shape[0] * scale, cost.conflicts / lists.shape[0] * scale, real)
-    if cache is not None:
-        cache[key] = out
-    return out
-
-
-# ----------------------------------------------------------------------------- one kernel
-
-
-def _stage_work(kernel: Kernel, chip: ChipSpec, graph: Graph, cache: dict):
-    """Per trip: (names, cycles on one unit, is_pcu, sram bytes, gather cycles, conflicts)."""
+def _stage_work(kernel: Kernel, chip: ChipSpec, graph: Graph, cache: dict, shards: int):
+    """Per trip and socket: (names, cycles on one unit, is_pcu, sram bytes, gather cycles,
+    conflicts)."""
     pmu = mem.PmuConfig.from_chip(chip)
     systolic = 2 * chip.macs_per_pcu_per_cycle
     simd = chip.simd_lanes_per_pcu * chip.stages_per_pcu
@@ -246,12 +204,13 @@ def _stage_work(kernel: Kernel, chip: ChipSpec, graph: Graph, cache: dict):
         elif op.kind == "gather":
             cyc, conf, _ = gather_cost(op.gather, graph, pmu, cache)
             w = cyc * op.count
-            g_cycles += w
-            g_conf += conf * op.count
+            g_cycles += w / shards
+            g_conf += conf * op.count / shards
             sram += op.total_bytes
         else:
             w = op.total_bytes / pmu_bytes_per_cycle
             sram += op.total_bytes
+        w /= shards
         if w <= 0:
             continue
         packable = op.kind in ("vector", "reduce", "transcendental")
@@ -266,7 +225,8 @@ def _stage_work(kernel: Kernel, chip: ChipSpec, graph: Graph, cache: dict):
         is_pcu.append(op.kind in PCU_KINDS)
         packed.append(packable)
         chain.append(1)
-    return names, np.asarray(work, np.float64), np.asarray(is_pcu, bool), sram, g_cycles, g_conf
+    return (names, np.asarray(work, np.float64), np.asarray(is_pcu, bool), sram / shards,
+            g_cycles, g_conf)
 
 
 def _merge(work: np.ndarray, limit: int) -> np.ndarray:
@@ -286,11 +246,40 @@ def _allocate(work: np.ndarray, is_pcu: np.ndarray, chip: ChipSpec):
     return alloc
 
 
-def kernel_perf(kernel: Kernel, graph: Graph, chip: ChipSpec, tier_of: dict[int, str],
-                options: Options = Options(), cache: dict | None = None) -> KernelPerf:
-    """Time all calls of one kernel on one socket (see the module docstring for the model)."""
+@dataclass(frozen=True)
+class KernelWork:
+    """What one call of a kernel does on one socket, independent of the fitted parameters.
+
+    Cycles are per tile (``interval``, ``fill`` and ``drain`` include the stage latencies);
+    bytes are per call on one socket, off-chip by tier (spill and, for a looped kernel run
+    trip by trip, nothing of the carry: ``kernel_time`` adds it).
+    """
+
+    kernel: Kernel
+    shards: int
+    interval: float
+    fill: float
+    drain: float
+    tiles: int
+    pcus: int
+    pmus: int
+    utilisation: float
+    bottleneck_pcu: bool
+    stage_names: list[str]
+    stage_share: list[float]
+    bytes: dict[str, float]
+    sram_bytes: float
+    sram_per_tile: float
+    spill_bytes: float
+    gather_cycles: float
+    gather_conflicts: float
+
+
+def kernel_work(kernel: Kernel, graph: Graph, chip: ChipSpec, tier_of: dict[int, str],
+                shards: int = 1, cache: dict | None = None) -> KernelWork:
+    """Stages, units, tiles and bytes of one call of ``kernel`` on one of ``shards`` sockets."""
     cache = {} if cache is None else cache
-    names, work, is_pcu, sram, g_cycles, g_conf = _stage_work(kernel, chip, graph, cache)
+    names, work, is_pcu, sram, g_cycles, g_conf = _stage_work(kernel, chip, graph, cache, shards)
     if work.size:
         pcu_w, pmu_w = _merge(work[is_pcu], chip.pcus), _merge(work[~is_pcu], chip.pmus)
         if pcu_w.size != is_pcu.sum() or pmu_w.size != (~is_pcu).sum():
@@ -298,155 +287,179 @@ def kernel_perf(kernel: Kernel, graph: Graph, chip: ChipSpec, tier_of: dict[int,
             work = np.concatenate([pcu_w, pmu_w])
             is_pcu = np.arange(work.size) < pcu_w.size
     tile_bytes = chip.sram_bytes_per_pmu / 2
-    tiles = max(1, math.ceil(kernel.largest_bytes / tile_bytes))
-    per_tile_sram = kernel.working_bytes / tiles
+    tiles = max(1, math.ceil(kernel.largest_bytes / shards / tile_bytes))
+    per_tile_sram = kernel.working_bytes / shards / tiles
     spill = 2 * max(0.0, per_tile_sram - chip.sram_bytes) * tiles * kernel.trips
-    looped = options.kernel_looping and kernel.trips > 1
-    runs = 1 if looped else kernel.trips  # pipeline runs per call
+    lat = chip.params.stage_latency_cycles
     if work.size:
         alloc = _allocate(work, is_pcu, chip)
-        timing = pl.fused_kernel_timing(work / tiles, chip.pcus + chip.pmus,
-                                        tiles * (kernel.trips if looped else 1), alloc)
-        cycles = timing.cycles * runs
+        t = pl.fused_kernel_timing(work / tiles, chip.pcus + chip.pmus, tiles, alloc)
+        b = t.bottleneck
+        fill, drain = t.fill + lat * (b + 1), t.drain + lat * (work.size - b - 1)
+        interval, util = t.interval, t.utilisation
         pcus, pmus = int(alloc[is_pcu].sum()), int(alloc[~is_pcu].sum())
-        util = timing.utilisation
         mean_util = float((util * alloc).sum() / alloc.sum())
-        bottleneck_pcu = bool(is_pcu[timing.bottleneck])
-        share = [float(x) for x in util]
+        bottleneck_pcu, share = bool(is_pcu[b]), [float(x) for x in util]
     else:
-        cycles, pcus, pmus, mean_util, bottleneck_pcu, share = 0.0, 0, 0, 0.0, True, []
-    pipeline_s = cycles / chip.clock_hz * kernel.calls
-
-    nbytes: dict[str, float] = {}
+        interval = fill = drain = 0.0
+        pcus, pmus, mean_util, bottleneck_pcu, share = 0, 0, 0.0, True, []
     default = "hbm" if chip.hbm_bytes > 0 else "ddr"
+    slowest = "ddr" if getattr(chip, "ddr_bytes", 0) > 0 else default
+    nbytes: dict[str, float] = {}
     if kernel.local_bytes:  # unfused: every operand through off-chip memory
         tiers = {tier_of.get(k, default) for k in kernel.reads + kernel.writes}
         tier = "ddr" if "ddr" in tiers else default
-        nbytes[tier] = kernel.local_bytes * kernel.calls
-    for k in kernel.reads + kernel.writes:
-        if kernel.local_bytes:
-            break
-        if graph.tensors[k].generated:
-            continue
-        tier = tier_of.get(k, default)
-        tier = default if tier == "overflow" else tier
-        nbytes[tier] = nbytes.get(tier, 0.0) + graph.tensors[k].nbytes * kernel.calls
+        nbytes[tier] = kernel.local_bytes / shards
+    else:
+        for k in kernel.reads + kernel.writes:
+            t = graph.tensors[k]
+            if t.generated:
+                continue
+            tier = tier_of.get(k, default)
+            tier = slowest if tier == "overflow" else tier
+            size = kernel.read_charge(k, t.nbytes) if k in kernel.reads else t.nbytes
+            nbytes[tier] = nbytes.get(tier, 0.0) + size / shards
     if spill:
-        nbytes[default] = nbytes.get(default, 0.0) + spill * kernel.calls
-    memory_s = {t: b / mem.tier_bytes_per_s(chip, t) for t, b in nbytes.items()}
-    nbytes["sram"] = sram * kernel.trips * kernel.calls
+        nbytes[default] = nbytes.get(default, 0.0) + spill
+    return KernelWork(kernel, shards, float(interval), float(fill), float(drain), tiles, pcus,
+                      pmus, mean_util, bottleneck_pcu, names, share, nbytes,
+                      sram * kernel.trips, per_tile_sram, spill, g_cycles * kernel.trips,
+                      g_conf * kernel.trips)
+
+
+def achievable_bytes_per_s(chip: ChipSpec, tier: str) -> float:
+    """Bandwidth a streaming kernel reaches on a tier: peak x the tier's efficiency."""
+    eff = {"hbm": chip.params.hbm_efficiency, "ddr": chip.params.ddr_efficiency}.get(tier, 1.0)
+    return mem.tier_bytes_per_s(chip, tier) * eff
+
+
+def kernel_time(w: KernelWork, chip: ChipSpec, options: Options = Options()) -> KernelPerf:
+    """Time all calls of a kernel from its work (see the module docstring for the model)."""
+    k = w.kernel
+    clk, n, t = chip.clock_hz, k.trips, w.tiles
+    interval, fill, drain = w.interval / clk, w.fill / clk, w.drain / clk
+    one_trip = fill + (t - 1) * interval + drain
+    each = par.collective_seconds(k.carry_bytes, w.shards, chip) if k.collectives else 0.0
+    coll = k.collectives * each
     gap = (chip.launch_seconds_software if options.orchestration == "software"
            else chip.launch_seconds_hardware)
-    launch_s = gap * runs * kernel.calls
-    terms = {"compute" if bottleneck_pcu else "sram": pipeline_s, **memory_s}
-    work_s = max(terms.values(), default=0.0)
-    bound = max(terms, key=terms.get) if terms else "launch"
+    nbytes = dict(w.bytes)
+    looped = options.kernel_looping and n > 1
+    if n > 1 and not looped:  # the carry goes off chip between the trips' calls
+        default = "hbm" if chip.hbm_bytes > 0 else "ddr"
+        nbytes[default] = nbytes.get(default, 0.0) + 2 * k.carry_bytes * (n - 1) / w.shards
+    latency = chip.params.offchip_latency_seconds if nbytes else 0.0
+    memory = {tier: b / achievable_bytes_per_s(chip, tier) for tier, b in nbytes.items()}
+    m = sum(memory.values())
+    if looped:
+        pipe = (n - 1) * max(t * interval, fill + drain + coll) + one_trip + coll
+        work_s, launch_s, launches = max(pipe, m), gap + latency, 1
+    else:
+        pipe = n * one_trip
+        trip = max(one_trip + coll, m / n + drain + each)
+        work_s = n * trip
+        launch_s, launches = n * (gap * k.calls_per_trip + latency), n * k.calls_per_trip
+    network = n * coll
+    terms = {"compute" if w.bottleneck_pcu else "sram": pipe, **memory, "network": network}
+    bound = max(terms, key=terms.get)
     if launch_s > work_s:
         bound = "launch"
-    return KernelPerf(kernel.name, kernel.phase, kernel.calls, kernel.trips,
-                      kernel.flops * kernel.calls, nbytes, pipeline_s, memory_s, 0.0, launch_s,
-                      work_s + launch_s, bound, tiles, pcus, pmus, mean_util, per_tile_sram,
-                      spill * kernel.calls, g_cycles * kernel.trips * kernel.calls,
-                      g_conf * kernel.trips * kernel.calls, names, share)
+    nbytes["sram"] = w.sram_bytes
+    c = k.calls
+    return KernelPerf(k.name, k.phase, c, n, k.flops * c / w.shards,
+                      {x: b * c for x, b in nbytes.items()}, pipe * c,
+                      {x: s * c for x, s in memory.items()}, network * c, launch_s * c,
+                      (work_s + launch_s) * c, bound, t, w.pcus, w.pmus, w.utilisation,
+                      w.sram_per_tile, w.spill_bytes * c, w.gather_cycles * c,
+                      w.gather_conflicts * c, w.stage_names, w.stage_share, launches * c)
+
+
+def kernel_perf(kernel: Kernel, graph: Graph, chip: ChipSpec, tier_of: dict[int, str],
+                options: Options = Options(), cache: dict | None = None) -> KernelPerf:
+    """Time all calls of one kernel on one socket (``kernel_work`` then ``kernel_time``)."""
+    return kernel_time(kernel_work(kernel, graph, chip, tier_of, options.shards, cache), chip,
+                       options)
 
 
 # ----------------------------------------------------------------------------- program
+
+
+def _structure(chip: ChipSpec) -> tuple:
+    """The chip values ``kernel_work`` depends on (the cache key; fitted values excluded)."""
+    p = chip.params
+    return (chip.name, chip.peak_bf16_flops, chip.pcus, chip.pmus, chip.sram_bytes,
+            chip.hbm_bytes, getattr(chip, "ddr_bytes", 0.0), chip.pmu_addresses_per_cycle,
+            p.simd_lanes_per_pcu, p.stages_per_pcu, p.banks_per_pmu, p.bank_word_bytes,
+            p.clock_hz, p.stage_latency_cycles)
+
+
+def program_work(graph: Graph, chip: ChipSpec, shards: int, placement_sockets: int):
+    """(memory plan, per-kernel work) of ``graph``, cached on the graph for refits."""
+    cache = graph.__dict__.setdefault("_work_cache", {})
+    key = (_structure(chip), shards, placement_sockets)
+    if key not in cache:
+        plan = plan_memory(graph, chip, placement_sockets)
+        gathers = graph.__dict__.setdefault("_gather_cache", {})
+        works = [kernel_work(k, graph, chip, plan.tier_of, shards, gathers)
+                 for k in graph.kernels]
+        cache[key] = (plan, works)
+    return cache[key]
 
 
 def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> ProgramPerf:
     """Time a lowered program on ``options.sockets`` sockets of ``chip``."""
     if not isinstance(chip, ChipSpec):
         raise ValueError(f"{chip.name} is not an RDU; use emulator.gpu for GPU baselines")
-    tier_of, overflow = place_tensors(graph, chip)
-    cache: dict = {}
-    kernels = [kernel_perf(k, graph, chip, tier_of, options, cache) for k in graph.kernels]
-    single = sum(k.time_s for k in kernels)
-    notes = []
-    if overflow:
-        notes.append(f"{len(overflow)} tensors fit in no memory tier (overflow); charged at HBM")
     P = options.sockets
+    plan, works = program_work(graph, chip, 1, P)
+    kernels = [kernel_time(w, chip, options) for w in works]
+    single = sum(k.time_s for k in kernels)
+    notes = plan.notes()
+    spills = [k for k in kernels if k.spill_bytes > 0]
+    if spills:
+        notes.append(f"memory: SRAM overflow: {len(spills)} kernels' working set per tile "
+                     f"exceeds SRAM; {sum(k.spill_bytes for k in spills) / 1e9:.4g} GB spilled "
+                     "to HBM and back")
     schedule = None
     if P == 1:
         step = single
     elif options.parallel == "tensor":
-        kernels = [_tensor_parallel(k, kg, chip, P, options) for k, kg in
-                   zip(kernels, graph.kernels)]
+        _, tp_works = program_work(graph, chip, P, P)
+        kernels = [kernel_time(w, chip, options) for w in tp_works]
         step = sum(k.time_s for k in kernels)
-        notes.append(f"tensor parallel over {P} sockets: work / {P}, two ring all-reduces of the "
-                     "layer activation per layer per pass on the inter-socket links (overlapped)")
+        notes.append(f"tensor parallel over {P} sockets: work / {P}; per layer per pass "
+                     f"{par.ALL_REDUCES_PER_LAYER} all-reduces of the layer activation "
+                     f"({math.ceil(math.log2(P))} hops x {chip.params.inter_socket_latency_seconds:.3g}"
+                     " s + ring bytes), on the dependency chain of each layer")
     else:
-        step, schedule, note = _pipeline_parallel(graph, kernels, chip, options)
+        step, schedule, note = par.pipeline_parallel(graph, kernels, chip, options)
         notes.append(note)
-    return ProgramPerf(chip, options, kernels, single, step, schedule, tier_of, overflow, notes)
-
-
-def _tensor_parallel(kp: KernelPerf, kernel: Kernel, chip: ChipSpec, P: int,
-                     options: Options) -> KernelPerf:
-    ring = 2 * (P - 1) / P * kernel.carry_bytes / chip.inter_socket_bytes_per_s
-    network_s = 2 * ring * kernel.trips * kernel.calls if kernel.trips > 1 else 0.0
-    work = kp.work_s / P
-    time_s = max(work, network_s) + kp.launch_s
-    bound = "network" if network_s > work and network_s > kp.launch_s else kp.bound
-    out = KernelPerf(**{**kp.__dict__})
-    out.pipeline_s, out.network_s, out.time_s, out.bound = kp.pipeline_s / P, network_s, time_s, bound
-    out.memory_s = {t: s / P for t, s in kp.memory_s.items()}
-    out.flops = kp.flops / P
-    out.bytes = {t: b / P for t, b in kp.bytes.items()}
-    return out
-
-
-def _pipeline_parallel(graph: Graph, kernels: list[KernelPerf], chip: ChipSpec,
-                       options: Options):
-    """Layers split over sockets, micro-batches scheduled; returns (step_s, schedule, note)."""
-    P = options.sockets
-    M = options.micro_batches or 4 * P
-    loops = [i for i, k in enumerate(graph.kernels) if k.trips > 1]
-    if not loops:
-        step = sum(k.work_s / P + k.launch_s for k in kernels)
-        return step, None, (f"no layer loop to split: batch split over {P} sockets "
-                            "(data parallel, gradient exchange not modelled)")
-    f, b = np.zeros(P), np.zeros(P)
-    has_backward = any(graph.kernels[i].phase == "backward" for i in loops)
-    fwd_loop = next((i for i in loops if graph.kernels[i].phase == "forward"), loops[0])
-    bwd_loop = next((i for i in loops if graph.kernels[i].phase == "backward"), None)
-    update = 0.0
-    carry = graph.kernels[fwd_loop].carry_bytes
-    gap = (chip.launch_seconds_software if options.orchestration == "software"
-           else chip.launch_seconds_hardware)
-    for i, (k, kp) in enumerate(zip(graph.kernels, kernels)):
-        if k.phase == "update":  # each socket updates the parameters of its own layers
-            update += kp.work_s / P + kp.launch_s
-        elif i in loops:  # each socket runs trips / P layers per micro-batch
-            launches = 1 if options.kernel_looping else k.trips / P
-            (b if k.phase == "backward" else f)[:] += kp.work_s / M / P + gap * launches * k.calls
-        elif k.phase == "forward":  # embedding before the layers, head after them
-            f[0 if i < fwd_loop else P - 1] += kp.work_s / M + kp.launch_s
-        else:  # head backward before the layers' backward, embedding backward after
-            b[P - 1 if bwd_loop is None or i < bwd_loop else 0] += kp.work_s / M + kp.launch_s
-    transfer = carry / M / chip.inter_socket_bytes_per_s
-    sched = pl.pipeline_schedule(f, M, b if has_backward else None, transfer, options.schedule)
-    note = (f"pipeline parallel over {P} sockets: {M} micro-batches, {options.schedule}, "
-            f"bubble {100 * sched.bubble_fraction:.1f}%, activation transfer "
-            f"{transfer * 1e3:.3g} ms per micro-batch per boundary")
-    return sched.total + update, sched, note
+    return ProgramPerf(chip, options, kernels, single, step, schedule, plan.tier_of,
+                       plan.overflow, notes, plan)
 
 
 def assumptions(chip: ChipSpec, options: Options = Options()) -> list[str]:
     """The mapping assumptions of this model, beyond ``hardware.assumptions(chip)``."""
+    p = chip.params
     return [
         f"mapping: matmul at 2 x lanes x stages = {2 * chip.macs_per_pcu_per_cycle} FLOP per PCU "
         "cycle (systolic); vector/reduce at lanes x stages; transcendental at lanes (tail stage)",
         f"mapping: memory stages move banks x word = "
-        f"{chip.banks_per_pmu * chip.params.bank_word_bytes} B per PMU cycle; gathers priced by "
+        f"{chip.banks_per_pmu * p.bank_word_bytes} B per PMU cycle; gathers priced by "
         "PMU bank conflicts (real row_indices when concrete, else a seeded random draw)",
         f"mapping: tile = half a PMU ({chip.sram_bytes_per_pmu / 2 / 2**10:.0f} KiB, double "
         "buffered); intermediates stay in SRAM while the working set per tile fits",
-        "mapping: kernel-boundary tensors in HBM while the live set fits, else DDR; tensors "
-        "broadcast from small inputs (masks, zero fills) are generated on chip, not stored",
+        "mapping: kernel-boundary tensors in HBM by priority (activations, KV cache, weights, "
+        "optimizer state), spilling to DDR, overflow reported; tensors broadcast from small "
+        "inputs are generated on chip",
+        f"mapping: HBM at {p.hbm_efficiency:.3g} and DDR at {p.ddr_efficiency:.3g} of peak; "
+        f"first off-chip access of a call {p.offchip_latency_seconds:.3g} s; "
+        f"{p.stage_latency_cycles:.3g} cycles per stage added to fill/drain",
         f"mapping: up to {chip.stages_per_pcu} consecutive element-wise ops share one PCU "
         "(one SIMD stage each)",
-        f"mapping: {options.orchestration}-orchestrated launches, kernel looping "
-        f"{'on' if options.kernel_looping else 'off'}",
+        f"mapping: {options.orchestration}-orchestrated launches "
+        f"({chip.launch_seconds_software if options.orchestration == 'software' else chip.launch_seconds_hardware:.3g} s "
+        f"per call), kernel looping {'on' if options.kernel_looping else 'off'}",
         f"mapping: {options.sockets} socket(s), {options.parallel} parallel"
         + (f", {options.micro_batches or 4 * options.sockets} micro-batches, {options.schedule}"
            if options.sockets > 1 and options.parallel == "pipeline" else ""),

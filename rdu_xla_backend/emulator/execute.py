@@ -111,7 +111,7 @@ def execute(graph: Graph, *args, chip=None, timed: bool = True):
 def _gather_counters(graph: Graph, leaves, chip, counters) -> None:
     """Bank cycles of every gather from the index values of this run's arguments."""
     from rdu_xla_backend.emulator import memory as mem
-    from rdu_xla_backend.perf import gather_cost
+    from rdu_xla_backend.gathers import gather_cost
 
     saved = graph.concrete
     graph.concrete = {pos: np.asarray(leaves[pos]) for pos in range(len(leaves))

@@ -1,16 +1,19 @@
 """GPU baseline: the same program run kernel by kernel on an A100/H100.
 
-Every operator that does work is one kernel launch (wiring such as reshape launches nothing);
-it reads its inputs from HBM and writes its outputs to HBM, and takes
+One kernel launch per *operator* (``operators.operator_groups``): every matmul, gather and cache
+update, and each run of element-wise ops and reductions between them (a softmax, a norm, an
+activation: what a framework's element-wise fusion makes one kernel). Wiring and views launch
+nothing. A kernel reads its inputs from HBM and writes its outputs to HBM, and takes
 
     max(FLOPs / achievable FLOP/s, bytes / achievable HBM bandwidth) + launch and sync
 
 with tensor-core FLOP/s for matmuls and FP32 FLOP/s for element-wise work (``GpuSpec``). A
 gather pays the 32-byte sectors its addresses touch (``memory.sector_bytes_moved``): whole
-64-wide block rows waste nothing, scattered elements waste most of each sector. No operator
-fusion and no FlashAttention-style kernels: this is the per-op baseline the issue asks for, and
-it is stated with every estimate. ``gpus`` > 1 divides the work ideally (no communication), which
-favours the GPU.
+64-wide block rows waste nothing, scattered elements waste most of each sector. No
+FlashAttention-style kernels and no CUDA graphs: this is the per-operator baseline the issue
+asks for, stated with every estimate. ``gpus`` > 1 splits every kernel's work ideally (tensor
+parallel) and adds the layer all-reduces over NVLink (``parallel.gpu_collective_seconds``), each
+a kernel of its own.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from rdu_xla_backend.hardware import GpuSpec
 
 @dataclass
 class GpuOpGroup:
-    """All executions of one primitive kind on the GPU (seconds, FLOPs, bytes, launches)."""
+    """All executions of one kind of operator kernel on the GPU (seconds, FLOPs, bytes,
+    launches); ``primitive`` names it by its main op (e.g. "dot_general", "exp+4")."""
 
     primitive: str
     launches: float
@@ -58,7 +62,8 @@ class GpuPerf:
 
 def _sector_bytes(info: GatherInfo, graph: Graph, sector: int, cache: dict) -> float:
     """HBM bytes of ONE execution of a gather, by sectors touched."""
-    from rdu_xla_backend.perf import MAX_GATHER_FEATURES, _index_lists
+    from rdu_xla_backend.gathers import MAX_GATHER_FEATURES
+    from rdu_xla_backend.gathers import index_lists as _index_lists
 
     if info in cache:
         return cache[info]
@@ -71,44 +76,70 @@ def _sector_bytes(info: GatherInfo, graph: Graph, sector: int, cache: dict) -> f
     return cache[info]
 
 
+def _groups(graph: Graph) -> list[list]:
+    """Operator groups of every kernel (cached on the graph: they depend on nothing else)."""
+    from rdu_xla_backend.operators import operator_groups
+
+    cache = graph.__dict__.setdefault("_operator_groups", {})
+    if "groups" not in cache:
+        cache["groups"] = [operator_groups(k.ops) for k in graph.kernels]
+    return cache["groups"]
+
+
 def gpu_perf(graph: Graph, gpu: GpuSpec, gpus: int = 1) -> GpuPerf:
     """Kernel-by-kernel time of ``graph`` (either lowering mode) on ``gpus`` GPUs."""
+    from rdu_xla_backend.parallel import gpu_collective_seconds
+
     if not isinstance(gpu, GpuSpec):
         raise ValueError(f"{gpu.name} is not a GPU baseline; use perf.program_perf for RDUs")
     groups: dict[str, GpuOpGroup] = {}
-    cache: dict = {}
-    for kernel in graph.kernels:
+    cache = graph.__dict__.setdefault("_sector_cache", {})
+    for kernel, kgroups in zip(graph.kernels, _groups(graph)):
         runs = kernel.calls * kernel.trips
-        for op in kernel.ops:
-            if op.kind == "free":
-                continue
-            n = op.count * runs
-            nbytes = op.bytes_in + op.bytes_out
-            if op.gather is not None:
-                nbytes = op.bytes_out + _sector_bytes(op.gather, graph, gpu.sector_bytes, cache)
-            rate = gpu.achievable_flops if op.kind == "matmul" else gpu.achievable_vector_flops
-            c, m = op.flops / rate, nbytes / gpu.achievable_hbm_bytes_per_s
-            g = groups.setdefault(op.primitive, GpuOpGroup(op.primitive, 0, 0, 0, 0, 0, 0, 0))
-            g.launches += n
-            g.flops += op.flops * n
-            g.bytes += nbytes * n
-            g.compute_s += c * n / gpus
-            g.memory_s += m * n / gpus
-            g.launch_s += gpu.launch_sync_seconds * n
-            g.time_s += (max(c, m) / gpus + gpu.launch_sync_seconds) * n
+        for grp in kgroups:
+            n = grp.count * runs
+            nbytes = grp.in_bytes + grp.out_bytes
+            gathers = [op for op in grp.ops if op.gather is not None]
+            if gathers:
+                nbytes = grp.out_bytes + sum(op.bytes_out + _sector_bytes(
+                    op.gather, graph, gpu.sector_bytes, cache) for op in gathers)
+            mm = sum(op.flops for op in grp.ops if op.kind == "matmul")
+            c = mm / gpu.achievable_flops + (grp.flops - mm) / gpu.achievable_vector_flops
+            m = nbytes / gpu.achievable_hbm_bytes_per_s
+            _add(groups, grp.name, n, grp.flops, nbytes, c / gpus, m / gpus,
+                 gpu.launch_sync_seconds)
+        if gpus > 1 and kernel.collectives:
+            n = kernel.collectives * runs
+            each = gpu_collective_seconds(kernel.carry_bytes, gpus, gpu)
+            _add(groups, "all_reduce", n, 0.0, 0.0, 0.0, 0.0, each)
     ordered = sorted(groups.values(), key=lambda g: -g.time_s)
     return GpuPerf(gpu, gpus, ordered, float(sum(g.time_s for g in ordered)),
                    float(sum(g.flops for g in ordered)), float(sum(g.bytes for g in ordered)),
                    float(sum(g.launches for g in ordered)))
 
 
+def _add(groups: dict, name: str, n: float, flops: float, nbytes: float, compute_s: float,
+         memory_s: float, launch_s: float) -> None:
+    """Add ``n`` executions of one kernel (per-execution values) to its group."""
+    g = groups.setdefault(name, GpuOpGroup(name, 0, 0, 0, 0, 0, 0, 0))
+    g.launches += n
+    g.flops += flops * n
+    g.bytes += nbytes * n
+    g.compute_s += compute_s * n
+    g.memory_s += memory_s * n
+    g.launch_s += launch_s * n
+    g.time_s += (max(compute_s, memory_s) + launch_s) * n
+
+
 def assumptions(gpu: GpuSpec, gpus: int = 1) -> list[str]:
     return [
-        f"{gpu.name} baseline: one kernel per operator (no fusion, no FlashAttention), "
-        f"intermediates through HBM, {gpu.launch_sync_seconds * 1e6:.3g} us launch+sync each",
+        f"{gpu.name} baseline: one kernel per operator (matmul, gather, or a run of element-wise "
+        f"ops; no FlashAttention, no CUDA graphs), intermediates through HBM, "
+        f"{gpu.launch_sync_seconds * 1e6:.3g} us launch+sync each",
         f"{gpu.name} baseline: matmul at {gpu.achievable_flops / 1e12:.4g} TFLOP/s, element-wise "
         f"at {gpu.achievable_vector_flops / 1e12:.4g} TFLOP/s, HBM at "
         f"{gpu.achievable_hbm_bytes_per_s / 1e12:.4g} TB/s (achievable fractions assumed)",
         f"{gpu.name} baseline: gathers pay {gpu.sector_bytes}-byte sectors",
-    ] + ([f"{gpu.name} baseline: {gpus} GPUs split the work ideally (no communication)"]
+    ] + ([f"{gpu.name} baseline: {gpus} GPUs split every kernel's work (tensor parallel), "
+          "plus the layer all-reduces over NVLink (a launch each)"]
          if gpus > 1 else [])
