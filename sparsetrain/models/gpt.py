@@ -62,8 +62,8 @@ class GPTSpec:
         shape = cfg.shape()
         if shape.family != "gpt":
             raise ConfigError(f"model.preset: {cfg.model.preset!r} is not allowed here; allowed: a "
-                              f"GPT preset (this one is a {shape.family} model: "
-                              "sparsetrain.models.family.model_spec builds it)")
+                              f"GPT preset ({shape.family} presets work with `sparsetrain info` "
+                              "without --mesh and with `sparsetrain emulate`)")
         linears = []
         for kind, (n_in, n_out) in linear_shapes(shape).items():
             density, block = cfg.sparsity.of(kind)
