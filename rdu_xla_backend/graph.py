@@ -118,6 +118,7 @@ class Kernel:
     # Bytes really read of a read tensor when less than its size (a kernel that slices a
     # stacked weight reads one slice); absent keys read the whole tensor.
     read_bytes: dict[int, float] = field(default_factory=dict)
+    write_bytes: dict[int, float] = field(default_factory=dict)  # likewise (in-place updates)
     # Kernel calls one trip was made of before the looping pass merged them (launches per trip
     # when the loop is not pipelined).
     calls_per_trip: int = 1
@@ -133,6 +134,10 @@ class Kernel:
     def read_charge(self, key: int, nbytes: float) -> float:
         """Bytes this kernel reads of tensor ``key`` (of ``nbytes`` bytes) per call."""
         return min(nbytes, self.read_bytes.get(key, nbytes))
+
+    def write_charge(self, key: int, nbytes: float) -> float:
+        """Bytes this kernel writes of tensor ``key`` (of ``nbytes`` bytes) per call."""
+        return min(nbytes, self.write_bytes.get(key, nbytes))
 
 
 @dataclass

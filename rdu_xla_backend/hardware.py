@@ -161,12 +161,17 @@ class GpuParameters:
     launch_sync_seconds: float = 5e-6  # not public: assumed; community measurements 3-7 us
     achievable_compute_fraction: float = 0.7  # not public: assumed/fitted, large dense matmul
     achievable_bandwidth_fraction: float = 0.8  # not public: assumed/fitted, streaming HBM
+    # Host links a DGX uses at once to copy one model into its GPUs (DGX A100 system
+    # architecture: 4 PCIe switches, 2 GPUs each; the DGX H100 topology is taken the same).
+    host_copy_links: float = 4.0  # not public: assumed/fitted
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value <= 0 or (f.name.endswith("fraction") and value > 1):
                 raise ValueError(f"GpuParameters.{f.name} out of range: {value!r}")
+            if f.name == "host_copy_links" and value < 1:
+                raise ValueError(f"GpuParameters.{f.name} must be >= 1, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from rdu_xla_backend.collect import (
     is_loop_kernel,
     is_marked_kernel,
 )
-from rdu_xla_backend.operators import charged_reads, operator_kernels
+from rdu_xla_backend.operators import charged_reads, charged_writes, operator_kernels
 from rdu_xla_backend.parallel import ALL_REDUCES_PER_LAYER
 from rdu_xla_backend.rules import (  # noqa: F401  (re-exported: the lowering's public names)
     BLOCK_SPARSE_CALLS,
@@ -223,6 +223,10 @@ def lower(fn: Callable, *args, mode: str = "fused", name: str = "") -> Graph:
                 sizes = {-1 - t: tensors[t].nbytes for t in k.reads}
                 charged = charged_reads(k.ops, sizes)
                 k.read_bytes = {-1 - key: b for key, b in charged.items() if b < sizes[key]}
+            if k.trips == 1 and k.writes:
+                sizes = {-1 - t: tensors[t].nbytes for t in k.writes}
+                charged = charged_writes(k.ops, sizes)
+                k.write_bytes = {-1 - key: b for key, b in charged.items() if b < sizes[key]}
         kernels, steps = looping.loop_repeated_kernels(kernels, steps, tensors)
     concrete = {}
     origins = {op.gather.origin for k in kernels for op in k.ops if op.gather is not None}

@@ -188,10 +188,26 @@ def charged_reads(ops: list[Op], sizes: dict[int, float]) -> dict[int, float]:
     Returns:
         value key -> bytes read, for every key of ``sizes``.
     """
-    out = {k: 0.0 for k in sizes}
+    out: dict[int, float | None] = {k: None for k in sizes}
     for op in ops:
         for pos, (k, _) in enumerate(op.ins):
             if k in out:
                 charge = sizes[k] if op.kind == "free" else _read_charge(op, pos, sizes[k])
-                out[k] = max(out[k], charge)
-    return {k: (v if v > 0 else sizes[k]) for k, v in out.items()}
+                out[k] = max(out[k] or 0.0, charge)
+    return {k: (sizes[k] if v is None else v) for k, v in out.items()}
+
+
+def charged_writes(ops: list[Op], sizes: dict[int, float]) -> dict[int, float]:
+    """Bytes a fused kernel really writes of each output value: an in-place update (a KV-cache
+    write) writes its update, anything else the whole value.
+
+    Args:
+        ops: the kernel's ops with value keys.
+        sizes: value key -> bytes of the kernel's outputs.
+    """
+    out = dict(sizes)
+    for op in ops:
+        for k, _ in op.outs:
+            if k in out and op.primitive in IN_PLACE:
+                out[k] = _write_charge(op, sizes[k])
+    return out

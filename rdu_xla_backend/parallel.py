@@ -3,9 +3,10 @@
 - Tensor parallel over P sockets: every kernel's work and bytes are split P ways; a layer
   (a trip of a looped kernel) all-reduces its activation twice per pass (Megatron style: after
   the attention output and the MLP down projection). One all-reduce of n bytes takes
-  ``collective_seconds``: ceil(log2 P) hops of ``inter_socket_latency_seconds`` (recursive
-  doubling; the RDU streams collectives inside the kernel, so only the dependency matters) plus
-  2 (P - 1) / P x n bytes over the inter-socket link.
+  ``collective_parts``: ceil(log2 P) hops of ``inter_socket_latency_seconds`` (recursive
+  doubling) and 2 (P - 1) / P x n bytes over the inter-socket link; the RDU streams the bytes
+  tile by tile inside the kernel ([SN40L]: fused, pipelined collectives), the latency stays on
+  each layer's dependency chain (``perf``).
 - Pipeline parallel: layers split into P stages fed by M micro-batches (``pipeline.
   pipeline_schedule``, bubbles counted); embedding and head on the first and last sockets.
 """
@@ -21,13 +22,19 @@ from rdu_xla_backend.emulator import pipeline as pl
 ALL_REDUCES_PER_LAYER = 2  # Megatron: attention output and MLP output, per pass
 
 
-def collective_seconds(nbytes: float, sockets: int, chip) -> float:
-    """One all-reduce of ``nbytes`` over ``sockets`` RDU sockets (0 for one socket)."""
+def collective_parts(nbytes: float, sockets: int, chip) -> tuple[float, float]:
+    """(latency, bandwidth) seconds of one all-reduce of ``nbytes`` over ``sockets`` RDU
+    sockets: ceil(log2 P) hops, and 2 (P - 1) / P x n bytes over the link; (0, 0) for one."""
     if sockets <= 1:
-        return 0.0
+        return 0.0, 0.0
     hops = math.ceil(math.log2(sockets))
-    return (hops * chip.params.inter_socket_latency_seconds
-            + 2 * (sockets - 1) / sockets * nbytes / chip.inter_socket_bytes_per_s)
+    return (hops * chip.params.inter_socket_latency_seconds,
+            2 * (sockets - 1) / sockets * nbytes / chip.inter_socket_bytes_per_s)
+
+
+def collective_seconds(nbytes: float, sockets: int, chip) -> float:
+    """One all-reduce of ``nbytes`` over ``sockets`` RDU sockets, not overlapped (0 for one)."""
+    return sum(collective_parts(nbytes, sockets, chip))
 
 
 def gpu_collective_seconds(nbytes: float, gpus: int, gpu) -> float:

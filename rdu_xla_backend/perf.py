@@ -14,24 +14,29 @@ Per kernel, ``kernel_work``:
   (2 x lanes x stages) (systolic mode: the public peak per PCU); vector and reduce FLOPs /
   (lanes x stages); transcendental FLOPs / lanes (one tail stage); memory bytes / (banks x bank
   word); a gather's cycles from ``memory.block_gather_cost`` on the real ``row_indices`` when the
-  graph has them, else on a seeded random draw of the same shape. Each stage adds
-  ``stage_latency_cycles`` to the fill (stages up to the slowest) or the drain (after it).
+  graph has them, else on a seeded random draw of the same shape.
+- Fill and drain: a stage that reduces over its tile (matmul, reduction, gather) passes the tile
+  on when it is done with it (its per-tile cycles add to the fill, or the drain after the slowest
+  stage); an element-wise stage streams vectors on; every stage adds ``stage_latency_cycles``.
 - Tiles: a tile of the kernel's largest value fills half a PMU (double buffering).
 - Off-chip: the tensors it reads and writes, from the tier ``placement`` put them in; values
   produced inside stay in SRAM while the working set per tile fits, the excess spills to HBM.
 
 Per call, ``kernel_time`` (I interval, F fill, D drain per tile; t tiles; n trips; M memory
-seconds per call at the achievable bandwidth ``efficiency x peak``; C collectives per trip):
+seconds per call at the achievable bandwidth ``efficiency x peak``):
 
 - pipeline of one trip: P1 = F + (t - 1) I + D.
+- collectives (tensor parallel): their bytes stream tile by tile as one more stage (Cb per
+  trip), their hop latency Cl is on the layer's dependency chain: a trip's pipeline is
+  T1 = F + D + Cl + max((t - 1) I, Cb).
 - looped kernel, ``kernel_looping`` on ([KL]: one call, outer loop pipelined): a trip may start
   its first tile once the previous trip's first tile has left the pipeline (the layer carry),
-  so the loop takes (n - 1) max(t I, F + D + C) + P1 + C; weights of trip i + 1 stream while
+  so the loop takes (n - 1) max(t I, Cb, F + D + Cl) + T1; weights of trip i + 1 stream while
   trip i computes: time = gap + latency + max(loop, M).
 - otherwise every trip is a call of its own (``calls_per_trip`` launches): it cannot prefetch
   before it starts and the next one cannot start before it drains, so each trip takes
-  gap x calls_per_trip + latency + max(P1 + C, M / n + D + last collective); the loop carry goes
-  through HBM between trips.
+  gap x calls_per_trip + latency + max(T1, M / n + D + one collective's latency); the loop carry
+  goes through HBM between trips.
 - gap: ``launch_seconds_software`` (host-orchestrated) or ``launch_seconds_hardware``
   (AGCU-orchestrated); latency: ``offchip_latency_seconds`` (first off-chip access of a call).
 
@@ -45,8 +50,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from rdu_xla_backend import parallel as par
 from rdu_xla_backend.emulator import memory as mem
 from rdu_xla_backend.emulator import pipeline as pl
@@ -57,8 +60,9 @@ from rdu_xla_backend.gathers import (  # noqa: F401  (re-exported)
     gather_cost,
 )
 from rdu_xla_backend.gathers import index_lists as _index_lists  # noqa: F401
-from rdu_xla_backend.graph import PCU_KINDS, Graph, Kernel
+from rdu_xla_backend.graph import Graph, Kernel
 from rdu_xla_backend.hardware import ChipSpec
+from rdu_xla_backend.kernel_work import KernelWork, kernel_work  # noqa: F401  (re-exported)
 from rdu_xla_backend.placement import MemoryPlan, plan_memory, place_tensors  # noqa: F401
 
 BOUNDS = ("compute", "sram", "hbm", "ddr", "network", "launch")
@@ -180,153 +184,6 @@ class ProgramPerf:
         return max(by, key=by.get) if by else "launch"
 
 
-# ----------------------------------------------------------------------------- kernel work
-
-
-def _stage_work(kernel: Kernel, chip: ChipSpec, graph: Graph, cache: dict, shards: int):
-    """Per trip and socket: (names, cycles on one unit, is_pcu, sram bytes, gather cycles,
-    conflicts)."""
-    pmu = mem.PmuConfig.from_chip(chip)
-    systolic = 2 * chip.macs_per_pcu_per_cycle
-    simd = chip.simd_lanes_per_pcu * chip.stages_per_pcu
-    pmu_bytes_per_cycle = chip.banks_per_pmu * chip.params.bank_word_bytes
-    names, work, is_pcu, packed, chain = [], [], [], [], []
-    sram = g_cycles = g_conf = 0.0
-    for op in kernel.ops:
-        if op.kind == "free":
-            continue
-        if op.kind == "matmul":
-            w = op.total_flops / systolic
-        elif op.kind in ("vector", "reduce"):
-            w = op.total_flops / simd
-        elif op.kind == "transcendental":
-            w = op.total_flops / chip.simd_lanes_per_pcu
-        elif op.kind == "gather":
-            cyc, conf, _ = gather_cost(op.gather, graph, pmu, cache)
-            w = cyc * op.count
-            g_cycles += w / shards
-            g_conf += conf * op.count / shards
-            sram += op.total_bytes
-        else:
-            w = op.total_bytes / pmu_bytes_per_cycle
-            sram += op.total_bytes
-        w /= shards
-        if w <= 0:
-            continue
-        packable = op.kind in ("vector", "reduce", "transcendental")
-        if packable and names and packed[-1] and chain[-1] < chip.stages_per_pcu:
-            # Consecutive element-wise ops share one PCU: each takes one of its SIMD stages.
-            work[-1] += w
-            chain[-1] += 1
-            names[-1] = f"{names[-1]}+{op.primitive}" if chain[-1] <= 3 else names[-1]
-            continue
-        names.append(op.primitive)
-        work.append(w)
-        is_pcu.append(op.kind in PCU_KINDS)
-        packed.append(packable)
-        chain.append(1)
-    return (names, np.asarray(work, np.float64), np.asarray(is_pcu, bool), sram / shards,
-            g_cycles, g_conf)
-
-
-def _merge(work: np.ndarray, limit: int) -> np.ndarray:
-    """Merge consecutive stages into at most ``limit`` groups of about equal work."""
-    if work.size <= limit:
-        return work
-    edges = np.searchsorted(np.cumsum(work), np.linspace(0, work.sum(), limit + 1)[1:-1])
-    return np.asarray([c.sum() for c in np.split(work, edges)])
-
-
-def _allocate(work: np.ndarray, is_pcu: np.ndarray, chip: ChipSpec):
-    """Units per stage: PCU stages share the PCUs, PMU stages the PMUs."""
-    alloc = np.zeros(work.size, np.int64)
-    for mask, units in ((is_pcu, chip.pcus), (~is_pcu, chip.pmus)):
-        if mask.any():
-            alloc[mask] = pl.balance_stages(work[mask], units)
-    return alloc
-
-
-@dataclass(frozen=True)
-class KernelWork:
-    """What one call of a kernel does on one socket, independent of the fitted parameters.
-
-    Cycles are per tile (``interval``, ``fill`` and ``drain`` include the stage latencies);
-    bytes are per call on one socket, off-chip by tier (spill and, for a looped kernel run
-    trip by trip, nothing of the carry: ``kernel_time`` adds it).
-    """
-
-    kernel: Kernel
-    shards: int
-    interval: float
-    fill: float
-    drain: float
-    tiles: int
-    pcus: int
-    pmus: int
-    utilisation: float
-    bottleneck_pcu: bool
-    stage_names: list[str]
-    stage_share: list[float]
-    bytes: dict[str, float]
-    sram_bytes: float
-    sram_per_tile: float
-    spill_bytes: float
-    gather_cycles: float
-    gather_conflicts: float
-
-
-def kernel_work(kernel: Kernel, graph: Graph, chip: ChipSpec, tier_of: dict[int, str],
-                shards: int = 1, cache: dict | None = None) -> KernelWork:
-    """Stages, units, tiles and bytes of one call of ``kernel`` on one of ``shards`` sockets."""
-    cache = {} if cache is None else cache
-    names, work, is_pcu, sram, g_cycles, g_conf = _stage_work(kernel, chip, graph, cache, shards)
-    if work.size:
-        pcu_w, pmu_w = _merge(work[is_pcu], chip.pcus), _merge(work[~is_pcu], chip.pmus)
-        if pcu_w.size != is_pcu.sum() or pmu_w.size != (~is_pcu).sum():
-            names = ["pcu group"] * pcu_w.size + ["pmu group"] * pmu_w.size
-            work = np.concatenate([pcu_w, pmu_w])
-            is_pcu = np.arange(work.size) < pcu_w.size
-    tile_bytes = chip.sram_bytes_per_pmu / 2
-    tiles = max(1, math.ceil(kernel.largest_bytes / shards / tile_bytes))
-    per_tile_sram = kernel.working_bytes / shards / tiles
-    spill = 2 * max(0.0, per_tile_sram - chip.sram_bytes) * tiles * kernel.trips
-    lat = chip.params.stage_latency_cycles
-    if work.size:
-        alloc = _allocate(work, is_pcu, chip)
-        t = pl.fused_kernel_timing(work / tiles, chip.pcus + chip.pmus, tiles, alloc)
-        b = t.bottleneck
-        fill, drain = t.fill + lat * (b + 1), t.drain + lat * (work.size - b - 1)
-        interval, util = t.interval, t.utilisation
-        pcus, pmus = int(alloc[is_pcu].sum()), int(alloc[~is_pcu].sum())
-        mean_util = float((util * alloc).sum() / alloc.sum())
-        bottleneck_pcu, share = bool(is_pcu[b]), [float(x) for x in util]
-    else:
-        interval = fill = drain = 0.0
-        pcus, pmus, mean_util, bottleneck_pcu, share = 0, 0, 0.0, True, []
-    default = "hbm" if chip.hbm_bytes > 0 else "ddr"
-    slowest = "ddr" if getattr(chip, "ddr_bytes", 0) > 0 else default
-    nbytes: dict[str, float] = {}
-    if kernel.local_bytes:  # unfused: every operand through off-chip memory
-        tiers = {tier_of.get(k, default) for k in kernel.reads + kernel.writes}
-        tier = "ddr" if "ddr" in tiers else default
-        nbytes[tier] = kernel.local_bytes / shards
-    else:
-        for k in kernel.reads + kernel.writes:
-            t = graph.tensors[k]
-            if t.generated:
-                continue
-            tier = tier_of.get(k, default)
-            tier = slowest if tier == "overflow" else tier
-            size = kernel.read_charge(k, t.nbytes) if k in kernel.reads else t.nbytes
-            nbytes[tier] = nbytes.get(tier, 0.0) + size / shards
-    if spill:
-        nbytes[default] = nbytes.get(default, 0.0) + spill
-    return KernelWork(kernel, shards, float(interval), float(fill), float(drain), tiles, pcus,
-                      pmus, mean_util, bottleneck_pcu, names, share, nbytes,
-                      sram * kernel.trips, per_tile_sram, spill, g_cycles * kernel.trips,
-                      g_conf * kernel.trips)
-
-
 def achievable_bytes_per_s(chip: ChipSpec, tier: str) -> float:
     """Bandwidth a streaming kernel reaches on a tier: peak x the tier's efficiency."""
     eff = {"hbm": chip.params.hbm_efficiency, "ddr": chip.params.ddr_efficiency}.get(tier, 1.0)
@@ -339,8 +196,11 @@ def kernel_time(w: KernelWork, chip: ChipSpec, options: Options = Options()) -> 
     clk, n, t = chip.clock_hz, k.trips, w.tiles
     interval, fill, drain = w.interval / clk, w.fill / clk, w.drain / clk
     one_trip = fill + (t - 1) * interval + drain
-    each = par.collective_seconds(k.carry_bytes, w.shards, chip) if k.collectives else 0.0
-    coll = k.collectives * each
+    # The layer's all-reduces stream tile by tile with the pipeline (their bytes overlap the
+    # other stages); their hop latency is on the layer's dependency chain.
+    lat_each, bw_each = (par.collective_parts(k.carry_bytes, w.shards, chip) if k.collectives
+                         else (0.0, 0.0))
+    coll_lat, coll_bw = k.collectives * lat_each, k.collectives * bw_each
     gap = (chip.launch_seconds_software if options.orchestration == "software"
            else chip.launch_seconds_hardware)
     nbytes = dict(w.bytes)
@@ -351,15 +211,16 @@ def kernel_time(w: KernelWork, chip: ChipSpec, options: Options = Options()) -> 
     latency = chip.params.offchip_latency_seconds if nbytes else 0.0
     memory = {tier: b / achievable_bytes_per_s(chip, tier) for tier, b in nbytes.items()}
     m = sum(memory.values())
+    chain = fill + drain + coll_lat  # a tile's way through one trip, collectives included
+    trip_pipe = chain + max((t - 1) * interval, coll_bw)
     if looped:
-        pipe = (n - 1) * max(t * interval, fill + drain + coll) + one_trip + coll
+        pipe = (n - 1) * max(t * interval, coll_bw, chain) + trip_pipe
         work_s, launch_s, launches = max(pipe, m), gap + latency, 1
     else:
-        pipe = n * one_trip
-        trip = max(one_trip + coll, m / n + drain + each)
-        work_s = n * trip
+        pipe = n * trip_pipe
+        work_s = n * max(trip_pipe, m / n + drain + lat_each)
         launch_s, launches = n * (gap * k.calls_per_trip + latency), n * k.calls_per_trip
-    network = n * coll
+    network = n * (coll_lat + coll_bw)
     terms = {"compute" if w.bottleneck_pcu else "sram": pipe, **memory, "network": network}
     bound = max(terms, key=terms.get)
     if launch_s > work_s:

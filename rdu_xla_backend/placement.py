@@ -12,7 +12,8 @@ to HBM and back). The tensors that cross kernel boundaries live off chip, placed
    a liveness sweep in program order), then KV cache, weights, optimizer state. What does not fit
    HBM spills to DDR; what fits neither is *overflow*: reported (``MemoryPlan.overflow``, a note
    in every estimate) and charged at the slowest tier, never hidden.
-3. Capacities are per socket times the sockets the program is split over.
+3. Capacities are per socket times the sockets the program is split over. A KV cache a step
+   returns updated lives where the input cache does (an in-place update, no second copy).
 
 DDR -> HBM copies (switching models, [SN40L] Composition of Experts) take
 ``copy_seconds``: bytes / (sockets x DDR bandwidth x ``ddr_efficiency``); each socket copies its
@@ -27,21 +28,21 @@ import heapq
 import re
 from dataclasses import dataclass, field
 
-import numpy as np
+import jax.numpy as jnp
 
 from rdu_xla_backend.graph import Graph
 
 CATEGORIES = ("activations", "kv_cache", "weights", "optimizer_state")  # HBM priority order
 OFF_CHIP = ("hbm", "ddr")
-_KV = re.compile(r"cache|\bkv\b|'k'|'v'|kv_", re.IGNORECASE)
+_KV = re.compile(r"cache|\bkv\b|kv_|\.[kv]$|\['[kv]'\]$", re.IGNORECASE)
 _OPT = re.compile(r"opt|'mu'|'nu'|moment|\.mu\b|\.nu\b", re.IGNORECASE)
 
 
 def _floating(dtype: str) -> bool:
     try:
-        return bool(np.issubdtype(np.dtype(dtype), np.floating))
-    except TypeError:  # PRNG keys, bfloat16 names numpy may not know
-        return "float" in dtype
+        return bool(jnp.issubdtype(jnp.dtype(dtype), jnp.floating))
+    except TypeError:  # PRNG keys
+        return False
 
 
 def categorize(graph: Graph) -> dict[int, str]:
@@ -65,7 +66,20 @@ def categorize(graph: Graph) -> dict[int, str]:
             out[t.key] = "weights"
         else:
             out[t.key] = "activations"
+    kv = {(t.shape, t.dtype): t.key for t in graph.tensors.values() if out.get(t.key) == "kv_cache"}
+    for t in graph.tensors.values():  # the updated cache a step returns is the cache
+        if t.producer >= 0 and (t.shape, t.dtype) in kv:
+            out[t.key] = "kv_cache"
     return out
+
+
+def updated_in_place(graph: Graph, category_of: dict[int, str]) -> dict[int, int]:
+    """Produced KV-cache tensors -> the input cache tensor they update in place (same shape)."""
+    inputs = {(t.shape, t.dtype): t.key for t in graph.tensors.values()
+              if category_of.get(t.key) == "kv_cache" and t.producer < 0}
+    return {t.key: inputs[(t.shape, t.dtype)] for t in graph.tensors.values()
+            if category_of.get(t.key) == "kv_cache" and t.producer >= 0
+            and (t.shape, t.dtype) in inputs}
 
 
 @dataclass
@@ -125,8 +139,10 @@ def plan_memory(graph: Graph, chip, sockets: int = 1) -> MemoryPlan:
     def death(t) -> int:
         return end if t.key in outputs or not t.consumers else max(t.consumers)
 
+    aliases = updated_in_place(graph, cat)
     produced = sorted((graph.tensors[k] for k, c in cat.items()
-                       if graph.tensors[k].producer >= 0), key=lambda t: (t.producer, t.key))
+                       if graph.tensors[k].producer >= 0 and k not in aliases),
+                      key=lambda t: (t.producer, t.key))
     inputs = [graph.tensors[k] for k, c in cat.items() if graph.tensors[k].producer < 0]
     inputs.sort(key=lambda t: (CATEGORIES.index(cat[t.key]), t.key))
     # Peak of the produced (activation) live set, reserved in HBM first.
@@ -159,8 +175,12 @@ def plan_memory(graph: Graph, chip, sockets: int = 1) -> MemoryPlan:
         if tier != "overflow":
             left[tier] -= t.nbytes
             heapq.heappush(live, (death(t), t.key, tier, t.nbytes))
+    for k, src in aliases.items():  # an in-place update lives where the cache does
+        tier_of[k] = tier_of[src]
     per: dict[str, dict[str, float]] = {}
     for k, tier in tier_of.items():
+        if k in aliases:
+            continue
         d = per.setdefault(cat[k], {})
         d[tier] = d.get(tier, 0.0) + graph.tensors[k].nbytes
     overflow = [k for k, t in tier_of.items() if t == "overflow"]
