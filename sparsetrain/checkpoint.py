@@ -9,6 +9,9 @@ No pickle anywhere.
 
 from __future__ import annotations
 
+import errno
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +19,32 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from sparsetrain.errors import CheckpointMismatchError, CheckpointSaveError
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    while e is not None:
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or \
+                "No space left" in str(e) or "Disk quota" in str(e) or "File too large" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
 
 class Checkpointer:
     """Saves and restores (state, meta) pairs under `directory/<step>`."""
 
     def __init__(self, directory: Path, keep_last: int):
         self.directory = Path(directory).absolute()
+        self.keep_last = keep_last
+        self.manager = self._make_manager()
+
+    def _make_manager(self) -> ocp.CheckpointManager:
         policy = pp.AnyPreservationPolicy([
-            pp.LatestN(n=keep_last),
+            pp.LatestN(n=self.keep_last),
             pp.BestN(get_metric_fn=lambda m: -m["val_loss"], n=1),
         ])
-        self.manager = ocp.CheckpointManager(
+        return ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 preservation_policy=policy, enable_async_checkpointing=False, create=True),
@@ -40,14 +58,53 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict, val_loss: float) -> None:
-        """Save `state` (a pytree of arrays) and `meta` (JSON-serialisable) at `step`."""
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            metrics={"val_loss": float(val_loss)},
-            force=True,
-        )
-        self.manager.wait_until_finished()
+        """Save `state` (a pytree of arrays) and `meta` (JSON-serialisable) at `step`.
+
+        Raises:
+            CheckpointSaveError: the save failed (a full disk, a lost mount, ...): its partial files
+                are removed and the earlier checkpoints are untouched and restorable.
+        """
+        previous = self.latest_step()
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                metrics={"val_loss": float(val_loss)},
+                force=True,
+            )
+            self.manager.wait_until_finished()
+        except Exception as e:
+            try:  # let the other items' background writes end before removing their directory
+                self.manager.close()
+            except Exception:
+                pass
+            self._remove_partial(step)
+            self.manager = self._make_manager()
+            kept = (f"the previous checkpoint (step {previous}) is kept and restorable"
+                    if previous is not None else "there is no earlier checkpoint")
+            full = " (the disk is full)" if _is_disk_full(e) else ""
+            raise CheckpointSaveError(
+                f"saving the checkpoint of step {step} in {self.directory} failed{full}: "
+                f"{type(e).__name__}: {e}; {kept}; resume with --resume after freeing space") from e
+
+    def _remove_partial(self, step: int, settle_s: float = 0.5, limit_s: float = 10.0) -> None:
+        """Delete what a failed save of `step` left (its temporary directories, never a complete one).
+
+        The failed item's siblings may still be writing from Orbax's background threads, so
+        removal repeats until nothing of `step` has reappeared for `settle_s` seconds.
+        """
+        complete = set(self.all_steps())
+        quiet_since, start = time.monotonic(), time.monotonic()
+        while time.monotonic() - start < limit_s:
+            left = [p for p in self.directory.glob(f"{step}*")
+                    if p.is_dir() and (p.name != str(step) or step not in complete)]
+            for path in left:
+                shutil.rmtree(path, ignore_errors=True)
+            if left:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= settle_s:
+                return
+            time.sleep(0.05)
 
     def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict]:
         """Restore (state, meta) of `step` (newest if None) into the structure of `abstract_state`."""
@@ -55,10 +112,16 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        out = self.manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
-        )
+        try:
+            out = self.manager.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.directory} does not match this recipe's model "
+                f"(parameter names, shapes or optimizer state differ): {type(e).__name__}: "
+                f"{str(e)[:300]}") from e
         return out["state"], out["meta"]
 
     def read_meta(self, step: int | None = None) -> dict:

@@ -1,11 +1,12 @@
 """The `sparsetrain` command: train, info, fields.
 
-    sparsetrain train RECIPE [--set a.b=value ...] [--resume] [--stop-after N]
+    sparsetrain train RECIPE [--set a.b=value ...] [--resume] [--stop-after N] [--backend xla|rdu]
     sparsetrain info  RECIPE [--set a.b=value ...] [--json]
     sparsetrain fields                      # every recipe field with its default and meaning
 
 Recipe errors are printed as one line naming the field, the value and what is allowed, with
-exit status 2, before anything is compiled.
+exit status 2, before anything is compiled. A run stopped by a NaN/inf loss exits with 3, a
+checkpoint that cannot be saved (full disk) with 4; both keep the earlier checkpoints.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import sys
 import time
 
+from sparsetrain.errors import CheckpointMismatchError, CheckpointSaveError
 from sparsetrain.config import ConfigError, describe_fields, load_recipe
 
 
@@ -34,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, default=None, metavar="STEP",
                    help="stop with a checkpoint after STEP (the schedule still spans run.steps)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--backend", default=None, choices=("xla", "rdu"),
+                   help="run.backend: xla (default) or rdu (each step runs through the RDU emulator, "
+                   "which logs the emulated step time)")
     p = sub.add_parser("info", help="parameters, bytes and FLOPs of a recipe's model (no weights allocated)")
     _add_recipe_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -111,14 +116,24 @@ def main(argv: list[str] | None = None) -> int:
 
                 jax.distributed.initialize()
 
-            cfg = load_recipe(args.recipe, args.overrides)
+            backend = [f"run.backend={args.backend}"] if args.backend else []
+            cfg = load_recipe(args.recipe, [*args.overrides, *backend])
             summary = train(cfg, resume=args.resume, stop_after=args.stop_after,
                             progress=False if args.no_progress else None)
             print(json.dumps(summary, indent=2))
             return 0
+    except CheckpointMismatchError as e:
+        print(f"sparsetrain: checkpoint error: {e}", file=sys.stderr)
+        return 2
     except ValueError as e:  # ConfigError and the data loader's field errors
         print(f"sparsetrain: recipe error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # a NaN/inf loss (run.nonfinite)
+        print(f"sparsetrain: training stopped: {e}", file=sys.stderr)
+        return 3
+    except CheckpointSaveError as e:  # a full disk: earlier checkpoints kept
+        print(f"sparsetrain: checkpoint error: {e}", file=sys.stderr)
+        return 4
     return 1
 
 

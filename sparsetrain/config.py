@@ -102,7 +102,9 @@ REGROW = ("random", "gradient")
 DISTRIBUTIONS = ("uniform", "erk")
 DTYPES = ("float32", "bfloat16")
 WANDB_MODES = ("disabled", "offline", "online")
-BACKENDS = ("xla",)  # "rdu" arrives with rdu_xla_backend (issue 5)
+BACKENDS = ("xla", "rdu")
+NONFINITE_POLICIES = ("stop", "skip")
+RDU_CHIPS = ("sn40l", "sn30", "sn10")
 DATA_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet")
 
 
@@ -209,7 +211,12 @@ class RunConfig:
     keep_checkpoints: int = _f(2, "keep the last N checkpoints (plus the best by val loss)")
     wandb: str = _f("offline", f"Weights & Biases mode, one of {WANDB_MODES} (offline without API key)")
     wandb_project: str = _f("sparsetrain", "W&B project name")
-    backend: str = _f("xla", f"where steps run, one of {BACKENDS}")
+    backend: str = _f("xla", f"where steps run, one of {BACKENDS} (rdu: every step runs through the "
+                      "rdu_xla_backend emulator, which also logs the emulated step time)")
+    rdu_chip: str = _f("sn40l", "emulated chip of backend rdu: sn40l, sn30 or sn10")
+    nonfinite: str = _f("stop", f"a NaN/inf loss or gradient: one of {NONFINITE_POLICIES} (stop: the run "
+                        "stops, keeping the last good checkpoint; skip: the step's update is not applied)")
+    max_skipped_steps: int = _f(10, "with nonfinite=skip, stop after this many non-finite steps in a row")
     progress: bool = _f(True, "show a progress bar")
     mesh_data: int = _f(1, "devices along the mesh's data (replica) axis")
     mesh_fsdp: int = _f(1, "devices along the fsdp axis (params and optimizer state split)")
@@ -460,6 +467,11 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     _require(d.batch_size % replicas == 0, "data.batch_size", d.batch_size,
              f"a multiple of run.mesh_data * run.mesh_fsdp = {replicas}")
     _require(r.backend in BACKENDS, "run.backend", r.backend, ", ".join(BACKENDS))
+    _require(r.rdu_chip in RDU_CHIPS, "run.rdu_chip", r.rdu_chip, ", ".join(RDU_CHIPS))
+    _require(r.backend != "rdu" or replicas * r.mesh_tensor == 1, "run.backend", r.backend,
+             "xla when the mesh has more than one device (the rdu emulator runs on one device)")
+    _require(r.nonfinite in NONFINITE_POLICIES, "run.nonfinite", r.nonfinite, ", ".join(NONFINITE_POLICIES))
+    _require(r.max_skipped_steps >= 1, "run.max_skipped_steps", r.max_skipped_steps, "an integer >= 1")
     _require(bool(r.name) and "/" not in r.name, "run.name", r.name, "a non-empty name without '/'")
 
 

@@ -276,7 +276,12 @@ def _run_tokenizer(cfg: Any, run_dir: Path, train_docs: Sequence[str]) -> Tokeni
     """The run's tokenizer: run_dir's saved one, else trained ("bpe") or loaded, then saved."""
     saved = run_dir / TOKENIZER_FILENAME
     if saved.is_file():
-        return load_tokenizer(saved)
+        tokenizer = load_tokenizer(saved)
+        if cfg.tokenizer != "bpe" and load_tokenizer(Path(cfg.tokenizer)).to_str() != tokenizer.to_str():
+            raise ValueError(
+                f"tokenizer={str(cfg.tokenizer)!r} differs from the run's own {saved}, which its "
+                "checkpoints were trained with; resume with the run's tokenizer or start a new run")
+        return tokenizer
     if cfg.tokenizer == "bpe":
         tokenizer = train_bpe_tokenizer(train_docs, cfg.vocab_size)
     else:

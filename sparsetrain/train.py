@@ -22,6 +22,7 @@ import json
 import math
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 from sparsetrain.checkpoint import Checkpointer
 from sparsetrain.config import Config, ConfigError, check_trainable, from_dict, save_recipe
 from sparsetrain.data import TOKENIZER_FILENAME, BatchIterator, build_datasets, eval_batches
+from sparsetrain.errors import CheckpointSaveError
 from sparsetrain.models.accounting import model_counts
 from sparsetrain.models.gpt import GPT, BlockIndices, GPTSpec, abstract_model, build_model
 from sparsetrain.optim import make_optimizer
@@ -110,6 +112,8 @@ def build_setup(cfg: Config, vocab_size: int, abstract: bool = False) -> Setup:
     model = abstract_model(spec) if abstract else build_model(spec, cfg.run.seed)
     fns = ModelFunctions(model)
     tx, schedule = make_optimizer(cfg.optimizer, cfg.run.steps)
+    if cfg.run.nonfinite == "skip":  # a step with NaN/inf gradients leaves params and moments as they were
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=cfg.run.max_skipped_steps)
     dense_loss = None
     if cfg.sparsity.flow == "prune_regrow" and cfg.sparsity.regrow == "gradient":
         twin = dense_twin(spec)
@@ -120,11 +124,9 @@ def build_setup(cfg: Config, vocab_size: int, abstract: bool = False) -> Setup:
     return Setup(spec, model, fns, tx, schedule, flow, state)
 
 
-def make_train_step(fns: ModelFunctions, tx: optax.GradientTransformation, schedule, flow: Flow | None = None,
-                    out_shardings=None):
-    """A jitted `step(state, batch) -> (state, metrics)`; the state's buffers are donated.
-
-    `out_shardings` (state shardings, metrics) keeps a sharded state's layout fixed across steps.
+def train_step_fn(fns: ModelFunctions, tx: optax.GradientTransformation, schedule, flow: Flow | None = None):
+    """The pure `step(state, batch) -> (state, metrics)` (jitted by `make_train_step`, lowered to the
+    RDU emulator by backend rdu).
 
     A flow's `mask` removes pruned blocks from the gradients and the updates (they stay zero).
     """
@@ -141,7 +143,16 @@ def make_train_step(fns: ModelFunctions, tx: optax.GradientTransformation, sched
         new = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": rng}
         return new, metrics
 
-    return jax.jit(step, donate_argnums=0, out_shardings=out_shardings)
+    return step
+
+
+def make_train_step(fns: ModelFunctions, tx: optax.GradientTransformation, schedule, flow: Flow | None = None,
+                    out_shardings=None):
+    """A jitted `step(state, batch) -> (state, metrics)`; the state's buffers are donated.
+
+    `out_shardings` (state shardings, metrics) keeps a sharded state's layout fixed across steps.
+    """
+    return jax.jit(train_step_fn(fns, tx, schedule, flow), donate_argnums=0, out_shardings=out_shardings)
 
 
 def make_eval_step(fns: ModelFunctions):
@@ -261,6 +272,12 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
     elif resume and ckpt.latest_step() is not None:
         meta = ckpt.read_meta()
         _check_resumable(cfg, meta)
+        if meta.get("fingerprint") != data.fingerprint:
+            raise ConfigError(
+                f"data: the tokenizer or validation data differ from the checkpoint's (step "
+                f"{meta['step']} in {ckpt.directory}: vocab {meta.get('vocab_size')}, now "
+                f"{data.vocab_size}); resume with the run's own tokenizer.json and data section "
+                "(nothing was changed)")
         state, meta = ckpt.restore(None, state)
         batches.set_state(meta["data_state"])
         start, wall_before = int(meta["step"]), float(meta.get("wall_time_s", 0.0))
@@ -276,7 +293,11 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
         shardings = tree_shardings(state, mesh)
         state = jax.device_put(state, shardings)
         out_shardings = (shardings, None)
-    train_step = make_train_step(fns, tx, schedule, flow, out_shardings=out_shardings)
+    if cfg.run.backend == "rdu":
+        from sparsetrain.rdu_step import EmulatedTrainStep
+        train_step = EmulatedTrainStep(train_step_fn(fns, tx, schedule, flow), cfg.run.rdu_chip)
+    else:
+        train_step = make_train_step(fns, tx, schedule, flow, out_shardings=out_shardings)
     eval_step = make_eval_step(fns)
     flow_step = jax.jit(flow.update, donate_argnums=0) if flow.update is not None else None
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
@@ -285,7 +306,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
     show = cfg.run.progress if progress is None else progress
 
     step_times: list[float] = []
-    val_loss = math.nan
+    val_loss, skipped_in_a_row, skipped = math.nan, 0, 0
     t_run = time.perf_counter()
     bar = tqdm(range(start, end), initial=start, total=end, desc=cfg.run.name, disable=not show,
                dynamic_ncols=True)
@@ -300,10 +321,30 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
             state, flow_metrics = flow_step(state, batch)
             metrics = {**metrics, **flow_metrics}
             flops_before += flow.update_cost_dense_steps * counts.train_flops_per_token_dense * tokens_per_step
+            if cfg.run.backend == "rdu":  # new block indices, new gather costs
+                train_step.reprice(state, batch)
         metrics = jax.device_get(metrics)
         step_times.append(time.perf_counter() - t0)
         row = {k: float(v) for k, v in metrics.items()}
         row.update(tokens=done * tokens_per_step, train_flops=flops_before + (done - start) * flops_per_step)
+        if cfg.run.backend == "rdu":
+            from sparsetrain.rdu_step import emulated_metrics
+            row.update(emulated_metrics(train_step, tokens_per_step))
+        finite = math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])
+        skipped_in_a_row = 0 if finite else skipped_in_a_row + 1
+        skipped += not finite
+        if not finite and (cfg.run.nonfinite == "stop" or skipped_in_a_row > cfg.run.max_skipped_steps):
+            tracker.log(row, done)
+            tracker.finish()
+            why = (f"{skipped_in_a_row} non-finite steps in a row (run.max_skipped_steps="
+                   f"{cfg.run.max_skipped_steps})" if cfg.run.nonfinite == "skip" else "run.nonfinite=stop")
+            raise FloatingPointError(
+                f"loss {row['loss']}, gradient norm {row['grad_norm']} at step {done}; stopping ({why}). "
+                f"The last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}")
+        if not finite:
+            row["skipped"] = 1.0
+            print(f"{cfg.run.name}: non-finite loss/gradient at step {done}: update skipped "
+                  f"({skipped_in_a_row} in a row, at most {cfg.run.max_skipped_steps})", file=sys.stderr)
         if done % cfg.run.log_every == 0 or done == end:
             recent = step_times[1:][-cfg.run.log_every:] or step_times[-1:]
             tps = tokens_per_step / statistics.median(recent)
@@ -313,11 +354,6 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
             val_loss = evaluate(eval_step, state, data.val, cfg.data.batch_size, cfg.run.eval_batches)
             best_val = min(best_val, val_loss)
             row.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)))
-        if not math.isfinite(row["loss"]):
-            tracker.log(row, done)
-            tracker.finish()
-            raise FloatingPointError(f"loss is {row['loss']} at step {done}; stopping. The last "
-                                     f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}")
         tracker.log(row, done)
         bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{val_loss:.3f}")
         if done % cfg.run.checkpoint_every == 0 or done == end:
@@ -326,7 +362,11 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
                     "val_loss": val_loss, "best_val_loss": best_val,
                     "train_flops": flops_before + (done - start) * flops_per_step,
                     "wall_time_s": wall_before + time.perf_counter() - t_run}
-            ckpt.save(done, state, meta, val_loss)
+            try:
+                ckpt.save(done, state, meta, val_loss)
+            except CheckpointSaveError:  # reported with the step that is kept; W&B closed cleanly
+                tracker.finish()
+                raise
     bar.close()
 
     steady = step_times[2:] or step_times
@@ -340,11 +380,14 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
         "params_alive": counts.params_stored - pruned_params(state),
         "train_flops_effective": flops_before + flops_per_step * (end - start),
         "train_flops_dense": counts.train_flops_per_token_dense * end * tokens_per_step,
-        "flow": flow.name, "train_step_compiles": train_step._cache_size(),
+        "flow": flow.name, "train_step_compiles": train_step._cache_size(), "skipped_steps": skipped,
         "wall_time_s": wall_before + time.perf_counter() - t_run,
         "vocab_size": data.vocab_size, "fingerprint": data.fingerprint,
-        "train_bytes": data.train_bytes, "val_bytes": data.val_bytes,
+        "train_bytes": data.train_bytes, "val_bytes": data.val_bytes, "backend": cfg.run.backend,
     }
+    if cfg.run.backend == "rdu":
+        summary.update(rdu_chip=cfg.run.rdu_chip, rdu_step_time_s=train_step.emulated_step_s,
+                       rdu_bound=train_step.bound)
     tracker.summary(summary)
     tracker.finish()
     ckpt.close()

@@ -1,0 +1,63 @@
+"""Training steps run through the RDU emulator (`run.backend: rdu`).
+
+The train step (the same pure function XLA jits) is lowered once by `rdu_xla_backend` into a
+graph of fused kernels (decoder-layer loops, forward, backward, optimizer update); every call then
+runs that graph kernel by kernel with `emulator.execute` on the real state and batch, so losses
+and parameters equal the XLA run within float tolerance. The emulated step time on the chip comes
+from `program_perf` of the same graph, with the sparse gathers priced from the block indices the
+state holds (repriced when a sparsity flow changes them).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from rdu_xla_backend import Options, get_chip, lower, program_perf
+from rdu_xla_backend.emulator.execute import execute
+
+
+class EmulatedTrainStep:
+    """`step(state, batch) -> (state, metrics)` executed on the emulated RDU.
+
+    Attributes:
+        emulated_step_s: seconds one step would take on the chip (None before the first call).
+        bound: what limits the step's slowest kernels (compute, sram, hbm, ddr, network, launch).
+        lowerings: how many times the step was traced and lowered (1: shapes never change).
+    """
+
+    def __init__(self, step_fn: Callable, chip: str, options: Options = Options()):
+        self.step_fn = step_fn
+        self.chip = get_chip(chip)
+        self.options = options
+        self.graph = None
+        self.emulated_step_s: float | None = None
+        self.bound: str | None = None
+        self.lowerings = 0
+
+    def __call__(self, state: dict, batch: dict) -> tuple[dict, dict]:
+        if self.graph is None:
+            self.graph = lower(self.step_fn, state, batch, name="train_step")
+            self.lowerings += 1
+            self.reprice(state, batch)
+        outputs, _ = execute(self.graph, state, batch, timed=False)
+        return outputs
+
+    def reprice(self, state: dict, batch: dict) -> float:
+        """Emulated step time (s) with the sparse gathers priced from `state`'s current indices."""
+        leaves = jax.tree.leaves((state, batch))
+        self.graph.concrete = {pos: np.asarray(leaves[pos]) for pos in self.graph.concrete}
+        perf = program_perf(self.graph, self.chip, self.options)
+        self.emulated_step_s, self.bound = float(perf.step_s), perf.bound
+        return self.emulated_step_s
+
+    def _cache_size(self) -> int:  # the same question as a jitted function's cache size
+        return self.lowerings
+
+
+def emulated_metrics(step: EmulatedTrainStep, tokens_per_step: int) -> dict[str, Any]:
+    """Metrics logged each step on backend rdu: emulated step time (s) and tokens/s on the chip."""
+    return {"rdu_step_time_s": step.emulated_step_s,
+            "rdu_tokens_per_s": tokens_per_step / step.emulated_step_s}
