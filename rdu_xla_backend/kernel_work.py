@@ -153,7 +153,6 @@ def kernel_work(kernel: Kernel, graph: Graph, chip: ChipSpec, tier_of: dict[int,
         interval = fill = drain = 0.0
         pcus, pmus, mean_util, bottleneck_pcu, share = 0, 0, 0.0, True, []
     default = "hbm" if chip.hbm_bytes > 0 else "ddr"
-    slowest = "ddr" if getattr(chip, "ddr_bytes", 0) > 0 else default
     nbytes: dict[str, float] = {}
     if kernel.local_bytes:  # unfused: every operand through off-chip memory
         tiers = {tier_of.get(k, default) for k in kernel.reads + kernel.writes}
@@ -165,7 +164,7 @@ def kernel_work(kernel: Kernel, graph: Graph, chip: ChipSpec, tier_of: dict[int,
             if t.generated:
                 continue
             tier = tier_of.get(k, default)
-            tier = slowest if tier == "overflow" else tier
+            tier = "host" if tier == "overflow" else tier  # fits no tier: streamed from the host
             size = (kernel.read_charge(k, t.nbytes) if k in kernel.reads
                     else kernel.write_charge(k, t.nbytes))
             nbytes[tier] = nbytes.get(tier, 0.0) + size / shards

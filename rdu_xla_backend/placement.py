@@ -11,7 +11,7 @@ to HBM and back). The tensors that cross kernel boundaries live off chip, placed
 2. HBM is filled by priority: activations first (the peak of their live set is reserved, from
    a liveness sweep in program order), then KV cache, weights, optimizer state. What does not fit
    HBM spills to DDR; what fits neither is *overflow*: reported (``MemoryPlan.overflow``, a note
-   in every estimate) and charged at the slowest tier, never hidden.
+   in every estimate) and charged as streamed from the host over the host link, never hidden.
 3. Capacities are per socket times the sockets the program is split over. A KV cache a step
    returns updated lives where the input cache does (an in-place update, no second copy).
 
@@ -91,7 +91,7 @@ class MemoryPlan:
         category_of: tensor key -> category.
         bytes: category -> tier -> bytes placed (overflow included).
         capacity: tier -> bytes available over all sockets.
-        overflow: keys that fit no tier (reported, charged at the slowest tier).
+        overflow: keys that fit no tier (reported, charged over the host link).
         spilled: keys placed below HBM (in DDR) for lack of room.
         sockets: sockets the capacities are summed over.
     """
@@ -119,7 +119,7 @@ class MemoryPlan:
         if self.overflow:
             total = sum(self.bytes.get(c, {}).get("overflow", 0.0) for c in CATEGORIES)
             lines.append(f"memory: OVERFLOW: {len(self.overflow)} tensors ({total / 1e9:.4g} GB) "
-                         "fit in no tier; charged at the slowest tier")
+                         "fit in no tier; charged as streamed over the host link")
         return lines
 
 
