@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rdu_xla_backend.perf import ProgramPerf
+from rdu_xla_backend.perf import Options, ProgramPerf, program_perf
 
 
 def kernel_rows(pp: ProgramPerf) -> list[dict]:
@@ -50,6 +50,37 @@ def markdown_table(pp: ProgramPerf, max_rows: int = 40) -> str:
                  f"{sum(r['hbm_bytes'] for r in rows) / 1e9:.4g} | "
                  f"{sum(r['ddr_bytes'] for r in rows) / 1e9:.4g} | | | | | {pp.bound} |")
     return "\n".join(lines)
+
+
+def mechanisms(graph, chip, options: Options) -> dict:
+    """Step time and kernel calls of ``graph`` with kernel looping on and off, each with
+    hardware- and software-orchestrated launches (the same lowering; cheap after the first)."""
+    import dataclasses
+
+    out = {}
+    for looping in (True, False):
+        for orch in ("hardware", "software"):
+            pp = program_perf(graph, chip, dataclasses.replace(
+                options, kernel_looping=looping, orchestration=orch))
+            out[f"looping_{'on' if looping else 'off'}_{orch}"] = {
+                "step_s": pp.step_s, "launches": pp.launches}
+    return out
+
+
+def mechanism_lines(m: dict) -> list[str]:
+    """Human-readable lines of ``mechanisms``: looping on vs off, hardware vs software launches."""
+    lines = []
+    for orch in ("hardware", "software"):
+        on, off = m[f"looping_on_{orch}"], m[f"looping_off_{orch}"]
+        lines.append(f"kernel looping, {orch}-orchestrated launches: on {on['step_s']:.4g} s "
+                     f"({on['launches']:.4g} calls), off {off['step_s']:.4g} s "
+                     f"({off['launches']:.4g} calls): looping {off['step_s'] / on['step_s']:.3g}x")
+    for looping in ("on", "off"):
+        hw_, sw = m[f"looping_{looping}_hardware"], m[f"looping_{looping}_software"]
+        lines.append(f"launches with looping {looping}: hardware-orchestrated "
+                     f"{hw_['step_s']:.4g} s vs software-orchestrated {sw['step_s']:.4g} s: "
+                     f"{sw['step_s'] / hw_['step_s']:.3g}x")
+    return lines
 
 
 def to_json(pp: ProgramPerf, **extra) -> dict:

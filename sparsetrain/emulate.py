@@ -138,7 +138,8 @@ def estimate(cfg, dense_cfg, args) -> dict:
                       "use the expected-cost model (seeded random draw of the same shape)"]
                    + mode_assumptions(cfg, args.mode))
     return {"rdu": rdu, "graph": graph, "gpu_dense": gpu_dense, "gpu_sparse": gpu_sparse,
-            "assumptions": assumptions, "report": report}
+            "assumptions": assumptions, "report": report,
+            "mechanisms": report.mechanisms(graph, chip, options)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         "speedup_vs_gpu_dense": dense.step_s / rdu.step_s,
         "speedup_vs_gpu_sparse": sparse.step_s / rdu.step_s,
         "gpu_dense_bound": dense.bound, "gpu_sparse_bound": sparse.bound,
-        "assumptions": r["assumptions"],
+        "mechanisms": r["mechanisms"], "assumptions": r["assumptions"],
     }
     data = report.to_json(rdu, summary=summary)
     if args.out:
@@ -190,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
     print()
     for note in rdu.notes:
         print(f"note: {note}")
+    for line in report.mechanism_lines(r["mechanisms"]):
+        print(line)
     print(f"{rdu.chip.name} x{n}: {rdu.step_s:.4g} s per step (one socket: "
           f"{rdu.single_socket_s:.4g} s), bound: {rdu.bound}")
     print(f"{dense.gpu.name} x{n}, dense recipe, kernel by kernel: {dense.step_s:.4g} s "
