@@ -356,7 +356,10 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] = (), check
 
 def save_recipe(cfg: Config, path: Path) -> None:
     """Write the fully resolved recipe (all defaults filled in) as YAML."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")  # atomic: a kill mid-write leaves the old file
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -113,6 +113,10 @@ def _plain(v: Any) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """All rows of a metrics JSONL file."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """All rows of a metrics JSONL file. A last line without its newline (the writer was killed
+    mid-line) is dropped; a malformed complete line raises."""
+    text = Path(path).read_text()
+    lines = text.split("\n")
+    if lines and lines[-1].strip():  # torn last line
+        lines = lines[:-1]
+    return [json.loads(line) for line in lines if line.strip()]

@@ -285,6 +285,8 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
         flops_before = float(meta.get("train_flops", start * counts.train_flops_per_token_effective
                                       * cfg.data.batch_size * cfg.data.seq_len))
         _truncate_jsonl(out / "metrics.jsonl", start)
+    else:  # a fresh start: rows of an attempt killed before its first checkpoint do not count
+        _truncate_jsonl(out / "metrics.jsonl", 0)
 
     tracker = Tracker(out, cfg.run.wandb, cfg.run.wandb_project, cfg.run.name, cfg.to_dict(),
                       resume=resume)

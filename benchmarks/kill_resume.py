@@ -1,0 +1,210 @@
+"""Kill test: SIGKILL the trainer at random moments (some during checkpoint saves), resume, and
+check that no work is lost.
+
+    python benchmarks/kill_resume.py                 # 20 trials (about 10-20 min on 2 cores)
+    python benchmarks/kill_resume.py --trials 4 --out runs/kill-quick
+
+One uninterrupted reference run, then per trial a fresh run directory trained by `sparsetrain
+train --resume` in a subprocess that is killed 1-3 times with SIGKILL and restarted until it
+finishes. Even trials kill at a random moment of the run; odd trials kill the moment an Orbax save
+is in progress (its temporary directory exists). After every kill each complete checkpoint must
+restore; at the end the run's loss trace (every step) must equal the reference's exactly.
+Prints a table and writes kill_resume.json (benchmarks/results/ by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+WORDS = ("the king queen lord lady sword crown night day love death war peace heart blood "
+         "speak come go thou thee my good what sir").split()
+
+
+def make_corpus(root: Path, docs: int = 24) -> Path:
+    """Generated plain-text documents (about 8 KB each), the same every time."""
+    rng = random.Random(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(docs):
+        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) for _ in range(150)]
+        (root / f"doc{i:02d}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_recipe(path: Path, corpus: Path, cache: Path, steps: int, every: int) -> Path:
+    """A 2-layer, 64-wide block-sparse GPT that checkpoints every `every` steps."""
+    raw = {
+        "model": {"preset": "tiny", "n_layers": 2, "d_model": 64, "n_heads": 2, "context": 32},
+        "sparsity": {"pattern": "random_balanced", "density": 0.25, "block": 16},
+        "data": {"dataset": str(corpus), "vocab_size": 300, "seq_len": 32, "batch_size": 4,
+                 "cache_dir": str(cache)},
+        "optimizer": {"lr": 1e-2, "warmup_steps": 3},
+        "run": {"name": "kill", "steps": steps, "eval_every": every, "eval_batches": 2, "log_every": 1,
+                "checkpoint_every": every, "keep_checkpoints": 2, "wandb": "disabled", "progress": False},
+    }
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def trainer(recipe: Path, out_dir: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "sparsetrain.cli", "train", str(recipe), "--resume", "--no-progress",
+           "--set", f"run.out_dir={out_dir}"]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def saving(ckpt_dir: Path) -> bool:
+    """An Orbax save is in progress: a temporary step directory exists."""
+    return ckpt_dir.is_dir() and any("tmp" in p.name for p in ckpt_dir.iterdir())
+
+
+def kill_once(proc: subprocess.Popen, ckpt_dir: Path, during_save: bool, rng: random.Random,
+              run_s: float, timeout_s: float = 300.0) -> dict:
+    """SIGKILL `proc` at a random moment, or as soon as a save is in progress. Returns what the
+    kill hit; `finished` if the process ended first."""
+    start = time.monotonic()
+    deadline = start + (timeout_s if during_save else rng.uniform(0.2, 1.0) * run_s)
+    while time.monotonic() < deadline and proc.poll() is None:
+        if during_save and saving(ckpt_dir):
+            time.sleep(rng.uniform(0.0, 0.02))
+            break
+        time.sleep(0.002 if during_save else 0.05)
+    if proc.poll() is not None:
+        return {"finished": True, "rc": proc.returncode}
+    in_save = saving(ckpt_dir)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return {"finished": False, "at_s": round(time.monotonic() - start, 2), "during_save": in_save}
+
+
+def check_checkpoints(run_dir: Path) -> tuple[int, list[str]]:
+    """Restore every complete checkpoint of `run_dir`; (count restored, errors)."""
+    import jax
+
+    from sparsetrain.checkpoint import Checkpointer
+    from sparsetrain.config import Config, from_dict
+    from sparsetrain.train import build_setup
+
+    ckpt = Checkpointer(run_dir / "checkpoints", keep_last=1_000_000)
+    errors, restored = [], 0
+    try:
+        for step in ckpt.all_steps():
+            try:
+                meta = ckpt.read_meta(step)
+                setup = build_setup(from_dict(Config, meta["recipe"]), int(meta["vocab_size"]), abstract=True)
+                state, meta = ckpt.restore(step, setup.state)
+                assert int(meta["step"]) == step and int(state["step"]) == step
+                assert all(bool(jax.numpy.isfinite(x).all()) for x in jax.tree.leaves(state["params"]))
+                restored += 1
+            except Exception as e:  # a corrupt checkpoint is the failure we are looking for
+                errors.append(f"step {step}: {type(e).__name__}: {e}")
+    finally:
+        ckpt.close()
+    return restored, errors
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    from sparsetrain.tracking import read_jsonl
+
+    return [(r["step"], r["loss"]) for r in read_jsonl(run_dir / "metrics.jsonl")]
+
+
+def run_trial(recipe: Path, run_dir: Path, reference: list, during_save: bool, kills: int,
+              rng: random.Random, run_s: float) -> dict:
+    events, restarts = [], 0
+    while True:
+        proc = trainer(recipe, run_dir)
+        if len([e for e in events if not e.get("finished")]) < kills:
+            event = kill_once(proc, run_dir / "checkpoints", during_save, rng, run_s)
+        else:
+            proc.wait()
+            event = {"finished": True, "rc": proc.returncode}
+        if event["finished"]:
+            err = proc.stderr.read()[-2000:] if event["rc"] else ""
+            events.append({**event, "stderr": err} if err else event)
+            break
+        restored, errors = check_checkpoints(run_dir)
+        events.append({**event, "checkpoints_restored": restored, "corrupt": errors})
+        restarts += 1
+    trace = losses(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
+    final_restored, final_errors = check_checkpoints(run_dir)
+    corrupt = [c for e in events for c in e.get("corrupt", [])] + final_errors
+    return {
+        "kills": restarts, "kills_during_save": sum(bool(e.get("during_save")) for e in events),
+        "finished_rc": events[-1]["rc"], "resumed": events[-1]["rc"] == 0,
+        "trace_equal": trace == reference, "steps_logged": len(trace),
+        "max_abs_loss_diff": max((abs(a[1] - b[1]) for a, b in zip(trace, reference)), default=None),
+        "corrupt_checkpoints": corrupt, "events": events,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--steps", type=int, default=24)
+    p.add_argument("--every", type=int, default=3, help="checkpoint every N steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/kill-resume")
+    p.add_argument("--json", default=str(ROOT / "benchmarks/results/kill_resume.json"))
+    args = p.parse_args(argv)
+
+    out = Path(args.out).absolute()
+    recipe = make_recipe(out / "recipe.yaml", make_corpus(out / "corpus"), out / "cache", args.steps, args.every)
+    ref_dir = out / "reference"
+    t0 = time.monotonic()
+    if not (ref_dir / "summary.json").is_file():
+        ref = trainer(recipe, ref_dir)
+        if ref.wait():
+            print(ref.stderr.read()[-3000:], file=sys.stderr)
+            return 1
+    run_s = time.monotonic() - t0
+    reference = losses(ref_dir)
+    print(f"reference: {len(reference)} steps in {run_s:.0f} s (process start included)", flush=True)
+
+    rng = random.Random(args.seed)
+    rows = []
+    for i in range(args.trials):
+        run_dir = out / f"trial-{i:02d}"
+        if run_dir.exists():
+            import shutil
+            shutil.rmtree(run_dir)
+        during_save = i % 2 == 1
+        result = run_trial(recipe, run_dir, reference, during_save, rng.randint(1, 3), rng, run_s)
+        rows.append({"trial": i, "kill_at": "save" if during_save else "random", **result})
+        print(f"trial {i:2d} ({'during save' if during_save else 'random time'}): {result['kills']} kills "
+              f"({result['kills_during_save']} during a save), resumed={result['resumed']}, "
+              f"trace equal={result['trace_equal']}, corrupt={len(result['corrupt_checkpoints'])}", flush=True)
+
+    totals = {
+        "trials": len(rows), "kills": sum(r["kills"] for r in rows),
+        "kills_during_save": sum(r["kills_during_save"] for r in rows),
+        "trials_resumed": sum(r["resumed"] for r in rows),
+        "traces_equal": sum(r["trace_equal"] for r in rows),
+        "corrupt_checkpoints": sum(len(r["corrupt_checkpoints"]) for r in rows),
+        "wall_time_s": round(time.monotonic() - t0, 1),
+    }
+    print("\n| trials | SIGKILLs | during a save | resumed to the end | loss trace equal | corrupt checkpoints |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {totals['trials']} | {totals['kills']} | {totals['kills_during_save']} | {totals['trials_resumed']} | "
+          f"{totals['traces_equal']} | {totals['corrupt_checkpoints']} |")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"settings": vars(args), "totals": totals, "trials": rows}, indent=2))
+    print(f"wrote {args.json}")
+    ok = totals["trials_resumed"] == totals["traces_equal"] == totals["trials"] and not totals["corrupt_checkpoints"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
