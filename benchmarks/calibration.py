@@ -45,8 +45,15 @@ PARAMS = [
     fit.Param("achievable_compute_fraction", "gpu", 0.2, 1.0),
     fit.Param("host_copy_links", "gpu", 1.0, 8.0),
 ]
-DEFAULT_START = {p.name: getattr(hw.ModelParameters() if p.target == "rdu" else
-                                 hw.GpuParameters(), p.name) for p in PARAMS}
+# The values assumed before any fitting (the search starts here; the weak prior pulls here).
+# hardware.ModelParameters / GpuParameters default to the fitted values this script prints.
+DEFAULT_START = {
+    "launch_seconds_software": 10e-6, "launch_seconds_hardware": 1e-6, "hbm_efficiency": 0.9,
+    "ddr_efficiency": 0.9, "inter_socket_latency_seconds": 1e-6,
+    "inter_socket_bytes_per_s": 100e9, "launch_sync_seconds": 5e-6,
+    "achievable_bandwidth_fraction": 0.8, "achievable_compute_fraction": 0.7,
+    "host_copy_links": 4.0,
+}
 STARTS = [DEFAULT_START,
           {**DEFAULT_START, "launch_seconds_software": 1e-4, "launch_seconds_hardware": 5e-6,
            "inter_socket_latency_seconds": 3e-6, "launch_sync_seconds": 3e-6}]
@@ -161,18 +168,12 @@ def estimators(g: dict) -> dict:
         gp = gpu_model.gpu_perf(g["dec4k"], c["h100"], gpus=8)
         return gp.bytes / 8 / (gp.step_s * c["h100"].hbm_bytes_per_s)
 
-    expert_bytes = _weights(g["expert_dec"], hw.SN40L)
-    scenario = coe.CoEScenario(150, expert_bytes, batch=8, prompt_tokens=128, output_tokens=20)
+    scenario = coe_scenario(g)
 
     def coe_speedup(gpu_key):
         def f(c):
-            node = coe.rdu_node(c["sn40l"], 8)
-            t = coe.rdu_expert_times(g["router"], g["expert_pre"], g["expert_dec"], node,
-                                     scenario, perf.Options(sockets=8, **SN40L_ERA))
-            rdu = coe.coe_latency(node, scenario, t)
-            box = coe.dgx(c[gpu_key], 8)
-            tg = coe.gpu_expert_times(g["router"], g["expert_pre"], g["expert_dec"], box, scenario)
-            return coe.coe_latency(box, scenario, tg).per_request_s / rdu.per_request_s
+            rdu, box = coe_results(g, c, scenario), coe_results(g, c, scenario, gpu_key)
+            return box.per_request_s / rdu.per_request_s
         return f
 
     so, ho = dict(SN40L_ERA, orchestration="software"), SN40L_ERA
@@ -197,6 +198,25 @@ def estimators(g: dict) -> dict:
         "peak_fraction_16s": peak_fraction(16),
         "gpu_decode_bw": gpu_bw,
     }
+
+
+def coe_scenario(g: dict) -> coe.CoEScenario:
+    """150 Llama2-7B experts, batch 8, 128-token prompts (assumed), 20 output tokens."""
+    return coe.CoEScenario(150, _weights(g["expert_dec"], hw.SN40L), batch=8, prompt_tokens=128,
+                           output_tokens=20)
+
+
+def coe_results(g: dict, chips: dict, scenario: coe.CoEScenario,
+                gpu_key: str | None = None) -> coe.CoEResult:
+    """The CoE batch on the SN40L node (``gpu_key`` None) or on a DGX of ``chips[gpu_key]``."""
+    if gpu_key is None:
+        node = coe.rdu_node(chips["sn40l"], 8)
+        t = coe.rdu_expert_times(g["router"], g["expert_pre"], g["expert_dec"], node, scenario,
+                                 perf.Options(sockets=8, **SN40L_ERA))
+        return coe.coe_latency(node, scenario, t)
+    box = coe.dgx(chips[gpu_key], 8)
+    t = coe.gpu_expert_times(g["router"], g["expert_pre"], g["expert_dec"], box, scenario)
+    return coe.coe_latency(box, scenario, t)
 
 
 def make_cases(estimates: dict) -> list[fit.Case]:
@@ -272,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    cases = make_cases(estimators(build_graphs()))
+    graphs = build_graphs()
+    cases = make_cases(estimators(graphs))
     t1 = time.perf_counter()
     result = fit.fit(cases, CHIPS, PARAMS, STARTS, iters=args.iters, prior=DEFAULT_START,
                      prior_weight=PRIOR_WEIGHT)
@@ -280,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.perf_counter() - t1:.0f} s ({result.evaluations} evaluations), "
           f"loss {result.loss:.4g}")
     text = table(cases, result.estimates, result.values)
+    fitted = fit.apply(CHIPS, PARAMS, result.values)
+    scenario = coe_scenario(graphs)
+    text += ("\n\nComposition of Experts at the fitted values (150 Llama2-7B experts of "
+             f"{scenario.expert_bytes / 1e9:.3g} GB, batch 8, 20 output tokens):\n\n"
+             + "\n".join(f"- {coe_results(graphs, fitted, scenario, k).summary()}"
+                          for k in (None, "a100", "h100")))
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,13 +2,16 @@
 
 A stack of identical decoder layers reaches the lowering either as a ``scan`` (already one
 kernel with ``trips`` = layers) or unrolled: the same fused kernel called once per layer, back
-to back. ``loop_repeated_kernels`` finds runs of consecutive kernels with the same signature
-(phase, the same ops with the same FLOPs, bytes and counts, the same off-chip traffic) and
-merges each run into ONE kernel whose ``trips`` is the run length, as [KL] does (Koeplinger et
-al., "Kernel Looping", arXiv 2410.23668): the calls become one call of a kernel with an outer
-loop. How the loop is timed is ``perf``'s business: with ``Options.kernel_looping`` the outer
-loop is pipelined (launch, synchronisation, fill and drain paid once per call; the next trip's
-weight loads overlap the current trip), without it every trip pays them as the separate calls
+to back (or a layer made of a few kernels, called in the same order for every layer).
+``loop_repeated_kernels`` finds runs of consecutive repeats of the same kernel sequence (each
+kernel with the same signature: phase, the same ops with the same FLOPs, bytes and counts, the
+same off-chip traffic; each repeat reading what the previous one wrote) and merges each run into
+ONE kernel whose trip is one repeat and whose ``trips`` is the number of repeats, as [KL] does
+(Koeplinger et al., "Kernel Looping", arXiv 2410.23668): the calls become one call of a kernel
+with an outer loop; ``calls_per_trip`` remembers how many calls one repeat was. How the loop is
+timed is ``perf``'s business: with ``Options.kernel_looping`` the outer loop is pipelined
+(launch, synchronisation, fill and drain paid once per call; the next trip's weight loads
+overlap the current trip), without it every trip pays them as the separate calls
 did. Either way the graph is the same, so both can be reported from one lowering.
 
 The merged kernel reads and writes the union of the calls' tensors (totals per call, as a scan
@@ -40,20 +43,39 @@ def _hashable(sig: tuple) -> tuple:
     return (name, phase, trips, local, ops, reads, writes)
 
 
-def repeated_runs(kernels: list[Kernel], tensors: dict[int, Tensor]) -> list[tuple[int, int]]:
-    """(first, length) of each maximal run of >= 2 consecutive single-trip calls of one kernel
-    that feed each other (call i + 1 reads something call i wrote)."""
-    runs, i = [], 0
+MAX_PERIOD = 4  # kernels one repeated layer may be made of (e.g. attention, then MLP)
+
+
+def repeated_runs(kernels: list[Kernel], tensors: dict[int, Tensor]) -> list[tuple[int, int, int]]:
+    """(first, period, repeats) of each maximal run of >= 2 consecutive repeats of the same
+    sequence of ``period`` single-trip kernel calls, each repeat feeding the next (it reads
+    something the previous one wrote). The longest run wins, then the shortest period."""
     sigs = [_hashable(signature(k, tensors)) for k in kernels]
+    single = [k.trips == 1 and k.calls == 1 for k in kernels]
+
+    def feeds(a: int, b: int, p: int) -> bool:
+        written = {t for k in kernels[a:a + p] for t in k.writes}
+        return any(t in written for k in kernels[b:b + p] for t in k.reads)
+
+    runs, i = [], 0
     while i < len(kernels):
-        j = i
-        while (j + 1 < len(kernels) and kernels[i].trips == 1 and kernels[i].calls == 1
-               and kernels[j + 1].calls == 1 and sigs[j + 1] == sigs[i]
-               and set(kernels[j].writes) & set(kernels[j + 1].reads)):
-            j += 1
-        if j > i:
-            runs.append((i, j - i + 1))
-        i = j + 1
+        best = (0, 0)  # (covered kernels, -period)
+        for p in range(1, MAX_PERIOD + 1):
+            if not all(single[i:i + p]) or i + 2 * p > len(kernels):
+                continue
+            r = 1
+            while (i + (r + 1) * p <= len(kernels) and all(single[i + r * p:i + (r + 1) * p])
+                   and sigs[i + r * p:i + (r + 1) * p] == sigs[i:i + p]
+                   and feeds(i + (r - 1) * p, i + r * p, p)):
+                r += 1
+            if r >= 2 and (r * p, -p) > best:
+                best = (r * p, -p)
+        if best[0]:
+            p = -best[1]
+            runs.append((i, p, best[0] // p))
+            i += best[0]
+        else:
+            i += 1
     return runs
 
 
@@ -72,17 +94,17 @@ def loop_repeated_kernels(kernels: list[Kernel], steps: list[Step],
     runs = repeated_runs(kernels, tensors)
     if not runs:
         return kernels, steps
-    start = {first: n for first, n in runs}
+    start = {first: (period, reps) for first, period, reps in runs}
     new_index: dict[int, int] = {}
     out: list[Kernel] = []
     i = 0
     while i < len(kernels):
-        n = start.get(i, 1)
-        group = kernels[i:i + n]
-        for j in range(i, i + n):
+        period, reps = start.get(i, (1, 1))
+        group = kernels[i:i + period * reps]
+        for j in range(i, i + len(group)):
             new_index[j] = len(out)
-        out.append(group[0] if n == 1 else _merge(group, len(out), tensors))
-        i += n
+        out.append(group[0] if len(group) == 1 else _merge(group, period, len(out), tensors))
+        i += len(group)
     return out, _remap(out, steps, tensors, new_index)
 
 
@@ -129,8 +151,9 @@ def fold_views(kernels: list[Kernel], steps: list[Step], tensors: dict[int, Tens
     return out, _remap(out, steps, tensors, new_index)
 
 
-def _merge(group: list[Kernel], index: int, tensors: dict[int, Tensor]) -> Kernel:
-    first = group[0]
+def _merge(group: list[Kernel], period: int, index: int, tensors: dict[int, Tensor]) -> Kernel:
+    """One looped kernel: each trip is one repeat of the ``period`` kernels of ``group``."""
+    body = group[:period]
     produced = {t for k in group for t in k.writes}
     reads, writes = [], []
     for k in group:
@@ -141,18 +164,22 @@ def _merge(group: list[Kernel], index: int, tensors: dict[int, Tensor]) -> Kerne
         inside = sum(t in k.reads for k in group)
         return not tensors[t].consumers or len(tensors[t].consumers) > inside
 
-    # A value one call passes to the next stays on chip (the loop carry).
+    # What one repeat passes to the next stays on chip (the loop carry).
     writes = [t for t in writes if read_outside(t)]
-    passed = set(group[0].writes) & set(group[1].reads)
+    passed = ({t for k in body for t in k.writes}
+              & {t for k in group[period:2 * period] for t in k.reads})
     carry = sum(tensors[t].nbytes for t in passed)
-    name = f"{first.name.rsplit('.', 1)[0]}.looped.{index}"
     read_bytes = {}
     for t in reads:
         n = tensors[t].nbytes
         total = sum(k.read_charge(t, n) for k in group if t in k.reads)
         if total < n:
             read_bytes[t] = total
-    return Kernel(name, first.phase, first.ops, reads=reads, writes=writes, trips=len(group),
-                  calls=1, local_bytes=first.local_bytes, working_bytes=first.working_bytes,
-                  largest_bytes=first.largest_bytes, carry_bytes=carry, read_bytes=read_bytes,
-                  calls_per_trip=first.calls_per_trip, collectives=ALL_REDUCES_PER_LAYER)
+    name = "+".join(k.name.rsplit(".", 1)[0] for k in body) + f".looped.{index}"
+    return Kernel(name, body[0].phase, [op for k in body for op in k.ops], reads=reads,
+                  writes=writes, trips=len(group) // period, calls=1,
+                  local_bytes=sum(k.local_bytes for k in body),
+                  working_bytes=sum(k.working_bytes for k in body),
+                  largest_bytes=max(k.largest_bytes for k in body), carry_bytes=carry,
+                  read_bytes=read_bytes, calls_per_trip=sum(k.calls_per_trip for k in body),
+                  collectives=ALL_REDUCES_PER_LAYER)

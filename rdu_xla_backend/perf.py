@@ -288,10 +288,11 @@ def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> 
         _, tp_works = program_work(graph, chip, P, P)
         kernels = [kernel_time(w, chip, options) for w in tp_works]
         step = sum(k.time_s for k in kernels)
+        hop = chip.params.inter_socket_latency_seconds
         notes.append(f"tensor parallel over {P} sockets: work / {P}; per layer per pass "
                      f"{par.ALL_REDUCES_PER_LAYER} all-reduces of the layer activation "
-                     f"({math.ceil(math.log2(P))} hops x {chip.params.inter_socket_latency_seconds:.3g}"
-                     " s + ring bytes), on the dependency chain of each layer")
+                     f"({math.ceil(math.log2(P))} hops x {hop:.3g} s on each layer's dependency "
+                     "chain, ring bytes streamed with the pipeline)")
     else:
         step, schedule, note = par.pipeline_parallel(graph, kernels, chip, options)
         notes.append(note)
@@ -302,6 +303,8 @@ def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> 
 def assumptions(chip: ChipSpec, options: Options = Options()) -> list[str]:
     """The mapping assumptions of this model, beyond ``hardware.assumptions(chip)``."""
     p = chip.params
+    gap = (chip.launch_seconds_software if options.orchestration == "software"
+           else chip.launch_seconds_hardware)
     return [
         f"mapping: matmul at 2 x lanes x stages = {2 * chip.macs_per_pcu_per_cycle} FLOP per PCU "
         "cycle (systolic); vector/reduce at lanes x stages; transcendental at lanes (tail stage)",
@@ -319,8 +322,7 @@ def assumptions(chip: ChipSpec, options: Options = Options()) -> list[str]:
         f"mapping: up to {chip.stages_per_pcu} consecutive element-wise ops share one PCU "
         "(one SIMD stage each)",
         f"mapping: {options.orchestration}-orchestrated launches "
-        f"({chip.launch_seconds_software if options.orchestration == 'software' else chip.launch_seconds_hardware:.3g} s "
-        f"per call), kernel looping {'on' if options.kernel_looping else 'off'}",
+        f"({gap:.3g} s per call), kernel looping {'on' if options.kernel_looping else 'off'}",
         f"mapping: {options.sockets} socket(s), {options.parallel} parallel"
         + (f", {options.micro_batches or 4 * options.sockets} micro-batches, {options.schedule}"
            if options.sockets > 1 and options.parallel == "pipeline" else ""),

@@ -55,6 +55,26 @@ def test_unrolled_repeated_calls_become_one_looped_kernel():
     np.testing.assert_allclose(out, unrolled(ws, x), rtol=1e-5, atol=1e-5)
 
 
+ATTN = kernels.fused("attention", lambda h, w: jax.nn.softmax(h @ w) + h)
+MLP = kernels.fused("mlp", lambda h, w: jax.nn.gelu(h @ w.T) + h)
+
+
+def two_kernel_layers(ws, x):
+    h = x
+    for i in range(ws.shape[0]):
+        h = MLP(ATTN(h, ws[i]), ws[i])
+    return h
+
+
+def test_layers_of_two_kernels_loop_as_one():
+    g = lower(two_kernel_layers, *shapes(5, 128, 8))
+    (k,) = g.kernels
+    assert (k.trips, k.calls_per_trip) == (5, 2) and k.name.startswith("attention+mlp.looped")
+    off = perf.program_perf(g, hw.SN40L, perf.Options(kernel_looping=False))
+    on = perf.program_perf(g, hw.SN40L, perf.Options(kernel_looping=True))
+    assert (off.launches, on.launches) == (10, 1) and on.step_s < off.step_s
+
+
 @pytest.mark.parametrize("prog", [unrolled, scanned])
 @pytest.mark.parametrize("dims", [(4, 256, 1), (12, 512, 64), (8, 2048, 512)])
 def test_looping_and_hardware_launches_never_slower(prog, dims):
