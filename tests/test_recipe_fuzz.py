@@ -47,6 +47,11 @@ recipes = maybe({
                                         "weight_decay": fracs, "grad_clip": fracs, "warmup_steps": ints})),
     "run": st.one_of(junk, maybe({"steps": ints, "eval_every": ints, "log_every": ints,
                                   "wandb": st.one_of(st.sampled_from(["offline", "online", "cloud"]), junk),
+                                  "backend": st.one_of(st.sampled_from(["xla", "rdu", "tpu"]), junk),
+                                  "rdu_chip": st.one_of(st.sampled_from(["sn40l", "sn10", "sn99"]), junk),
+                                  "nonfinite": st.one_of(st.sampled_from(["stop", "skip", "ignore"]), junk),
+                                  "max_skipped_steps": ints, "keep_checkpoints": ints,
+                                  "mesh_data": ints, "mesh_fsdp": ints, "mesh_tensor": ints,
                                   "name": st.one_of(st.text(max_size=6), junk)})),
 })
 
