@@ -6,8 +6,12 @@ Usable without ``sparsetrain``; it must never import it.
 - ``hardware``: chips as data (public numbers with sources; assumed values named).
 - ``emulator.memory``: PMU banked SRAM (bank conflicts of real gathers), tiers, transfers.
 - ``emulator.pipeline``: stage balancing in a fused kernel; micro-batch schedules across sockets.
-- ``lowering.lower(fn, *args)``: jaxpr -> ``graph.Graph`` of fused kernels, loops and tensors.
-- ``perf.program_perf(graph, chip, Options(...))``: time, bytes per tier, bound, per kernel.
+- ``lowering.lower(fn, *args)``: jaxpr -> ``graph.Graph`` of fused kernels, loops and tensors
+  (``rules``: per-primitive cost; ``collect``: ops of a body; ``operators``: unfused kernels;
+  ``looping``: repeated kernel calls -> one looped kernel).
+- ``perf.program_perf(graph, chip, Options(...))``: time, bytes per tier, bound, per kernel
+  (``kernel_work``: stages and bytes; ``placement``: three-tier memory; ``parallel``: sockets).
+- ``coe``: Composition of Experts on an RDU node vs a DGX; ``fit``: calibration machinery.
 - ``emulator.execute.execute(graph, *args)``: real outputs, counters per kernel.
 - ``emulator.gpu.gpu_perf(graph, gpu)``: the kernel-by-kernel GPU baseline.
 - ``report``: markdown table, JSON, timeline and roofline PNGs.
