@@ -8,7 +8,9 @@ One uninterrupted reference run, then per trial a fresh run directory trained by
 train --resume` in a subprocess that is killed 1-3 times with SIGKILL and restarted until it
 finishes. Even trials kill at a random moment of the run; odd trials kill the moment an Orbax save
 is in progress (its temporary directory exists). After every kill each complete checkpoint must
-restore; at the end the run's loss trace (every step) must equal the reference's exactly.
+restore; at the end the run's final parameters must equal the reference's bit for bit and its
+loss trace (every step) must equal the reference's (to 1e-6 relative: the threaded loss reduction
+of XLA:CPU may round the reported scalar differently from one process to the next).
 Prints a table and writes kill_resume.json (benchmarks/results/ by default).
 """
 
@@ -29,6 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+LOSS_RTOL = 1e-6
 WORDS = ("the king queen lord lady sword crown night day love death war peace heart blood "
          "speak come go thou thee my good what sir").split()
 
@@ -121,8 +124,26 @@ def losses(run_dir: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in read_jsonl(run_dir / "metrics.jsonl")]
 
 
+def final_params(run_dir: Path):
+    """numpy leaves of the newest checkpoint's params."""
+    import jax
+    import numpy as np
+
+    from sparsetrain.train import restore_run
+
+    _, _, state, _ = restore_run(run_dir)
+    return [np.asarray(x) for x in jax.tree.leaves(state["params"])]
+
+
+def traces_match(trace: list, reference: list, rtol: float = LOSS_RTOL) -> bool:
+    """Same steps, losses equal to `rtol` (XLA:CPU's threaded loss reduction may round the reported
+    scalar differently from run to run; the parameters themselves are compared bit for bit)."""
+    return [s for s, _ in trace] == [s for s, _ in reference] and all(
+        abs(a - b) <= rtol * abs(b) for (_, a), (_, b) in zip(trace, reference))
+
+
 def run_trial(recipe: Path, run_dir: Path, reference: list, during_save: bool, kills: int,
-              rng: random.Random, run_s: float) -> dict:
+              rng: random.Random, run_s: float, reference_params: list | None = None) -> dict:
     events, restarts = [], 0
     while True:
         proc = trainer(recipe, run_dir)
@@ -144,7 +165,11 @@ def run_trial(recipe: Path, run_dir: Path, reference: list, during_save: bool, k
     return {
         "kills": restarts, "kills_during_save": sum(bool(e.get("during_save")) for e in events),
         "finished_rc": events[-1]["rc"], "resumed": events[-1]["rc"] == 0,
-        "trace_equal": trace == reference, "steps_logged": len(trace),
+        "trace_equal": traces_match(trace, reference), "trace_bitwise_equal": trace == reference,
+        "params_bitwise_equal": (None if reference_params is None or events[-1]["rc"] else
+                                 all(a.shape == b.shape and (a == b).all()
+                                     for a, b in zip(final_params(run_dir), reference_params))),
+        "steps_logged": len(trace),
         "max_abs_loss_diff": max((abs(a[1] - b[1]) for a, b in zip(trace, reference)), default=None),
         "corrupt_checkpoints": corrupt, "events": events,
     }
@@ -164,13 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     recipe = make_recipe(out / "recipe.yaml", make_corpus(out / "corpus"), out / "cache", args.steps, args.every)
     ref_dir = out / "reference"
     t0 = time.monotonic()
-    if not (ref_dir / "summary.json").is_file():
+    if not (ref_dir / "run_seconds").is_file():  # the reference, timed with its process start
         ref = trainer(recipe, ref_dir)
         if ref.wait():
             print(ref.stderr.read()[-3000:], file=sys.stderr)
             return 1
-    run_s = time.monotonic() - t0
-    reference = losses(ref_dir)
+        (ref_dir / "run_seconds").write_text(f"{time.monotonic() - t0:.3f}")
+    run_s = float((ref_dir / "run_seconds").read_text())
+    reference, reference_params = losses(ref_dir), final_params(ref_dir)
     print(f"reference: {len(reference)} steps in {run_s:.0f} s (process start included)", flush=True)
 
     rng = random.Random(args.seed)
@@ -181,28 +207,37 @@ def main(argv: list[str] | None = None) -> int:
             import shutil
             shutil.rmtree(run_dir)
         during_save = i % 2 == 1
-        result = run_trial(recipe, run_dir, reference, during_save, rng.randint(1, 3), rng, run_s)
+        result = run_trial(recipe, run_dir, reference, during_save, rng.randint(1, 3), rng, run_s,
+                           reference_params)
         rows.append({"trial": i, "kill_at": "save" if during_save else "random", **result})
         print(f"trial {i:2d} ({'during save' if during_save else 'random time'}): {result['kills']} kills "
               f"({result['kills_during_save']} during a save), resumed={result['resumed']}, "
-              f"trace equal={result['trace_equal']}, corrupt={len(result['corrupt_checkpoints'])}", flush=True)
+              f"trace equal={result['trace_equal']} (bitwise {result['trace_bitwise_equal']}, max diff "
+              f"{result['max_abs_loss_diff']:.2g}), final params bitwise equal={result['params_bitwise_equal']}, "
+              f"corrupt={len(result['corrupt_checkpoints'])}", flush=True)
 
     totals = {
         "trials": len(rows), "kills": sum(r["kills"] for r in rows),
         "kills_during_save": sum(r["kills_during_save"] for r in rows),
         "trials_resumed": sum(r["resumed"] for r in rows),
         "traces_equal": sum(r["trace_equal"] for r in rows),
+        "traces_bitwise_equal": sum(r["trace_bitwise_equal"] for r in rows),
+        "final_params_bitwise_equal": sum(bool(r["params_bitwise_equal"]) for r in rows),
+        "max_abs_loss_diff": max(r["max_abs_loss_diff"] or 0.0 for r in rows),
         "corrupt_checkpoints": sum(len(r["corrupt_checkpoints"]) for r in rows),
         "wall_time_s": round(time.monotonic() - t0, 1),
     }
-    print("\n| trials | SIGKILLs | during a save | resumed to the end | loss trace equal | corrupt checkpoints |")
-    print("|---|---|---|---|---|---|")
+    print("\n| trials | SIGKILLs | during a save | resumed to the end | final params bit-equal | "
+          "loss trace equal (rtol 1e-6) | bitwise | max loss diff | corrupt checkpoints |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {totals['trials']} | {totals['kills']} | {totals['kills_during_save']} | {totals['trials_resumed']} | "
-          f"{totals['traces_equal']} | {totals['corrupt_checkpoints']} |")
+          f"{totals['final_params_bitwise_equal']} | {totals['traces_equal']} | {totals['traces_bitwise_equal']} | "
+          f"{totals['max_abs_loss_diff']:.2g} | {totals['corrupt_checkpoints']} |")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"settings": vars(args), "totals": totals, "trials": rows}, indent=2))
     print(f"wrote {args.json}")
-    ok = totals["trials_resumed"] == totals["traces_equal"] == totals["trials"] and not totals["corrupt_checkpoints"]
+    ok = (totals["trials_resumed"] == totals["traces_equal"] == totals["final_params_bitwise_equal"]
+          == totals["trials"] and not totals["corrupt_checkpoints"])
     return 0 if ok else 1
 
 
