@@ -1,0 +1,231 @@
+// Drivers of the block-sparse products: cache blocking, remainders and threads (see kernels.h).
+#include "kernels.h"
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+#include <utility>
+
+#include "tiles.h"
+
+namespace bsk {
+
+namespace {
+
+// Rows of A per chunk in sparse_product: the chunk of A (rows x all input columns) stays in L2
+// while every output block-column reads it.
+constexpr int64_t kChunkBytes = 1024 * 1024;
+// Rows per chunk of the reduction in sparse_outer: a (rows, kb) slice of P and a (rows, nb)
+// slice of Q stay in L1 while all tiles of one block read them.
+constexpr int64_t kOuterRows = 96;
+// Below this many multiply-adds a call runs on one thread (thread start costs ~20 us).
+constexpr double kMinParallelMacs = 4e6;
+
+template <int R, int... NV>
+constexpr void fill_row(GatherFn* g, OuterFn* o, std::integer_sequence<int, NV...>) {
+  ((g[NV] = &gather_tile<R, NV + 1>, o[NV] = &outer_tile<R, NV + 1>), ...);
+}
+
+template <int... R>
+struct Tables {
+  GatherFn gather[MR][MAXNV];
+  OuterFn outer[MR][MAXNV];
+  Tables() {
+    (fill_row<R + 1>(gather[R], outer[R], std::make_integer_sequence<int, MAXNV>{}), ...);
+  }
+};
+
+template <int... R>
+Tables<R...> make_tables(std::integer_sequence<int, R...>) {
+  return Tables<R...>();
+}
+
+const auto& tables() {
+  static const auto t = make_tables(std::make_integer_sequence<int, MR>{});
+  return t;
+}
+
+int effective_threads(int threads, double macs) {
+  return macs < kMinParallelMacs ? 1 : std::max(1, threads);
+}
+
+}  // namespace
+
+GatherFn gather_fn(int r, int nv) { return tables().gather[r - 1][nv - 1]; }
+OuterFn outer_fn(int r, int nv) { return tables().outer[r - 1][nv - 1]; }
+
+// Runs fn(index, begin, end) on up to `threads` threads over [0, n), split in contiguous ranges
+// whose starts are multiples of `align`; the calling thread takes index 0.
+template <typename Fn>
+void parallel_ranges(int64_t n, int64_t align, int threads, Fn fn) {
+  const int64_t units = (n + align - 1) / align;
+  const int64_t t = std::max<int64_t>(1, std::min<int64_t>(threads, units));
+  if (t == 1) {
+    fn(0, int64_t{0}, n);
+    return;
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(t - 1);
+  auto bounds = [&](int64_t i) { return std::min(n, (units * i / t) * align); };
+  for (int64_t i = 1; i < t; ++i) pool.emplace_back(fn, int(i), bounds(i), bounds(i + 1));
+  fn(0, bounds(0), bounds(1));
+  for (auto& th : pool) th.join();
+}
+
+// Packs rows [m0, m0+rows) of A (lda columns = a_blocks blocks of kb) into panels of MR rows:
+// panel (tile, blk) holds element (r, kk) at [kk * MR + r], so a tile streams its A operand
+// contiguously. Rows beyond `rows` in the last tile are zero.
+static void pack_panels(const float* A, int64_t lda, int64_t m0, int64_t rows, int kb,
+                        int64_t a_blocks, float* pack) {
+  const int64_t panel = int64_t(kb) * MR;
+  const int64_t tiles = (rows + MR - 1) / MR;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t r_n = std::min<int64_t>(MR, rows - t * MR);
+    for (int64_t blk = 0; blk < a_blocks; ++blk) {
+      float* dst = pack + (t * a_blocks + blk) * panel;
+      for (int64_t r = 0; r < MR; ++r) {
+        if (r < r_n) {
+          const float* src = A + (m0 + t * MR + r) * lda + blk * kb;
+          for (int kk = 0; kk < kb; ++kk) dst[kk * MR + r] = src[kk];
+        } else {
+          for (int kk = 0; kk < kb; ++kk) dst[kk * MR + r] = 0.f;
+        }
+      }
+    }
+  }
+}
+
+// One thread's rows [m0, m1) of sparse_product; `pack` holds chunk_rows * lda floats.
+static void product_rows(const float* A, int64_t lda, int64_t m0, int64_t m1, const float* B,
+                         int kb, int nb, const BlockList& list, float* C, int64_t ldc,
+                         int64_t chunk_rows, float* pack) {
+  const int64_t n_out = static_cast<int64_t>(list.ptr.size()) - 1;
+  const int64_t a_blocks = lda / kb;
+  const int64_t panel = int64_t(kb) * MR;
+  const int nb_vec = nb - nb % W;
+  std::vector<int64_t> a_off(list.a_blk.size());
+  for (int64_t mc0 = m0; mc0 < m1; mc0 += chunk_rows) {
+    const int64_t mc1 = std::min(m1, mc0 + chunk_rows);
+    pack_panels(A, lda, mc0, mc1 - mc0, kb, a_blocks, pack);
+    for (int64_t o = 0; o < n_out; ++o) {
+      const int64_t e0 = list.ptr[o];
+      const int n = static_cast<int>(list.ptr[o + 1] - e0);
+      float* Co = C + o * nb;
+      if (n == 0) {
+        for (int64_t m = mc0; m < mc1; ++m) std::memset(Co + m * ldc, 0, sizeof(float) * nb);
+        continue;
+      }
+      for (int i = 0; i < n; ++i) a_off[i] = list.a_blk[e0 + i] * panel;
+      const int64_t* b_off = list.b_off.data() + e0;
+      for (int c0 = 0; c0 < nb_vec;) {
+        const int nv = std::min(MAXNV, (nb_vec - c0) / W);
+        for (int64_t m = mc0; m < mc1; m += MR) {
+          const int r = static_cast<int>(std::min<int64_t>(MR, mc1 - m));
+          const float* tile = pack + ((m - mc0) / MR) * a_blocks * panel;
+          gather_fn(r, nv)(tile, a_off.data(), B + c0, b_off, n, kb, nb, Co + m * ldc + c0, ldc);
+        }
+        c0 += nv * W;
+      }
+      for (int c = nb_vec; c < nb; ++c) {  // columns beyond whole vectors (nb % W)
+        for (int64_t m = mc0; m < mc1; ++m) {
+          float s = 0.f;
+          for (int i = 0; i < n; ++i) {
+            const float* a = A + m * lda + list.a_blk[e0 + i] * kb;
+            const float* b = B + b_off[i] + c;
+            for (int kk = 0; kk < kb; ++kk) s += a[kk] * b[kk * nb];
+          }
+          Co[m * ldc + c] = s;
+        }
+      }
+    }
+  }
+}
+
+void sparse_product(const float* A, int64_t lda, int64_t M, const float* B, int kb, int nb,
+                    const BlockList& list, float* C, int64_t ldc, int threads) {
+  const double macs = double(M) * double(list.a_blk.size()) * kb * nb;
+  const int t = effective_threads(threads, macs);
+  const int64_t chunk_rows = std::max<int64_t>(MR, (kChunkBytes / (4 * lda)) / MR * MR);
+  const int64_t per_thread = ((chunk_rows + MR - 1) / MR) * MR * lda;
+  thread_local std::vector<float> packs;  // kept across calls: no page faults per call
+  if (packs.size() < size_t(per_thread * t)) packs.resize(per_thread * t);
+  float* base = packs.data();
+  parallel_ranges(M, MR, t, [&, base](int index, int64_t m0, int64_t m1) {
+    product_rows(A, lda, m0, m1, B, kb, nb, list, C, ldc, chunk_rows, base + index * per_thread);
+  });
+}
+
+// Copies rows [m0, m0+rows) of a (*, ld) matrix's columns [c, c+width) into dst (rows, width).
+static void pack_slice(const float* src, int64_t ld, int64_t m0, int64_t rows, int64_t c, int width,
+                       float* dst) {
+  for (int64_t m = 0; m < rows; ++m)
+    std::memcpy(dst + m * width, src + (m0 + m) * ld + c, sizeof(float) * width);
+}
+
+// One thread's blocks [e0, e1) of sparse_outer. P and Q slices of a chunk of rows are copied
+// contiguous first (strides of 2^k floats would map every row to the same L1 set).
+static void outer_blocks(const float* P, int64_t ldp, const float* Q, int64_t ldq, int64_t M,
+                         const int64_t* p_off, const int64_t* q_off, int64_t e0, int64_t e1, int kb,
+                         int nb, float* D) {
+  const int nb_vec = nb - nb % W;
+  const int64_t block = int64_t(kb) * nb;
+  if (M == 0) {
+    std::memset(D + e0 * block, 0, sizeof(float) * block * (e1 - e0));
+    return;
+  }
+  std::vector<float> pp(kOuterRows * kb), qp(kOuterRows * nb);
+  for (int64_t mc0 = 0; mc0 < M; mc0 += kOuterRows) {
+    const int64_t rows = std::min(kOuterRows, M - mc0);
+    const bool acc = mc0 > 0;
+    int64_t q_packed = -1;
+    for (int64_t e = e0; e < e1; ++e) {
+      pack_slice(P, ldp, mc0, rows, p_off[e], kb, pp.data());
+      if (q_off[e] != q_packed) pack_slice(Q, ldq, mc0, rows, q_packed = q_off[e], nb, qp.data());
+      const float* p = pp.data();
+      const float* q = qp.data();
+      float* d = D + e * block;
+      for (int i0 = 0; i0 < kb; i0 += MR) {
+        const int r = std::min(MR, kb - i0);
+        for (int c0 = 0; c0 < nb_vec;) {
+          const int nv = std::min(MAXNV, (nb_vec - c0) / W);
+          outer_fn(r, nv)(p + i0, kb, q + c0, nb, rows, d + int64_t(i0) * nb + c0, nb, acc);
+          c0 += nv * W;
+        }
+        for (int c = nb_vec; c < nb; ++c) {
+          for (int i = i0; i < i0 + r; ++i) {
+            float s = acc ? d[int64_t(i) * nb + c] : 0.f;
+            for (int64_t m = 0; m < rows; ++m) s += p[m * kb + i] * q[m * nb + c];
+            d[int64_t(i) * nb + c] = s;
+          }
+        }
+      }
+    }
+  }
+}
+
+void sparse_outer(const float* P, int64_t ldp, const float* Q, int64_t ldq, int64_t M,
+                  const int64_t* p_off, const int64_t* q_off, int64_t n_blocks, int kb, int nb,
+                  float* D, int threads) {
+  const double macs = double(M) * double(n_blocks) * kb * nb;
+  parallel_ranges(n_blocks, 1, effective_threads(threads, macs), [&](int, int64_t e0, int64_t e1) {
+    outer_blocks(P, ldp, Q, ldq, M, p_off, q_off, e0, e1, kb, nb, D);
+  });
+}
+
+void transpose_blocks(const float* src, int64_t n_blocks, int rows, int cols, float* dst,
+                      int threads) {
+  const int64_t block = int64_t(rows) * cols;
+  const double work = double(n_blocks) * block * 64;  // weigh copies like multiply-adds
+  parallel_ranges(n_blocks, 1, effective_threads(threads, work), [&](int, int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; ++e) {
+      const float* s = src + e * block;
+      float* d = dst + e * block;
+      for (int i0 = 0; i0 < rows; i0 += 16)
+        for (int j0 = 0; j0 < cols; j0 += 16)
+          for (int i = i0; i < std::min(rows, i0 + 16); ++i)
+            for (int j = j0; j < std::min(cols, j0 + 16); ++j) d[int64_t(j) * rows + i] = s[int64_t(i) * cols + j];
+    }
+  });
+}
+
+}  // namespace bsk

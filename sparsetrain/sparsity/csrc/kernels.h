@@ -1,0 +1,38 @@
+// Block-sparse float32 products on row-major matrices, parallel over std::threads.
+//
+// The three products of a block-sparse layer y = x @ W (W stored as blocks, see layout.py):
+//   forward   y  = x @ W            sparse_product over W's stored blocks per output column
+//   backward  dx = dy @ W^T         sparse_product over W^T's blocks per input row (transposed)
+//             dW = x^T @ dy         sparse_outer, only at stored blocks
+// No atomics: every thread writes disjoint rows (products) or disjoint blocks (outer).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace bsk {
+
+// Stored blocks grouped by output block-column o (CSR): entries ptr[o] .. ptr[o+1]-1.
+// Entry e reads A's column block a_blk[e] (columns a_blk[e]*kb .. +kb-1) and the (kb, nb)
+// row-major block at B + b_off[e].
+struct BlockList {
+  std::vector<int64_t> ptr, a_blk, b_off;
+};
+
+// C (M, n_out*nb; leading dimension ldc) = per output block-column o:
+//   sum over entries e of o: A[:, a_blk[e]*kb : +kb] @ B[b_off[e]] (kb, nb).
+// A is (M, lda) row-major, lda a multiple of kb. Output blocks without entries are zero.
+void sparse_product(const float* A, int64_t lda, int64_t M, const float* B, int kb, int nb,
+                    const BlockList& list, float* C, int64_t ldc, int threads);
+
+// D[e] (kb, nb) = P[:, p_off[e] : +kb]^T @ Q[:, q_off[e] : +nb] for e < n_blocks, reducing over
+// the M rows. P has leading dimension ldp, Q ldq; D is n_blocks contiguous (kb, nb) blocks.
+void sparse_outer(const float* P, int64_t ldp, const float* Q, int64_t ldq, int64_t M,
+                  const int64_t* p_off, const int64_t* q_off, int64_t n_blocks, int kb, int nb,
+                  float* D, int threads);
+
+// Dst[e] = Src[e]^T for n_blocks row-major (rows, cols) blocks.
+void transpose_blocks(const float* src, int64_t n_blocks, int rows, int cols, float* dst,
+                      int threads);
+
+}  // namespace bsk

@@ -1,0 +1,94 @@
+// Register-tiled float32 microkernels for block-sparse products (no XLA dependency).
+//
+// Vectors are GCC/Clang vector extensions of W floats, so the same source compiles to AVX-512
+// (W=16), AVX2/AVX (W=8) or 128-bit SIMD (W=4, SSE/NEON) by the compiler's target flags; a
+// tile is R rows x NV vectors of accumulators kept in registers (R*NV <= MAX_ACC).
+// Row-major everywhere: element (i, c) of a matrix with leading dimension ld is p[i * ld + c].
+#pragma once
+
+#include <cstdint>
+
+namespace bsk {
+
+#if defined(__AVX512F__)
+constexpr int W = 16;     // floats per vector
+constexpr int MAXNV = 4;  // vectors per tile row (64 columns)
+constexpr int MR = 6;     // rows per tile: 24 accumulators of 32 registers
+#elif defined(__AVX__)
+constexpr int W = 8;
+constexpr int MAXNV = 2;
+constexpr int MR = 6;  // 12 accumulators of 16 registers
+#else
+constexpr int W = 4;
+constexpr int MAXNV = 2;
+constexpr int MR = 4;
+#endif
+
+typedef float vf __attribute__((vector_size(W * sizeof(float))));
+
+inline vf vload(const float* p) {
+  vf v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void vstore(float* p, vf v) { __builtin_memcpy(p, &v, sizeof(v)); }
+inline vf vsplat(float s) { return s - vf{}; }  // s - 0 folds to a broadcast; 0 + s would not (-0)
+
+// C[0:R, 0:NV*W] = sum over e < n of A_e (R, kb) @ B_e (kb, NV*W), where A_e is a packed
+// panel at a_base + a_off[e] holding element (r, kk) at [kk * MR + r] (see pack_panels) and
+// B_e = b_base + b_off[e] is row-major with leading dimension ldb.
+// The accumulators stay in registers across all n blocks: C is written once.
+template <int R, int NV>
+void gather_tile(const float* a_base, const int64_t* a_off, const float* b_base,
+                 const int64_t* b_off, int n, int kb, int64_t ldb, float* C, int64_t ldc) {
+  vf acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
+  for (int e = 0; e < n; ++e) {
+    const float* a = a_base + a_off[e];
+    const float* b = b_base + b_off[e];
+    for (int kk = 0; kk < kb; ++kk) {
+      vf bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = vload(b + kk * ldb + v * W);
+      for (int r = 0; r < R; ++r) {
+        const vf av = vsplat(a[kk * MR + r]);
+        for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) vstore(C + r * ldc + v * W, acc[r][v]);
+}
+
+// D[0:R, 0:NV*W] (+)= sum over m < M of P[m, 0:R]^T-row-broadcast x Q[m, 0:NV*W], i.e.
+// D += P^T @ Q for P (M, R) with leading dimension ldp and Q (M, NV*W) with ldq.
+// accumulate=false starts from zero.
+template <int R, int NV>
+void outer_tile(const float* P, int64_t ldp, const float* Q, int64_t ldq, int64_t M, float* D,
+                int64_t ldd, bool accumulate) {
+  vf acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = accumulate ? vload(D + r * ldd + v * W) : vf{};
+  for (int64_t m = 0; m < M; ++m) {
+    const float* p = P + m * ldp;
+    const float* q = Q + m * ldq;
+    vf qv[NV];
+    for (int v = 0; v < NV; ++v) qv[v] = vload(q + v * W);
+    for (int r = 0; r < R; ++r) {
+      const vf pv = vsplat(p[r]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += pv * qv[v];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) vstore(D + r * ldd + v * W, acc[r][v]);
+}
+
+// Tile for a remainder chosen at run time: 1 <= r <= MR rows, 1 <= nv <= MAXNV vectors.
+using GatherFn = void (*)(const float*, const int64_t*, const float*, const int64_t*, int, int,
+                          int64_t, float*, int64_t);
+using OuterFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t,
+                         bool);
+GatherFn gather_fn(int r, int nv);
+OuterFn outer_fn(int r, int nv);
+
+}  // namespace bsk
