@@ -247,7 +247,6 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
         raise ConfigError(f"run.name: {cfg.run.name!r} already has checkpoints in {out}; pass "
                           "--resume to continue it, or choose another run.name (nothing was changed)")
     out.mkdir(parents=True, exist_ok=True)
-    save_recipe(cfg, out / "recipe.yaml")
     init_from = cfg.sparsity.init_from and not (resume and ckpt.latest_step() is not None)
     if init_from and not (out / TOKENIZER_FILENAME).is_file():  # the embeddings need its tokens
         shutil.copy(Path(cfg.sparsity.init_from) / TOKENIZER_FILENAME, out / TOKENIZER_FILENAME)
@@ -288,6 +287,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
     else:  # a fresh start: rows of an attempt killed before its first checkpoint do not count
         _truncate_jsonl(out / "metrics.jsonl", 0)
 
+    save_recipe(cfg, out / "recipe.yaml")  # only once the recipe is known to fit the run's checkpoints
     tracker = Tracker(out, cfg.run.wandb, cfg.run.wandb_project, cfg.run.name, cfg.to_dict(),
                       resume=resume)
     mesh, out_shardings = _mesh_of(cfg), None
