@@ -38,6 +38,7 @@ PARAMS = [
     fit.Param("launch_seconds_hardware", "rdu", 1e-7, 1e-4),
     fit.Param("hbm_efficiency", "rdu", 0.5, 1.0),
     fit.Param("ddr_efficiency", "rdu", 0.3, 1.0),
+    fit.Param("unlooped_stream_efficiency", "rdu", 0.2, 1.0),
     fit.Param("inter_socket_latency_seconds", "rdu", 1e-8, 2e-5),
     fit.Param("inter_socket_bytes_per_s", "rdu", 25e9, 1e12),
     fit.Param("launch_sync_seconds", "gpu", 5e-7, 3e-5),
@@ -49,7 +50,7 @@ PARAMS = [
 # hardware.ModelParameters / GpuParameters default to the fitted values this script prints.
 DEFAULT_START = {
     "launch_seconds_software": 10e-6, "launch_seconds_hardware": 1e-6, "hbm_efficiency": 0.9,
-    "ddr_efficiency": 0.9, "inter_socket_latency_seconds": 1e-6,
+    "ddr_efficiency": 0.9, "unlooped_stream_efficiency": 0.7, "inter_socket_latency_seconds": 1e-6,
     "inter_socket_bytes_per_s": 100e9, "launch_sync_seconds": 5e-6,
     "achievable_bandwidth_fraction": 0.8, "achievable_compute_fraction": 0.7,
     "host_copy_links": 4.0,

@@ -37,6 +37,9 @@ seconds per call at the achievable bandwidth ``efficiency x peak``):
   before it starts and the next one cannot start before it drains, so each trip takes
   gap x calls_per_trip + latency + max(T1, M / n + D + one collective's latency); the loop carry
   goes through HBM between trips.
+- a call that is not a looped kernel's (looping off, or a single-trip kernel) starts cold: its
+  bytes stream at ``unlooped_stream_efficiency`` x the achievable bandwidth (M above grows by
+  1 / that), so the loss scales with the bytes a call streams, not with the number of calls.
 - gap: ``launch_seconds_software`` (host-orchestrated) or ``launch_seconds_hardware``
   (AGCU-orchestrated); latency: ``offchip_latency_seconds`` (first off-chip access of a call).
 
@@ -209,7 +212,11 @@ def kernel_time(w: KernelWork, chip: ChipSpec, options: Options = Options()) -> 
         default = "hbm" if chip.hbm_bytes > 0 else "ddr"
         nbytes[default] = nbytes.get(default, 0.0) + 2 * k.carry_bytes * (n - 1) / w.shards
     latency = chip.params.offchip_latency_seconds if nbytes else 0.0
-    memory = {tier: b / achievable_bytes_per_s(chip, tier) for tier, b in nbytes.items()}
+    # A call that is not a looped kernel's one call starts cold: it streams at a fraction of
+    # the achievable bandwidth (``unlooped_stream_efficiency``); a looped kernel streams on.
+    cold = 1.0 if looped else chip.params.unlooped_stream_efficiency
+    memory = {tier: b / (achievable_bytes_per_s(chip, tier) * cold)
+              for tier, b in nbytes.items()}
     m = sum(memory.values())
     chain = fill + drain + coll_lat  # a tile's way through one trip, collectives included
     trip_pipe = chain + max((t - 1) * interval, coll_bw)
@@ -316,7 +323,8 @@ def assumptions(chip: ChipSpec, options: Options = Options()) -> list[str]:
         "mapping: kernel-boundary tensors in HBM by priority (activations, KV cache, weights, "
         "optimizer state), spilling to DDR, overflow reported; tensors broadcast from small "
         "inputs are generated on chip",
-        f"mapping: HBM at {p.hbm_efficiency:.3g} and DDR at {p.ddr_efficiency:.3g} of peak; "
+        f"mapping: HBM at {p.hbm_efficiency:.3g} and DDR at {p.ddr_efficiency:.3g} of peak "
+        f"(x {p.unlooped_stream_efficiency:.3g} in a call that is not looped); "
         f"first off-chip access of a call {p.offchip_latency_seconds:.3g} s; "
         f"{p.stage_latency_cycles:.3g} cycles per stage added to fill/drain",
         f"mapping: up to {chip.stages_per_pcu} consecutive element-wise ops share one PCU "
