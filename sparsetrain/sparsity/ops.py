@@ -17,14 +17,27 @@ Backward, with dy block-major too (dybm (nc, T, bn)):
 Every FLOP touches a stored block, so forward and backward cost scale with density.
 Loops are unrolled (XLA:CPU then runs independent dots concurrently on its threads and its cost
 analysis counts each one) up to MAX_UNROLL_DOTS dots, beyond that a loop over unrolled groups.
+
+Two kernels, one API: float32 on the CPU platform runs the compiled kernel of cpu_kernel.py (XLA
+FFI, built at `pip install`) when it was built; everything else (bfloat16, other platforms, no
+compiled library, or SPARSETRAIN_KERNEL=jax) runs the pure-JAX kernel above, which is also the
+reference the compiled one is tested against. The choice is made when a call is traced;
+`kernel_backend(dtype)` says which one a call traces now, `KERNEL_BACKEND` which one float32 on
+CPU uses by default, and `use_kernel_backend("jax")` forces one for the calls traced inside it.
+Both are the named calls block_sparse_matmul_forward/_backward below, with the same operands.
 """
 
 from __future__ import annotations
+
+import contextlib
+import functools
+import os
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sparsetrain.sparsity import cpu_kernel
 from sparsetrain.sparsity.layout import BlockLayout
 
 ALLOWED_DTYPES = (jnp.float32, jnp.bfloat16)
@@ -186,31 +199,103 @@ def _backward(x2, values, rows, dy):
 
 # Named calls: the jaxpr shows each block-sparse matmul as one call with its layout argument, so a
 # dataflow lowering (rdu_xla_backend.lowering) can cost it as one fused kernel from its operands
-# and real indices instead of from this CPU-specific formulation.
-@jax.jit
-def block_sparse_matmul_forward(x2, values, rows):
-    """y (T, out) from x2 (T, in), values (nc, k, bk, bn), rows (nc, k)."""
-    return _forward(x2, values, rows)
+# and real indices instead of from this CPU-specific formulation. Both kernels use the same names
+# and operands: (x2, values, rows) forward, (x2, values, rows, dy) backward.
+def _named_call(fn, name: str, doc: str):
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc
+    return jax.jit(fn)
 
 
-@jax.jit
-def block_sparse_matmul_backward(x2, values, rows, dy):
-    """(dx (T, in), dvalues (nc, k, bk, bn)) from the forward's operands and dy (T, out)."""
-    return _backward(x2, values, rows, dy)
+_FORWARD_DOC = "y (T, out) from x2 (T, in), values (nc, k, bk, bn), rows (nc, k)."
+_BACKWARD_DOC = "(dx (T, in), dvalues (nc, k, bk, bn)) from the forward's operands and dy (T, out)."
+block_sparse_matmul_forward = _named_call(
+    lambda x2, values, rows: _forward(x2, values, rows), "block_sparse_matmul_forward", _FORWARD_DOC)
+block_sparse_matmul_backward = _named_call(
+    lambda x2, values, rows, dy: _backward(x2, values, rows, dy), "block_sparse_matmul_backward",
+    _BACKWARD_DOC)
+_CALLS = {
+    "jax": (block_sparse_matmul_forward, block_sparse_matmul_backward),
+    "ffi": (_named_call(lambda x2, values, rows: cpu_kernel.forward(x2, values, rows),
+                        "block_sparse_matmul_forward", _FORWARD_DOC),
+            _named_call(lambda x2, values, rows, dy: cpu_kernel.backward(x2, values, rows, dy),
+                        "block_sparse_matmul_backward", _BACKWARD_DOC)),
+}
+
+# ----------------------------------------------------------------------------- kernel choice
+
+BACKENDS = ("auto", "ffi", "jax")
 
 
-@jax.custom_vjp
-def _bsmm(x2, values, rows):
-    return block_sparse_matmul_forward(x2, values, rows)
+def _check_backend(name: str, what: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{what}: {name!r} is not allowed; expected one of {list(BACKENDS)}")
+    if name == "ffi" and not cpu_kernel.AVAILABLE:
+        raise ValueError(f"{what}: 'ffi' is not allowed here: the compiled kernel is "
+                         f"{cpu_kernel.DESCRIPTION}")
+    return name
 
 
-def _bsmm_fwd(x2, values, rows):
-    return block_sparse_matmul_forward(x2, values, rows), (x2, values, rows)
+_preferred = _check_backend(os.environ.get("SPARSETRAIN_KERNEL", "auto"), "SPARSETRAIN_KERNEL")
 
 
-def _bsmm_bwd(res, dy):
+def kernel_backend(dtype=jnp.float32) -> str:
+    """'ffi' (compiled CPU kernel) or 'jax' (pure JAX): the kernel a call traced now runs."""
+    if _preferred == "jax" or not cpu_kernel.AVAILABLE:
+        return "jax"
+    if jnp.dtype(dtype) != jnp.float32 or jax.default_backend() != "cpu":
+        return "jax"
+    return "ffi"
+
+
+def _cpu_float32_backend() -> str:
+    # No jax.default_backend() here: it would initialise XLA at import, before a program can set
+    # its device count.
+    return "ffi" if _preferred != "jax" and cpu_kernel.AVAILABLE else "jax"
+
+
+KERNEL_BACKEND = _cpu_float32_backend()  # kernel of float32 calls on CPU; see use_kernel_backend
+
+
+def kernel_backend_info() -> str:
+    """One line naming the kernel of float32 calls on CPU, and why the compiled one is not used."""
+    if KERNEL_BACKEND == "ffi":
+        return f"ffi: {cpu_kernel.DESCRIPTION}"
+    why = ("disabled by SPARSETRAIN_KERNEL=jax or use_kernel_backend" if cpu_kernel.AVAILABLE
+           else cpu_kernel.DESCRIPTION)
+    return f"jax: pure-JAX kernel (compiled kernel {why})"
+
+
+@contextlib.contextmanager
+def use_kernel_backend(name: str):
+    """Trace block_sparse_matmul calls inside with kernel `name` ('auto', 'ffi' or 'jax').
+
+    The choice is fixed when a call is traced: a function jitted (and traced) before keeps its
+    kernel. 'ffi' raises ValueError when the compiled kernel is unavailable.
+    """
+    global _preferred, KERNEL_BACKEND
+    previous = _preferred
+    _preferred = _check_backend(name, "kernel backend")
+    KERNEL_BACKEND = _cpu_float32_backend()
+    try:
+        yield
+    finally:
+        _preferred = previous
+        KERNEL_BACKEND = _cpu_float32_backend()
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _bsmm(x2, values, rows, backend):
+    return _CALLS[backend][0](x2, values, rows)
+
+
+def _bsmm_fwd(x2, values, rows, backend):
+    return _CALLS[backend][0](x2, values, rows), (x2, values, rows)
+
+
+def _bsmm_bwd(backend, res, dy):
     x2, values, rows = res
-    dx, dw = block_sparse_matmul_backward(x2, values, rows, dy)
+    dx, dw = _CALLS[backend][1](x2, values, rows, dy)
     return dx, dw, None
 
 
@@ -233,7 +318,7 @@ def block_sparse_matmul(x, values, layout: BlockLayout):
     lead = x.shape[:-1]
     x2 = x.reshape(-1, layout.shape[0])
     rows = layout.row_indices.astype(jnp.int32)
-    y = _bsmm(x2, values, rows)
+    y = _bsmm(x2, values, rows, kernel_backend(x.dtype))
     return y.reshape(*lead, layout.shape[1])
 
 
