@@ -6,9 +6,13 @@
     python benchmarks/block_sparse_matmul.py --blocks 64 --densities 1/2,1/4,1/8   # a subset
 
 Prints a markdown table and writes JSON (default benchmarks/results/block_sparse_matmul.json).
-Every time is the median of --reps runs after one warm-up, with block_until_ready; speedups are
-dense time / sparse time, dense measured in the same process. Peers (same run): jax.experimental
-.sparse BCOO (element-sparse, block 64 only) and torch BSR (when torch is installed).
+Both kernels of block_sparse_matmul run side by side: 'ffi' (the compiled CPU kernel, when it
+was built at install) and 'jax' (pure JAX); the line starting with "# kernel" names the one
+block_sparse_matmul uses by default. Each case runs dense `jnp.dot` and every kernel in turn,
+--reps rounds after one warm-up (block_until_ready), so load from other processes hits them
+alike; times are medians, speedups the median over rounds of dense time / sparse time.
+Peers (same run): jax.experimental.sparse BCOO (element-sparse, block 64 only) and torch BSR
+(when torch is installed), against the dense median.
 
 Allocator: XLA:CPU allocates its big buffers with malloc; glibc hands those out with mmap and
 returns them on free, so every call page-faults its outputs again. `--allocator tuned` re-runs the
@@ -78,6 +82,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", help="comma-separated TxINxOUT subset, e.g. 8192x768x3072")
     ap.add_argument("--blocks", help="comma-separated block sizes, e.g. 64")
     ap.add_argument("--densities", help="comma-separated fractions, e.g. 1/2,1/4,1/8")
+    ap.add_argument("--kernels", default="ffi,jax",
+                    help="comma-separated kernels of block_sparse_matmul: ffi (if built), jax")
     args = ap.parse_args(argv)
     _reexec_with_allocator(args.allocator)
 
@@ -85,7 +91,8 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from sparsetrain.sparsity import block_sparse_matmul, dense_to_values, random_balanced
+    from sparsetrain.sparsity import block_sparse_matmul, cpu_kernel, dense_to_values, random_balanced
+    from sparsetrain.sparsity.ops import kernel_backend_info, use_kernel_backend
 
     try:
         import torch
@@ -108,6 +115,29 @@ def main(argv=None) -> int:
 
         return jax.jit(f)
 
+    def rounds(fns):
+        """{name: (fn, args)} -> {name: [seconds per round]}: one warm-up each, then --reps
+        rounds running each once in turn."""
+        for fn, a in fns.values():
+            jax.block_until_ready(fn(*a))
+        times = {name: [] for name in fns}
+        for _ in range(args.reps):
+            for name, (fn, a) in fns.items():
+                t = time.perf_counter()
+                jax.block_until_ready(fn(*a))
+                times[name].append(time.perf_counter() - t)
+        return times
+
+    kernels = [k for k in args.kernels.split(",") if k]
+    for k in kernels:
+        if k not in ("ffi", "jax"):
+            sys.exit(f"--kernels: {k!r} is not allowed; expected ffi and/or jax")
+    if "ffi" in kernels and not cpu_kernel.AVAILABLE:
+        print(f"# kernel ffi skipped: compiled kernel {cpu_kernel.DESCRIPTION}", flush=True)
+        kernels.remove("ffi")
+    if not kernels:
+        sys.exit("--kernels: no kernel left to measure")
+
     shapes = SHAPES[:1] if args.quick else SHAPES
     blocks = [64] if args.quick else BLOCKS
     densities = [1 / 2, 1 / 8] if args.quick else DENSITIES
@@ -120,6 +150,8 @@ def main(argv=None) -> int:
     setting = allocator_setting()
     print(f"# block_sparse_matmul benchmark: jax {jax.__version__}, {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}; allocator: {setting}", flush=True)
+    print(f"# kernel of block_sparse_matmul (float32, CPU): {kernel_backend_info()}; measured: "
+          f"{', '.join(kernels)}", flush=True)
 
     rows = []
     for tokens, n_in, n_out in shapes:
@@ -128,10 +160,9 @@ def main(argv=None) -> int:
         x = jax.random.normal(kx, (tokens, n_in), jnp.float32)
         w = jax.random.normal(kw, (n_in, n_out), jnp.float32)
         dy = jax.random.normal(kd, (tokens, n_out), jnp.float32)
-        dense_f = timed(jax.jit(jnp.dot), x, w)
-        dense_fb = timed(fwd_bwd(jnp.dot), x, w, dy)
+        dense_f_fn = jax.jit(jnp.dot).lower(x, w).compile()
+        dense_fb_fn = fwd_bwd(jnp.dot).lower(x, w, dy).compile()
         shape_s = f"{tokens}x{n_in}x{n_out}"
-        print(f"dense {shape_s}: fwd {dense_f * 1e3:.1f} ms, fwd+bwd {dense_fb * 1e3:.1f} ms", flush=True)
         for block in blocks:
             for density in densities:
                 try:
@@ -142,20 +173,31 @@ def main(argv=None) -> int:
                 values = dense_to_values(w, layout)
                 mm = lambda x, v, layout=layout: block_sparse_matmul(x, v, layout)  # noqa: E731
                 t0 = time.perf_counter()
-                f = timed(jax.jit(mm), x, values)
-                fb = timed(fwd_bwd(mm), x, values, dy)
-                row = dict(impl="sparsetrain", shape=shape_s, block=block, density=density,
-                           actual_density=layout.density, fwd_ms=f * 1e3, fwd_bwd_ms=fb * 1e3,
-                           dense_fwd_ms=dense_f * 1e3, dense_fwd_bwd_ms=dense_fb * 1e3,
-                           fwd_speedup=dense_f / f, fwd_bwd_speedup=dense_fb / fb)
-                rows.append(row)
+                f_fns, fb_fns = {"dense": (dense_f_fn, (x, w))}, {"dense": (dense_fb_fn, (x, w, dy))}
+                for kernel in kernels:
+                    with use_kernel_backend(kernel):  # the kernel is chosen when traced
+                        f_fns[kernel] = (jax.jit(mm).lower(x, values).compile(), (x, values))
+                        fb_fns[kernel] = (fwd_bwd(mm).lower(x, values, dy).compile(), (x, values, dy))
+                f_times, fb_times = rounds(f_fns), rounds(fb_fns)
+                dense_f, dense_fb = float(np.median(f_times["dense"])), float(np.median(fb_times["dense"]))
+                line = []
+                for kernel in kernels:
+                    f = float(np.median(f_times[kernel]))
+                    fb = float(np.median(fb_times[kernel]))
+                    row = dict(impl=f"sparsetrain {kernel}", kernel=kernel, shape=shape_s, block=block,
+                               density=density, actual_density=layout.density, fwd_ms=f * 1e3,
+                               fwd_bwd_ms=fb * 1e3, dense_fwd_ms=dense_f * 1e3, dense_fwd_bwd_ms=dense_fb * 1e3,
+                               fwd_speedup=float(np.median(np.divide(f_times["dense"], f_times[kernel]))),
+                               fwd_bwd_speedup=float(np.median(np.divide(fb_times["dense"], fb_times[kernel]))))
+                    rows.append(row)
+                    line.append(f"{kernel} fwd x{row['fwd_speedup']:.2f} fwd+bwd x{row['fwd_bwd_speedup']:.2f}")
                 _write_json(rows, setting, args.out, jax, complete=False)
                 print(f"  {shape_s} b{block} d=1/{round(1 / density)} (actual {layout.density:.3f}): "
-                      f"fwd x{row['fwd_speedup']:.2f} fwd+bwd x{row['fwd_bwd_speedup']:.2f} "
+                      f"dense fwd {dense_f * 1e3:.0f} ms, fwd+bwd {dense_fb * 1e3:.0f} ms; {' | '.join(line)} "
                       f"[{time.perf_counter() - t0:.0f}s]", flush=True)
                 if args.no_peers or block != 64:
                     continue
-                rows += _peers(args, jax, jnp, np, torch, timed, fwd_bwd, x, w, dy, layout, row)
+                rows += _peers(args, jax, jnp, np, torch, timed, fwd_bwd, x, w, dy, layout, rows[-1])
     _report(rows, setting, args.out, jax)
     return 0
 
@@ -254,7 +296,10 @@ def _write_json(rows, setting, out_path, jax, complete):
     """Written after every case too (complete=False), so an interrupted run leaves its rows."""
     os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
     with open(out_path, "w") as f:
+        from sparsetrain.sparsity.ops import kernel_backend_info
+
         json.dump(dict(allocator=setting, jax=jax.__version__, cpus=os.cpu_count(),
+                       default_kernel=kernel_backend_info(),
                        machine=platform.machine(), complete=complete, rows=rows), f, indent=1)
 
 
