@@ -12,6 +12,7 @@ import dataclasses
 import glob
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -276,6 +277,9 @@ def _type_name(tp) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, tp, where: str) -> Any:
     """Check `value` against the annotation `tp`; ints are accepted where floats are."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
@@ -294,6 +298,8 @@ def _coerce(value: Any, tp, where: str) -> Any:
         if isinstance(value, dict):
             return from_dict(tp, value, where)
     elif tp is float:
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
                 raise ConfigError(f"{where}: {value!r} is not allowed; allowed: a finite number")

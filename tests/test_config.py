@@ -26,6 +26,14 @@ def test_int_accepted_for_float_but_not_bool_for_int():
         from_dict(Config, {"run": {"steps": True}})
 
 
+def test_exponent_floats_without_a_dot_are_floats():
+    """YAML 1.1 reads `1e-3` as a string; a float field takes it as the number users mean."""
+    assert load_recipe(None, ["optimizer.lr=1e-3"], check_data=False).optimizer.lr == 1e-3
+    assert from_dict(Config, {"optimizer": {"lr": "3E-4"}}).optimizer.lr == 3e-4
+    with pytest.raises(ConfigError, match=r"optimizer.lr: 'nan' has type str; allowed: float"):
+        from_dict(Config, {"optimizer": {"lr": "nan"}})
+
+
 @pytest.mark.parametrize("override, message", [
     ("model.widht=3", r"model.widht: unknown field; allowed fields of 'model': preset, n_layers"),
     ("run.steps=ten", r"run.steps: 'ten' has type str; allowed: int"),
