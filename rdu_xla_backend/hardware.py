@@ -45,13 +45,13 @@ class ModelParameters:
     clock_hz: float | None = None  # not public: assumed/derived ("< 2 GHz" for SN40L [SN40L])
     # Fitted: benchmarks/calibration.py (one fit over all published cases; the value assumed
     # before fitting in brackets).
-    inter_socket_bytes_per_s: float = 117 * GB  # not public: fitted [100 GB/s], per socket each way
-    launch_seconds_software: float = 25.2e-6  # not public: fitted [10 us], host-orchestrated gap
-    launch_seconds_hardware: float = 0.40e-6  # not public: fitted [1 us], AGCU-orchestrated gap
+    inter_socket_bytes_per_s: float = 147 * GB  # not public: fitted [100 GB/s], per socket each way
+    launch_seconds_software: float = 26.75e-6  # not public: fitted [10 us], host-orchestrated gap
+    launch_seconds_hardware: float = 0.134e-6  # not public: fitted [1 us], AGCU-orchestrated gap
     host_link_bytes_per_s: float = 32 * GB  # not public: assumed, PCIe 4 x16-class link
     # Fraction of the public HBM / DDR peak a streaming kernel (or a DDR -> HBM copy) reaches.
-    hbm_efficiency: float = 0.996  # not public: fitted [0.9] ([SN40L]: > 85% used in decode)
-    ddr_efficiency: float = 0.984  # not public: fitted [0.9] (public DDR: "over 200 GB/s")
+    hbm_efficiency: float = 0.998  # not public: fitted [0.9] ([SN40L]: > 85% used in decode)
+    ddr_efficiency: float = 0.996  # not public: fitted [0.9] (public DDR: "over 200 GB/s")
     # Fraction of that streaming bandwidth a kernel call sustains when its calls are NOT looped
     # (kernel looping off, or a kernel of a single trip): each call starts cold, so its weight
     # loads cannot be prefetched across the call boundary (during the previous call's drain)
@@ -60,7 +60,7 @@ class ModelParameters:
     # with the bytes a call streams, not with the number of calls ([KL]: up to 2.2x decode on
     # one socket, where a layer streams ~0.45 GB, while [SN40L]'s unlooped 16-socket decode at
     # ~29 MB per socket per layer leaves room for only ~14 us of fixed cost per layer).
-    unlooped_stream_efficiency: float = 0.527  # not public: fitted [0.7]
+    unlooped_stream_efficiency: float = 0.526  # not public: fitted [0.7]
     # Latency of a kernel call's first off-chip access (HBM/DDR latency through the AGCU): a call
     # cannot prefetch before it starts, a pipelined loop pays it once.
     offchip_latency_seconds: float = 1e-6  # not public: assumed
@@ -68,7 +68,7 @@ class ModelParameters:
     # depth): adds to a kernel's fill and drain.
     stage_latency_cycles: float = 32.0  # not public: assumed
     # One hop of a collective between sockets (a recursive-doubling all-reduce takes log2(P)).
-    inter_socket_latency_seconds: float = 0.21e-6  # not public: fitted [1 us]
+    inter_socket_latency_seconds: float = 0.132e-6  # not public: fitted [1 us]
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -172,12 +172,12 @@ class GpuParameters:
     """GPU-baseline values that are not datasheet numbers: assumed, to be fitted."""
 
     # Fitted: benchmarks/calibration.py (assumed before fitting in brackets).
-    launch_sync_seconds: float = 3.71e-6  # not public: fitted [5 us]; community: 3-7 us
-    achievable_compute_fraction: float = 0.90  # not public: fitted [0.7], large dense matmul
-    achievable_bandwidth_fraction: float = 0.84  # not public: fitted [0.8], streaming HBM
+    launch_sync_seconds: float = 3.88e-6  # not public: fitted [5 us]; community: 3-7 us
+    achievable_compute_fraction: float = 0.508  # not public: fitted [0.7], large dense matmul
+    achievable_bandwidth_fraction: float = 0.932  # not public: fitted [0.8], streaming HBM
     # Host links a DGX uses at once to copy one model into its GPUs (DGX A100 system
     # architecture: 4 PCIe switches, 2 GPUs each; the DGX H100 topology is taken the same).
-    host_copy_links: float = 1.25  # not public: fitted [4]
+    host_copy_links: float = 1.27  # not public: fitted [4]
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
