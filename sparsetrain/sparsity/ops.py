@@ -18,9 +18,9 @@ Every FLOP touches a stored block, so forward and backward cost scale with densi
 Loops are unrolled (XLA:CPU then runs independent dots concurrently on its threads and its cost
 analysis counts each one) up to MAX_UNROLL_DOTS dots, beyond that a loop over unrolled groups.
 
-Two kernels, one API: float32 on the CPU platform runs the compiled kernel of cpu_kernel.py (XLA
-FFI, built at `pip install`) when it was built; everything else (bfloat16, other platforms, no
-compiled library, or SPARSETRAIN_KERNEL=jax) runs the pure-JAX kernel above, which is also the
+Two kernels, one API: float32 on a single CPU device runs the compiled kernel of cpu_kernel.py
+(XLA FFI, built at `pip install`) when it was built; everything else (bfloat16, other platforms,
+several devices, no compiled library, or SPARSETRAIN_KERNEL=jax) runs the pure-JAX kernel above, which is also the
 reference the compiled one is tested against. The choice is made when a call is traced;
 `kernel_backend(dtype)` says which one a call traces now, `KERNEL_BACKEND` which one float32 on
 CPU uses by default, and `use_kernel_backend("jax")` forces one for the calls traced inside it.
@@ -240,10 +240,18 @@ _preferred = _check_backend(os.environ.get("SPARSETRAIN_KERNEL", "auto"), "SPARS
 
 
 def kernel_backend(dtype=jnp.float32) -> str:
-    """'ffi' (compiled CPU kernel) or 'jax' (pure JAX): the kernel a call traced now runs."""
+    """'ffi' (compiled CPU kernel) or 'jax' (pure JAX): the kernel a call traced now runs.
+
+    'auto' takes the compiled kernel for float32 on a single CPU device. With several devices it
+    keeps pure JAX: the custom call has no partitioning rule, so under a mesh XLA would run the
+    whole product replicated on every device (correct, but each device does all the work).
+    use_kernel_backend("ffi") takes it anyway.
+    """
     if _preferred == "jax" or not cpu_kernel.AVAILABLE:
         return "jax"
     if jnp.dtype(dtype) != jnp.float32 or jax.default_backend() != "cpu":
+        return "jax"
+    if _preferred == "auto" and jax.device_count() > 1:
         return "jax"
     return "ffi"
 

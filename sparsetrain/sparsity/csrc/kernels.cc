@@ -13,8 +13,10 @@ namespace bsk {
 namespace {
 
 // Rows of A per chunk in sparse_product: the chunk of A (rows x all input columns) stays in L2
-// while every output block-column reads it.
+// while every output block-column reads it; but at least kMinChunkRows, because every chunk
+// streams all stored blocks of B from L3/memory once (B's traffic per FLOP is 2 / rows).
 constexpr int64_t kChunkBytes = 1024 * 1024;
+constexpr int64_t kMinChunkRows = 256;
 // Rows per chunk of the reduction in sparse_outer: a (rows, kb) slice of P and a (rows, nb)
 // slice of Q stay in L1 while all tiles of one block read them.
 constexpr int64_t kOuterRows = 96;
@@ -145,7 +147,7 @@ void sparse_product(const float* A, int64_t lda, int64_t M, const float* B, int 
                     const BlockList& list, float* C, int64_t ldc, int threads) {
   const double macs = double(M) * double(list.a_blk.size()) * kb * nb;
   const int t = effective_threads(threads, macs);
-  const int64_t chunk_rows = std::max<int64_t>(MR, (kChunkBytes / (4 * lda)) / MR * MR);
+  const int64_t chunk_rows = std::max(kMinChunkRows, kChunkBytes / (4 * lda)) / MR * MR;
   const int64_t per_thread = ((chunk_rows + MR - 1) / MR) * MR * lda;
   thread_local std::vector<float> packs;  // kept across calls: no page faults per call
   if (packs.size() < size_t(per_thread * t)) packs.resize(per_thread * t);
