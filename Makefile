@@ -15,7 +15,8 @@ MALLOC := GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=687
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
+# setup.py and csrc/: the compiled block-sparse CPU kernel is rebuilt when they change
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard sparsetrain/sparsity/csrc/*)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
