@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(MALLOC) $(BIN)/python scripts/dense_vs_sparse.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 tests
 
 bench: $(STAMP)
 	$(MALLOC) $(BIN)/python benchmarks/block_sparse_matmul.py
