@@ -9,7 +9,8 @@
 //   SparsetrainBsmmForward   y = x @ W                               -> y (M, out)
 //   SparsetrainBsmmBackward  dx = dy @ W^T, dvalues = x^T dy at stored blocks
 //                                                                    -> dx (M, in), dv like values
-// Attribute `threads` (int64): worker threads (1 = the calling thread only).
+// Attribute `threads` (int64): participants (1 = the calling thread only); the others are tasks on
+// XLA's intra-op thread pool (parallel.h), so the kernel never oversubscribes XLA's workers.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -47,7 +48,9 @@ ffi::Error check_dims(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& values,
 int threads_of(int64_t t) { return t < 1 ? 1 : static_cast<int>(t); }
 
 ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
-                       ffi::Buffer<ffi::S32> rows, ffi::ResultBuffer<ffi::F32> y, int64_t threads) {
+                       ffi::Buffer<ffi::S32> rows, ffi::ResultBuffer<ffi::F32> y, int64_t threads,
+                       ffi::ThreadPool pool) {
+  const bsk::Schedule schedule = [&pool](std::function<void()> f) { pool.Schedule(std::move(f)); };
   Dims d;
   if (auto err = check_dims(x, values, rows, &d); err.failure()) return err;
   auto yd = y->dimensions();
@@ -66,14 +69,15 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
     list.b_off[e] = e * d.bk * d.bn;
   }
   bsk::sparse_product(x.typed_data(), d.in, d.M, values.typed_data(), int(d.bk), int(d.bn), list,
-                      y->typed_data(), d.out, threads_of(threads));
+                      y->typed_data(), d.out, threads_of(threads), schedule);
   return ffi::Error::Success();
 }
 
 ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
                         ffi::Buffer<ffi::S32> rows, ffi::Buffer<ffi::F32> dy,
                         ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dvalues,
-                        int64_t threads) {
+                        int64_t threads, ffi::ThreadPool pool) {
+  const bsk::Schedule schedule = [&pool](std::function<void()> f) { pool.Schedule(std::move(f)); };
   Dims d;
   if (auto err = check_dims(x, values, rows, &d); err.failure()) return err;
   auto dyd = dy.dimensions();
@@ -86,7 +90,7 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
   // dx: per input block-row i, the stored blocks in row i (counting sort by row), transposed.
   thread_local std::vector<float> vt;
   vt.resize(values.element_count());
-  bsk::transpose_blocks(values.typed_data(), nb, int(d.bk), int(d.bn), vt.data(), t);
+  bsk::transpose_blocks(values.typed_data(), nb, int(d.bk), int(d.bn), vt.data(), t, schedule);
   bsk::BlockList list;
   list.ptr.assign(d.nr + 1, 0);
   for (int64_t e = 0; e < nb; ++e) ++list.ptr[r[e] + 1];
@@ -100,7 +104,7 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
     list.b_off[s] = e * d.bk * d.bn;   // its transposed (bn, bk) block in vt
   }
   bsk::sparse_product(dy.typed_data(), d.out, d.M, vt.data(), int(d.bn), int(d.bk), list,
-                      dx->typed_data(), d.in, t);
+                      dx->typed_data(), d.in, t, schedule);
 
   // dvalues[e] = x[:, rows[e] block]^T @ dy[:, column block of e].
   std::vector<int64_t> p_off(nb), q_off(nb);
@@ -109,7 +113,7 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
     q_off[e] = (e / d.k) * d.bn;
   }
   bsk::sparse_outer(x.typed_data(), d.in, dy.typed_data(), d.out, d.M, p_off.data(),
-                    q_off.data(), nb, int(d.bk), int(d.bn), dvalues->typed_data(), t);
+                    q_off.data(), nb, int(d.bk), int(d.bn), dvalues->typed_data(), t, schedule);
   return ffi::Error::Success();
 }
 
@@ -121,7 +125,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SparsetrainBsmmForward, ForwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("threads"));
+                                  .Attr<int64_t>("threads")
+                                  .Ctx<ffi::ThreadPool>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparsetrainBsmmBackward, BackwardImpl,
                               ffi::Ffi::Bind()
@@ -131,7 +136,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SparsetrainBsmmBackward, BackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("threads"));
+                                  .Attr<int64_t>("threads")
+                                  .Ctx<ffi::ThreadPool>());
 
 // Instruction set the tiles were compiled for (reported by cpu_kernel.py).
 extern "C" const char* sparsetrain_bsmm_isa() {

@@ -6,6 +6,7 @@
 #include <thread>
 #include <utility>
 
+#include "parallel.h"
 #include "tiles.h"
 
 namespace bsk {
@@ -55,24 +56,6 @@ int effective_threads(int threads, double macs) {
 
 GatherFn gather_fn(int r, int nv) { return tables().gather[r - 1][nv - 1]; }
 OuterFn outer_fn(int r, int nv) { return tables().outer[r - 1][nv - 1]; }
-
-// Runs fn(index, begin, end) on up to `threads` threads over [0, n), split in contiguous ranges
-// whose starts are multiples of `align`; the calling thread takes index 0.
-template <typename Fn>
-void parallel_ranges(int64_t n, int64_t align, int threads, Fn fn) {
-  const int64_t units = (n + align - 1) / align;
-  const int64_t t = std::max<int64_t>(1, std::min<int64_t>(threads, units));
-  if (t == 1) {
-    fn(0, int64_t{0}, n);
-    return;
-  }
-  std::vector<std::thread> pool;
-  pool.reserve(t - 1);
-  auto bounds = [&](int64_t i) { return std::min(n, (units * i / t) * align); };
-  for (int64_t i = 1; i < t; ++i) pool.emplace_back(fn, int(i), bounds(i), bounds(i + 1));
-  fn(0, bounds(0), bounds(1));
-  for (auto& th : pool) th.join();
-}
 
 // Packs rows [m0, m0+rows) of A (lda columns = a_blocks blocks of kb) into panels of MR rows:
 // panel (tile, blk) holds element (r, kk) at [kk * MR + r], so a tile streams its A operand
@@ -144,7 +127,8 @@ static void product_rows(const float* A, int64_t lda, int64_t m0, int64_t m1, co
 }
 
 void sparse_product(const float* A, int64_t lda, int64_t M, const float* B, int kb, int nb,
-                    const BlockList& list, float* C, int64_t ldc, int threads) {
+                    const BlockList& list, float* C, int64_t ldc, int threads,
+                    const Schedule& schedule) {
   const double macs = double(M) * double(list.a_blk.size()) * kb * nb;
   const int t = effective_threads(threads, macs);
   const int64_t chunk_rows = std::max(kMinChunkRows, kChunkBytes / (4 * lda)) / MR * MR;
@@ -154,7 +138,7 @@ void sparse_product(const float* A, int64_t lda, int64_t M, const float* B, int 
   float* base = packs.data();
   parallel_ranges(M, MR, t, [&, base](int index, int64_t m0, int64_t m1) {
     product_rows(A, lda, m0, m1, B, kb, nb, list, C, ldc, chunk_rows, base + index * per_thread);
-  });
+  }, schedule);
 }
 
 // Copies rows [m0, m0+rows) of a (*, ld) matrix's columns [c, c+width) into dst (rows, width).
@@ -207,15 +191,15 @@ static void outer_blocks(const float* P, int64_t ldp, const float* Q, int64_t ld
 
 void sparse_outer(const float* P, int64_t ldp, const float* Q, int64_t ldq, int64_t M,
                   const int64_t* p_off, const int64_t* q_off, int64_t n_blocks, int kb, int nb,
-                  float* D, int threads) {
+                  float* D, int threads, const Schedule& schedule) {
   const double macs = double(M) * double(n_blocks) * kb * nb;
   parallel_ranges(n_blocks, 1, effective_threads(threads, macs), [&](int, int64_t e0, int64_t e1) {
     outer_blocks(P, ldp, Q, ldq, M, p_off, q_off, e0, e1, kb, nb, D);
-  });
+  }, schedule);
 }
 
 void transpose_blocks(const float* src, int64_t n_blocks, int rows, int cols, float* dst,
-                      int threads) {
+                      int threads, const Schedule& schedule) {
   const int64_t block = int64_t(rows) * cols;
   const double work = double(n_blocks) * block * 64;  // weigh copies like multiply-adds
   parallel_ranges(n_blocks, 1, effective_threads(threads, work), [&](int, int64_t e0, int64_t e1) {
@@ -227,7 +211,7 @@ void transpose_blocks(const float* src, int64_t n_blocks, int rows, int cols, fl
           for (int i = i0; i < std::min(rows, i0 + 16); ++i)
             for (int j = j0; j < std::min(cols, j0 + 16); ++j) d[int64_t(j) * rows + i] = s[int64_t(i) * cols + j];
     }
-  });
+  }, schedule);
 }
 
 }  // namespace bsk

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "parallel.h"
+
 namespace bsk {
 
 // Stored blocks grouped by output block-column o (CSR): entries ptr[o] .. ptr[o+1]-1.
@@ -23,16 +25,17 @@ struct BlockList {
 //   sum over entries e of o: A[:, a_blk[e]*kb : +kb] @ B[b_off[e]] (kb, nb).
 // A is (M, lda) row-major, lda a multiple of kb. Output blocks without entries are zero.
 void sparse_product(const float* A, int64_t lda, int64_t M, const float* B, int kb, int nb,
-                    const BlockList& list, float* C, int64_t ldc, int threads);
+                    const BlockList& list, float* C, int64_t ldc, int threads,
+                    const Schedule& schedule = {});
 
 // D[e] (kb, nb) = P[:, p_off[e] : +kb]^T @ Q[:, q_off[e] : +nb] for e < n_blocks, reducing over
 // the M rows. P has leading dimension ldp, Q ldq; D is n_blocks contiguous (kb, nb) blocks.
 void sparse_outer(const float* P, int64_t ldp, const float* Q, int64_t ldq, int64_t M,
                   const int64_t* p_off, const int64_t* q_off, int64_t n_blocks, int kb, int nb,
-                  float* D, int threads);
+                  float* D, int threads, const Schedule& schedule = {});
 
 // Dst[e] = Src[e]^T for n_blocks row-major (rows, cols) blocks.
 void transpose_blocks(const float* src, int64_t n_blocks, int rows, int cols, float* dst,
-                      int threads);
+                      int threads, const Schedule& schedule = {});
 
 }  // namespace bsk

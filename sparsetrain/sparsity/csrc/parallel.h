@@ -1,0 +1,67 @@
+// Splitting work over threads without atomics in the math (shared by the compiled CPU kernels).
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace bsk {
+
+// Runs a task on another thread: XLA's intra-op thread pool when a kernel is called through FFI
+// (so a kernel never competes with XLA's own workers for the cores), empty = new std::threads.
+using Schedule = std::function<void(std::function<void()>)>;
+
+// Runs fn(index, begin, end) over [0, n), split in up to `threads` contiguous ranges whose starts
+// are multiples of `align`. `index` < threads names the participant (for per-thread scratch).
+//
+// With a Schedule the calling thread and up to threads - 1 pool tasks claim ranges from a shared
+// counter; the caller only waits for ranges already claimed (running), so a busy pool never
+// blocks it: it then does the remaining ranges itself. A task that starts after every range was
+// claimed returns at once (it only touches the shared counters it co-owns).
+template <typename Fn>
+void parallel_ranges(int64_t n, int64_t align, int threads, Fn fn, const Schedule& schedule = {}) {
+  const int64_t units = (n + align - 1) / align;
+  const int64_t t = std::max<int64_t>(1, std::min<int64_t>(threads, units));
+  auto bounds = [units, t, n, align](int64_t i) { return std::min(n, (units * i / t) * align); };
+  if (t == 1) {
+    fn(0, int64_t{0}, n);
+    return;
+  }
+  if (!schedule) {
+    std::vector<std::thread> pool;
+    pool.reserve(t - 1);
+    for (int64_t i = 1; i < t; ++i) pool.emplace_back(fn, int(i), bounds(i), bounds(i + 1));
+    fn(0, bounds(0), bounds(1));
+    for (auto& th : pool) th.join();
+    return;
+  }
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int> ids{0};
+    int64_t done = 0;  // guarded by mu
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, t, bounds, &fn]() {
+    int id = -1;
+    for (int64_t r; (r = state->next.fetch_add(1)) < t;) {
+      if (id < 0) id = state->ids.fetch_add(1);
+      fn(id, bounds(r), bounds(r + 1));
+      std::lock_guard<std::mutex> lock(state->mu);
+      if (++state->done == t) state->cv.notify_all();
+    }
+  };
+  for (int64_t i = 1; i < t; ++i) schedule(work);
+  work();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] { return state->done == t; });
+}
+
+}  // namespace bsk
