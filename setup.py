@@ -98,8 +98,8 @@ class OptionalBuildExt(build_ext):
 setup(
     ext_modules=[Extension(
         "sparsetrain.sparsity._block_sparse_cpu",
-        sources=[f"{CSRC}/kernels.cc", f"{CSRC}/block_sparse.cc"],
-        depends=[f"{CSRC}/kernels.h", f"{CSRC}/tiles.h"],
+        sources=[f"{CSRC}/kernels.cc", f"{CSRC}/block_sparse.cc", f"{CSRC}/attention.cc"],
+        depends=[f"{CSRC}/kernels.h", f"{CSRC}/tiles.h", f"{CSRC}/parallel.h"],
         language="c++",
         optional=True,
     )],

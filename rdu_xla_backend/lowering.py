@@ -27,6 +27,7 @@ come from (``GatherInfo.origin``), so ``perf`` can price a block-sparse gather f
 
 from __future__ import annotations
 
+import contextvars
 import math
 from collections.abc import Callable
 from typing import Any
@@ -171,6 +172,15 @@ def _keys(items) -> list[int]:
     return [k for k in items if k is not None and not isinstance(k, Literal)]
 
 
+_TRACING = contextvars.ContextVar("rdu_xla_backend_lowering", default=False)
+
+
+def is_tracing() -> bool:
+    """True while ``lower`` traces a function. A library with a compiled host kernel (an XLA FFI
+    custom call, which has no dataflow cost rule) traces its pure-JAX formulation instead."""
+    return _TRACING.get()
+
+
 def lower(fn: Callable, *args, mode: str = "fused", name: str = "") -> Graph:
     """Trace ``fn(*args)`` and build its dataflow graph.
 
@@ -189,9 +199,13 @@ def lower(fn: Callable, *args, mode: str = "fused", name: str = "") -> Graph:
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} unknown; allowed: {', '.join(MODES)}")
-    closed = jax.make_jaxpr(fn)(*args)
+    token = _TRACING.set(True)
+    try:
+        closed = jax.make_jaxpr(fn)(*args)
+        out_tree = jax.tree.structure(jax.eval_shape(fn, *args))
+    finally:
+        _TRACING.reset(token)
     leaves, in_tree = jax.tree.flatten(args)
-    out_tree = jax.tree.structure(jax.eval_shape(fn, *args))
     flat = _Flat()
     in_keys = [flat.new(v.aval) for v in closed.jaxpr.invars]
     for pos, k in enumerate(in_keys):

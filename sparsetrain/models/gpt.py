@@ -2,8 +2,9 @@
 
 The decoder layers are stored stacked (every parameter has a leading layer axis) and run with
 `jax.lax.scan`, so one layer body is traced whatever the depth; `remat` wraps that body in
-`jax.checkpoint`. Any of the four linear kinds (qkv, attn_out, mlp_up, mlp_down) can be
-block-sparse: it then stores only its nonzero blocks (`values`) and their block-row indices
+`jax.checkpoint`; `unroll_layers` (default) has XLA unroll the scan when it compiles (on XLA:CPU a
+rolled loop copies every layer's residuals into stacked buffers: ~0.4 s of a 2 s small-30m step).
+Any of the four linear kinds (qkv, attn_out, mlp_up, mlp_down) can be block-sparse: it then stores only its nonzero blocks (`values`) and their block-row indices
 (`row_indices`, a `BlockIndices` variable: integer, not trained, checkpointed) and multiplies with
 `block_sparse_matmul`. Embeddings and the tied output head stay dense.
 
@@ -23,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from sparsetrain.config import LINEAR_KINDS, Config, ConfigError, ModelShape, linear_shapes
+from sparsetrain.models.attention import causal_attention
 from sparsetrain.sparsity import BlockLayout, block_sparse_matmul, blocks_per_column, make_layout
 
 
@@ -56,6 +58,7 @@ class GPTSpec:
     pattern_seed: int = 0
     dtype: str = "float32"
     remat: bool = False
+    unroll_layers: bool = True
 
     @classmethod
     def from_config(cls, cfg: Config, vocab_size: int | None = None) -> "GPTSpec":
@@ -70,7 +73,8 @@ class GPTSpec:
             linears.append((kind, LinearSpec(n_in, n_out, density, block)))
         return cls(shape=shape, vocab_size=vocab_size or cfg.data.vocab_size, linears=tuple(linears),
                    pattern=cfg.sparsity.pattern, pattern_seed=cfg.sparsity.seed,
-                   dtype=cfg.model.dtype, remat=cfg.model.remat)
+                   dtype=cfg.model.dtype, remat=cfg.model.remat,
+                   unroll_layers=cfg.model.unroll_layers)
 
     def linear(self, kind: str) -> LinearSpec:
         return dict(self.linears)[kind]
@@ -163,7 +167,7 @@ def layer_output(p: dict, x: jax.Array, att: jax.Array, spec: GPTSpec) -> jax.Ar
 def decoder_layer(p: dict, x: jax.Array, spec: GPTSpec) -> jax.Array:
     """One pre-LN decoder layer. p: this layer's parameters; x: (B, T, d) -> (B, T, d)."""
     q, k, v = attention_inputs(p, x, spec)
-    att = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    att = causal_attention(q, k, v)
     return layer_output(p, x, att, spec)
 
 
@@ -186,7 +190,7 @@ class DecoderStack(nnx.Module):
         body = lambda x, p: (decoder_layer(p, x, spec), None)
         if spec.remat:
             body = jax.checkpoint(body)
-        x, _ = jax.lax.scan(body, x, stacked)
+        x, _ = jax.lax.scan(body, x, stacked, unroll=spec.unroll_layers)
         return x
 
 

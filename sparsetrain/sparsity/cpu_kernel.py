@@ -1,8 +1,9 @@
-"""The compiled float32 CPU kernel of block_sparse_matmul (XLA FFI), when it was built.
+"""The compiled float32 CPU kernels (XLA FFI), when they were built: block_sparse_matmul's and
+causal attention's (used by sparsetrain.models.attention).
 
-`pip install` compiles `csrc/{kernels,block_sparse}.cc` into `_block_sparse_cpu<suffix>.so` next
-to this module (setup.py; optional: if the compiler fails the package still installs and
-setup prints why). Importing this module loads that library with ctypes and registers its two
+`pip install` compiles `csrc/{kernels,block_sparse,attention}.cc` into `_block_sparse_cpu<suffix>.so`
+next to this module (setup.py; optional: if the compiler fails the package still installs and
+setup prints why). Importing this module loads that library with ctypes and registers its four
 handlers with XLA for the CPU platform. If the library is missing or fails to load or register,
 `AVAILABLE` is False and `REASON` says why; `ops.py` then runs the pure-JAX kernel.
 
@@ -24,6 +25,8 @@ import numpy as np
 
 FORWARD_TARGET = "sparsetrain_bsmm_forward"
 BACKWARD_TARGET = "sparsetrain_bsmm_backward"
+ATTENTION_FORWARD_TARGET = "sparsetrain_attention_forward"
+ATTENTION_BACKWARD_TARGET = "sparsetrain_attention_backward"
 LIBRARY_STEM = "_block_sparse_cpu"
 
 
@@ -63,6 +66,10 @@ def _load():
                                     platform="cpu")
         jax.ffi.register_ffi_target(BACKWARD_TARGET, jax.ffi.pycapsule(lib.SparsetrainBsmmBackward),
                                     platform="cpu")
+        jax.ffi.register_ffi_target(ATTENTION_FORWARD_TARGET,
+                                    jax.ffi.pycapsule(lib.SparsetrainAttentionForward), platform="cpu")
+        jax.ffi.register_ffi_target(ATTENTION_BACKWARD_TARGET,
+                                    jax.ffi.pycapsule(lib.SparsetrainAttentionBackward), platform="cpu")
     except Exception as err:  # noqa: BLE001 - any failure means: use the pure-JAX kernel
         return None, None, f"{path} failed to load or register: {err!r}"
     return path, isa, None
@@ -87,3 +94,18 @@ def backward(x2, values, rows, dy):
     outs = (jax.ShapeDtypeStruct(x2.shape, jnp.float32), jax.ShapeDtypeStruct(values.shape, jnp.float32))
     return jax.ffi.ffi_call(BACKWARD_TARGET, outs, vmap_method="sequential")(
         x2, values, rows.astype(jnp.int32), dy.astype(jnp.float32), threads=np.int64(THREADS))
+
+
+def attention_forward(q, k, v):
+    """(o (B, T, H, D), lse (B, H, T)) of causal softmax attention, float32 q, k, v (B, T, H, D)."""
+    b, t, h, _ = q.shape
+    outs = (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((b, h, t), jnp.float32))
+    return jax.ffi.ffi_call(ATTENTION_FORWARD_TARGET, outs, vmap_method="sequential")(
+        q, k, v, threads=np.int64(THREADS))
+
+
+def attention_backward(q, k, v, o, lse, do):
+    """(dq, dk, dv), each (B, T, H, D), of causal attention for cotangent do of o."""
+    outs = tuple(jax.ShapeDtypeStruct(q.shape, jnp.float32) for _ in range(3))
+    return jax.ffi.ffi_call(ATTENTION_BACKWARD_TARGET, outs, vmap_method="sequential")(
+        q, k, v, o, lse, do, threads=np.int64(THREADS))
