@@ -3,9 +3,10 @@
     python benchmarks/train_throughput.py            # tiny and small-30m, density 1/8
     python benchmarks/train_throughput.py --quick    # tiny only, fewer steps
 
-Times the real jitted train step (forward, backward, AdamW) on random tokens after a warmup,
-median of several steps, and prints tokens/s per configuration with the sparse/dense ratio of
-the same model measured in the same process. Writes JSON (default
+Times the real jitted train step (forward, backward, AdamW) on random tokens after a warmup and
+prints tokens/s per configuration with the sparse/dense ratio of the same model measured in the
+same process: the dense, sparse (and torch) steps of a configuration run in interleaved rounds
+(one step each per round, median over rounds), so a machine whose speed drifts slows all alike. Writes JSON (default
 benchmarks/results/train_throughput.json). Target on 2 CPU cores: sparse >= 2x dense tokens/s
 on small-30m. With torch installed, a nanoGPT-style dense PyTorch model of the same shape is
 timed too (JAX dense should reach >= 1.0x of it).
@@ -22,12 +23,15 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sparsetrain.config import Config, from_dict, validate
 from sparsetrain.models.accounting import model_counts
+from sparsetrain.models.attention import attention_kernel
 from sparsetrain.models.gpt import GPTSpec, build_model
 from sparsetrain.optim import make_optimizer
+from sparsetrain.sparsity.ops import kernel_backend_info
 from sparsetrain.train import ModelFunctions, init_state, make_train_step
 
 CASES = {  # name -> (preset, batch, seq_len, block)
@@ -47,36 +51,32 @@ def recipe(preset: str, batch: int, seq_len: int, block: int, density: float) ->
     return cfg
 
 
-def time_jax(cfg: Config, steps: int) -> dict:
+def make_jax_step(cfg: Config):
+    """(run one train step and wait for it, facts) for the recipe's model on random tokens."""
     spec = GPTSpec.from_config(cfg, VOCAB)
     model = build_model(spec, 0)
     counts = model_counts(model, cfg.data.seq_len)
     fns = ModelFunctions(model)
     tx, schedule = make_optimizer(cfg.optimizer, 1000)
-    state = init_state(fns, tx, 0)
     step = make_train_step(fns, tx, schedule)
     rng = np.random.default_rng(0)
     shape = (cfg.data.batch_size, cfg.data.seq_len)
     batch = {"tokens": rng.integers(0, VOCAB, shape, dtype=np.int32),
              "targets": rng.integers(0, VOCAB, shape, dtype=np.int32)}
-    for _ in range(2):  # compile + one warm step
-        state, m = step(state, batch)
+    box = [init_state(fns, tx, 0)]
+
+    def run():
+        box[0], m = step(box[0], batch)
         jax.block_until_ready(m)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, m = step(state, batch)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-    t = statistics.median(times)
+
     tokens = shape[0] * shape[1]
-    return {"step_s": t, "tokens_per_s": tokens / t, "params_stored": counts.params_stored,
-            "params_dense": counts.params_dense,
-            "tflops_effective": counts.train_flops_per_token_effective * tokens / t / 1e12}
+    return run, {"tokens": tokens, "params_stored": counts.params_stored,
+                 "params_dense": counts.params_dense,
+                 "train_flops_effective": counts.train_flops_per_token_effective * tokens}
 
 
-def time_torch(cfg: Config, steps: int) -> dict | None:
-    """nanoGPT-style dense GPT of the same shape in PyTorch (CPU, float32), AdamW step."""
+def make_torch_step(cfg: Config):
+    """nanoGPT-style dense GPT of the same shape in PyTorch (CPU, float32), AdamW step; or None."""
     try:
         import torch
         import torch.nn as nn
@@ -120,27 +120,41 @@ def time_torch(cfg: Config, steps: int) -> dict | None:
     tokens = torch.randint(0, VOCAB, (B, T))
     targets = torch.randint(0, VOCAB, (B, T))
 
-    def step():
+    def run():
         loss = F.cross_entropy(model(tokens).view(-1, VOCAB), targets.view(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+    return run, {"tokens": B * T, "threads": torch.get_num_threads()}
+
+
+def timed_rounds(runners: dict, rounds: int) -> dict[str, list[float]]:
+    """Warm each step twice (compile), then `rounds` rounds of one timed step per runner."""
+    for run in runners.values():
+        for _ in range(2):
+            run()
+    times = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def summary(times: list[float], facts: dict) -> dict:
     t = statistics.median(times)
-    return {"step_s": t, "tokens_per_s": B * T / t, "threads": torch.get_num_threads()}
+    out = {**facts, "step_s": t, "step_s_all": times, "tokens_per_s": facts["tokens"] / t}
+    if "train_flops_effective" in facts:
+        out["tflops_effective"] = facts["train_flops_effective"] / t / 1e12
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny only, 3 timed steps")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per configuration")
+    parser.add_argument("--steps", type=int, default=6, help="timed rounds per configuration")
     parser.add_argument("--density", type=float, default=0.125)
     parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
     args = parser.parse_args()
@@ -150,16 +164,25 @@ def main() -> None:
     rows = []
     print(f"JAX {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores, "
           f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+    print(f"kernels (float32, CPU): block-sparse {kernel_backend_info()}; attention "
+          f"{attention_kernel(jnp.float32)}")
     print("\n| config | params (dense) | dense tok/s | sparse tok/s | sparse/dense | torch dense tok/s | JAX/torch dense |")
     print("|---|---|---|---|---|---|---|")
     for name in names:
         preset, batch, seq_len, block = CASES[name]
-        dense = time_jax(recipe(preset, batch, seq_len, block, 1.0), steps)
-        sparse = time_jax(recipe(preset, batch, seq_len, block, args.density), steps)
-        torch_dense = time_torch(recipe(preset, batch, seq_len, block, 1.0), steps)
+        runners, facts = {}, {}
+        for label, density in (("dense", 1.0), ("sparse", args.density)):
+            runners[label], facts[label] = make_jax_step(recipe(preset, batch, seq_len, block, density))
+        peer = make_torch_step(recipe(preset, batch, seq_len, block, 1.0))
+        if peer is not None:
+            runners["torch_dense"], facts["torch_dense"] = peer
+        times = timed_rounds(runners, steps)
+        res = {label: summary(times[label], facts[label]) for label in runners}
+        dense, sparse, torch_dense = res["dense"], res["sparse"], res.get("torch_dense")
         row = {"config": name, "preset": preset, "batch": batch, "seq_len": seq_len, "block": block,
                "density": args.density, "dense": dense, "sparse": sparse, "torch_dense": torch_dense,
                "sparse_over_dense": sparse["tokens_per_s"] / dense["tokens_per_s"],
+               "sparse_over_dense_per_round": [d / s for d, s in zip(times["dense"], times["sparse"])],
                "jax_over_torch_dense": (dense["tokens_per_s"] / torch_dense["tokens_per_s"]
                                         if torch_dense else None)}
         rows.append(row)
