@@ -20,10 +20,14 @@ using Schedule = std::function<void(std::function<void()>)>;
 // Runs fn(index, begin, end) over [0, n), split in up to `threads` contiguous ranges whose starts
 // are multiples of `align`. `index` < threads names the participant (for per-thread scratch).
 //
-// With a Schedule the calling thread and up to threads - 1 pool tasks claim ranges from a shared
-// counter; the caller only waits for ranges already claimed (running), so a busy pool never
-// blocks it: it then does the remaining ranges itself. A task that starts after every range was
-// claimed returns at once (it only touches the shared counters it co-owns).
+// With a Schedule the work is cut in up to kRangesPerThread x threads ranges that the calling
+// thread and up to threads - 1 pool tasks claim from a shared counter: a task that starts late
+// (its worker was busy with another XLA thunk) takes what is left instead of leaving the caller
+// waiting for a half of the work. The caller only waits for ranges already claimed (running), so
+// a busy pool never blocks it; a task that starts after every range was claimed returns at once
+// (it only touches the shared counters it co-owns).
+constexpr int64_t kRangesPerThread = 4;
+
 template <typename Fn>
 void parallel_ranges(int64_t n, int64_t align, int threads, Fn fn, const Schedule& schedule = {}) {
   const int64_t units = (n + align - 1) / align;
@@ -41,6 +45,10 @@ void parallel_ranges(int64_t n, int64_t align, int threads, Fn fn, const Schedul
     for (auto& th : pool) th.join();
     return;
   }
+  const int64_t n_ranges = std::min<int64_t>(units, t * kRangesPerThread);
+  auto range = [units, n_ranges, n, align](int64_t i) {
+    return std::min(n, (units * i / n_ranges) * align);
+  };
   struct State {
     std::atomic<int64_t> next{0};
     std::atomic<int> ids{0};
@@ -49,19 +57,19 @@ void parallel_ranges(int64_t n, int64_t align, int threads, Fn fn, const Schedul
     std::condition_variable cv;
   };
   auto state = std::make_shared<State>();
-  auto work = [state, t, bounds, &fn]() {
+  auto work = [state, n_ranges, range, &fn]() {
     int id = -1;
-    for (int64_t r; (r = state->next.fetch_add(1)) < t;) {
+    for (int64_t r; (r = state->next.fetch_add(1)) < n_ranges;) {
       if (id < 0) id = state->ids.fetch_add(1);
-      fn(id, bounds(r), bounds(r + 1));
+      fn(id, range(r), range(r + 1));
       std::lock_guard<std::mutex> lock(state->mu);
-      if (++state->done == t) state->cv.notify_all();
+      if (++state->done == n_ranges) state->cv.notify_all();
     }
   };
   for (int64_t i = 1; i < t; ++i) schedule(work);
   work();
   std::unique_lock<std::mutex> lock(state->mu);
-  state->cv.wait(lock, [&] { return state->done == t; });
+  state->cv.wait(lock, [&] { return state->done == n_ranges; });
 }
 
 }  // namespace bsk
