@@ -172,6 +172,10 @@ def evaluate(eval_step, state: dict, windows: np.ndarray, batch_size: int, max_b
 def _check_resumable(cfg: Config, meta: dict) -> None:
     """Refuse to resume a checkpoint of a different model or sparsity layout."""
     saved = meta.get("recipe", {})
+    try:  # fields added since the checkpoint was written take their defaults
+        saved = from_dict(Config, saved).to_dict()
+    except ConfigError:
+        pass  # a recipe this version cannot read: compared as stored, so it is refused below
     for section in ("model", "sparsity"):
         if saved.get(section) != cfg.to_dict()[section]:
             raise ConfigError(

@@ -132,6 +132,20 @@ def test_resume_refuses_another_tokenizer_or_model(text_corpus, tmp_path):
         train(cfg, resume=True)
 
 
+def test_resume_accepts_a_checkpoint_written_before_a_model_field_existed():
+    """A field added later (model.unroll_layers) takes its default when comparing recipes."""
+    from sparsetrain.config import Config, from_dict
+    from sparsetrain.train import _check_resumable
+
+    cfg = from_dict(Config, {"model": {"preset": "tiny"}})
+    old = cfg.to_dict()
+    del old["model"]["unroll_layers"]  # as saved by an earlier version
+    _check_resumable(cfg, {"recipe": old})
+    old["model"]["d_model"] = 128
+    with pytest.raises(ConfigError, match="model: the recipe's model section differs"):
+        _check_resumable(cfg, {"recipe": old})
+
+
 def test_wandb_failures_never_stop_training(text_corpus, tmp_path, monkeypatch):
     import wandb
 
