@@ -16,7 +16,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # setup.py and csrc/: the compiled block-sparse CPU kernel is rebuilt when they change
-$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard sparsetrain/sparsity/csrc/*)
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard sparsetrain/kernels/csrc/*)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)

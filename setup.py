@@ -1,9 +1,9 @@
-"""Builds the optional compiled CPU kernel `sparsetrain/sparsity/_block_sparse_cpu` (XLA FFI).
+"""Builds the optional compiled CPU kernel `sparsetrain/kernels/_block_sparse_cpu` (XLA FFI).
 
 Package metadata lives in pyproject.toml; this file only adds the C++ extension. It is optional:
 without a C++17 compiler or the XLA FFI headers (from jaxlib, a build requirement), or if the
 compile fails, the package still installs, prints why, and block_sparse_matmul runs its pure-JAX
-kernel (`sparsetrain.sparsity.ops.kernel_backend_info()` says which kernel runs).
+kernel (`sparsetrain.kernels.dispatch.kernel_backend_info()` says which kernel runs).
 
 Environment:
   SPARSETRAIN_BUILD_KERNEL=0        skip the compiled kernel
@@ -21,7 +21,7 @@ import tempfile
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-CSRC = "sparsetrain/sparsity/csrc"
+CSRC = "sparsetrain/kernels/csrc"
 BASE_FLAGS = ["-std=c++17", "-O3", "-ffp-contract=fast", "-fPIC", "-pthread", "-w"]
 TARGET_FLAGS = [["-march=native"], ["-mcpu=native"], ["-mavx2", "-mfma"], []]
 
@@ -97,7 +97,7 @@ class OptionalBuildExt(build_ext):
 
 setup(
     ext_modules=[Extension(
-        "sparsetrain.sparsity._block_sparse_cpu",
+        "sparsetrain.kernels._block_sparse_cpu",
         sources=[f"{CSRC}/kernels.cc", f"{CSRC}/block_sparse.cc", f"{CSRC}/attention.cc"],
         depends=[f"{CSRC}/kernels.h", f"{CSRC}/tiles.h", f"{CSRC}/parallel.h"],
         language="c++",

@@ -91,8 +91,9 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from sparsetrain.sparsity import block_sparse_matmul, cpu_kernel, dense_to_values, random_balanced
-    from sparsetrain.sparsity.ops import kernel_backend_info, use_kernel_backend
+    from sparsetrain.kernels import ffi
+    from sparsetrain.sparsity import block_sparse_matmul, dense_to_values, random_balanced
+    from sparsetrain.kernels.dispatch import kernel_backend_info, use_kernel_backend
 
     try:
         import torch
@@ -132,8 +133,8 @@ def main(argv=None) -> int:
     for k in kernels:
         if k not in ("ffi", "jax"):
             sys.exit(f"--kernels: {k!r} is not allowed; expected ffi and/or jax")
-    if "ffi" in kernels and not cpu_kernel.AVAILABLE:
-        print(f"# kernel ffi skipped: compiled kernel {cpu_kernel.DESCRIPTION}", flush=True)
+    if "ffi" in kernels and not ffi.AVAILABLE:
+        print(f"# kernel ffi skipped: compiled kernel {ffi.DESCRIPTION}", flush=True)
         kernels.remove("ffi")
     if not kernels:
         sys.exit("--kernels: no kernel left to measure")
@@ -296,7 +297,7 @@ def _write_json(rows, setting, out_path, jax, complete):
     """Written after every case too (complete=False), so an interrupted run leaves its rows."""
     os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
     with open(out_path, "w") as f:
-        from sparsetrain.sparsity.ops import kernel_backend_info
+        from sparsetrain.kernels.dispatch import kernel_backend_info
 
         json.dump(dict(allocator=setting, jax=jax.__version__, cpus=os.cpu_count(),
                        default_kernel=kernel_backend_info(),

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from rdu_xla_backend import coe, fit, hardware as hw, perf  # noqa: E402
 from rdu_xla_backend.emulator import gpu as gpu_model  # noqa: E402
-from rdu_xla_backend.lowering import lower  # noqa: E402
+from sparsetrain.rdu.programs import lower_program as lower  # noqa: E402
 from rdu_xla_backend.placement import copy_seconds, plan_memory  # noqa: E402
 
 # Fitted, with search bounds (all not public; see hardware.ModelParameters/GpuParameters).
@@ -117,7 +117,7 @@ SPECS = [
 
 def _program(recipe: str, mode: str, sets: list[str], unfused: bool = False):
     from sparsetrain.config import load_recipe
-    from sparsetrain.emulate import program
+    from sparsetrain.commands.emulate import program
 
     cfg = load_recipe(str(ROOT / "recipes" / recipe), sets, check_data=False)
     fn, args = program(cfg, mode)

@@ -36,11 +36,11 @@ def tiny_functional(repeats: int = 20) -> dict:
     import jax.numpy as jnp
 
     from rdu_xla_backend.emulator.execute import execute
-    from rdu_xla_backend.lowering import lower
+    from sparsetrain.rdu.programs import lower_program as lower
     from sparsetrain.config import load_recipe
     from sparsetrain.models.gpt import GPTSpec, build_model
-    from sparsetrain.optim import make_optimizer
-    from sparsetrain.train import ModelFunctions, init_state, make_train_step
+    from sparsetrain.training.optim import make_optimizer
+    from sparsetrain.training.step import ModelFunctions, init_state, make_train_step
 
     cfg = load_recipe("recipes/tiny-sparse.yaml", check_data=False)
     fns = ModelFunctions(build_model(GPTSpec.from_config(cfg), 0))

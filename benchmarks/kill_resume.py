@@ -96,9 +96,9 @@ def check_checkpoints(run_dir: Path) -> tuple[int, list[str]]:
     """Restore every complete checkpoint of `run_dir`; (count restored, errors)."""
     import jax
 
-    from sparsetrain.checkpoint import Checkpointer
+    from sparsetrain.training.checkpoint import Checkpointer
     from sparsetrain.config import Config, from_dict
-    from sparsetrain.train import build_setup
+    from sparsetrain.training.step import build_setup
 
     ckpt = Checkpointer(run_dir / "checkpoints", keep_last=1_000_000)
     errors, restored = [], 0
@@ -119,7 +119,7 @@ def check_checkpoints(run_dir: Path) -> tuple[int, list[str]]:
 
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:
-    from sparsetrain.tracking import read_jsonl
+    from sparsetrain.training.tracking import read_jsonl
 
     return [(r["step"], r["loss"]) for r in read_jsonl(run_dir / "metrics.jsonl")]
 
@@ -129,7 +129,7 @@ def final_params(run_dir: Path):
     import jax
     import numpy as np
 
-    from sparsetrain.train import restore_run
+    from sparsetrain.training.start import restore_run
 
     _, _, state, _ = restore_run(run_dir)
     return [np.asarray(x) for x in jax.tree.leaves(state["params"])]

@@ -30,11 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sparsetrain.compare import compare_runs, markdown_table, write_outputs  # noqa: E402
+from sparsetrain.evaluation.compare import compare_runs, markdown_table, write_outputs  # noqa: E402
 from sparsetrain.config import load_recipe  # noqa: E402
 from sparsetrain.models.accounting import dense_param_count  # noqa: E402
 from sparsetrain.models.gpt import GPTSpec  # noqa: E402
-from sparsetrain.train import train  # noqa: E402
+from sparsetrain.training.loop import train  # noqa: E402
 
 
 def narrow_width(dense_cfg, target_params: int, vocab_size: int, multiple: int = 8) -> int:

@@ -28,11 +28,10 @@ import numpy as np
 
 from sparsetrain.config import Config, from_dict, validate
 from sparsetrain.models.accounting import model_counts
-from sparsetrain.models.attention import attention_kernel
 from sparsetrain.models.gpt import GPTSpec, build_model
-from sparsetrain.optim import make_optimizer
-from sparsetrain.sparsity.ops import kernel_backend_info
-from sparsetrain.train import ModelFunctions, init_state, make_train_step
+from sparsetrain.training.optim import make_optimizer
+from sparsetrain.kernels.dispatch import kernel_backend, kernel_backend_info
+from sparsetrain.training.step import ModelFunctions, init_state, make_train_step
 
 CASES = {  # name -> (preset, batch, seq_len, block)
     "tiny": ("tiny", 16, 128, 32),
@@ -165,7 +164,7 @@ def main() -> None:
     print(f"JAX {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores, "
           f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
     print(f"kernels (float32, CPU): block-sparse {kernel_backend_info()}; attention "
-          f"{attention_kernel(jnp.float32)}")
+          f"{kernel_backend(jnp.float32)}")
     print("\n| config | params (dense) | dense tok/s | sparse tok/s | sparse/dense | torch dense tok/s | JAX/torch dense |")
     print("|---|---|---|---|---|---|---|")
     for name in names:

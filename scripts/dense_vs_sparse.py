@@ -24,8 +24,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from sparsetrain.config import ConfigError, load_recipe
-from sparsetrain.tracking import read_jsonl
-from sparsetrain.train import train
+from sparsetrain.training.tracking import read_jsonl
+from sparsetrain.training.loop import train
 
 
 def allocator() -> str:

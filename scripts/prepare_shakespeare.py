@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sparsetrain.corpus import MANIFEST_NAME, prepare_shakespeare
+from sparsetrain.data.corpus import MANIFEST_NAME, prepare_shakespeare
 
 
 def main(argv: list[str] | None = None) -> None:

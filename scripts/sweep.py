@@ -15,7 +15,7 @@ import json
 import sys
 
 from sparsetrain.config import load_recipe
-from sparsetrain.train import train
+from sparsetrain.training.loop import train
 
 
 def main(argv: list[str] | None = None) -> int:

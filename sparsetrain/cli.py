@@ -55,9 +55,9 @@ def _parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """`register(subparsers)` functions of commands that live in their own modules. Each adds a
     subparser with `set_defaults(run=fn)`, where `fn(args) -> int` is the exit status."""
-    from sparsetrain.compare import register as compare
-    from sparsetrain.emulate import register as emulate
-    from sparsetrain.evaluate import register as evaluate
+    from sparsetrain.evaluation.compare import register as compare
+    from sparsetrain.commands.emulate import register as emulate
+    from sparsetrain.evaluation.evaluate import register as evaluate
 
     return [emulate, evaluate, compare]
 
@@ -66,7 +66,7 @@ def _memory_plan(cfg, mesh_text: str, device: str) -> dict:
     """Plan on virtual CPU devices: set before JAX starts its backend (nothing has asked it yet)."""
     import jax
 
-    from sparsetrain.memory_plan import memory_plan, parse_mesh
+    from sparsetrain.training.memory_plan import memory_plan, parse_mesh
 
     mesh = parse_mesh(mesh_text)
     n = mesh[0] * mesh[1] * mesh[2]
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(describe_fields()))
             return 0
         if args.command == "info":
-            from sparsetrain.info import format_info, model_info
+            from sparsetrain.commands.info import format_info, model_info
 
             cfg = load_recipe(args.recipe, args.overrides, check_data=False)
             t0 = time.perf_counter()
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(format_info(info))
                 if args.mesh:
-                    from sparsetrain.memory_plan import format_plan
+                    from sparsetrain.training.memory_plan import format_plan
 
                     print(format_plan(info["memory_plan"]))
                 print(f"(from abstract shapes in {time.perf_counter() - t0:.1f} s)")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             import datasets
 
-            from sparsetrain.train import train
+            from sparsetrain.training.loop import train
 
             datasets.disable_progress_bars()  # local files: "downloading" bars are noise
             if os.environ.get("JAX_COORDINATOR_ADDRESS"):  # many hosts: JAX's own rendezvous

@@ -6,13 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import rdu_xla_backend
-from rdu_xla_backend.lowering import is_tracing
-from sparsetrain.models.attention import attention_kernel, causal_attention
-from sparsetrain.sparsity import cpu_kernel
-from sparsetrain.sparsity.ops import use_kernel_backend
+from sparsetrain.kernels import ffi
+from sparsetrain.kernels.attention import causal_attention
+from sparsetrain.kernels.dispatch import kernel_backend, use_kernel_backend
+from sparsetrain.rdu.programs import lower_program
 
-compiled = pytest.mark.skipif(not cpu_kernel.AVAILABLE, reason=f"compiled kernel {cpu_kernel.DESCRIPTION}")
+compiled = pytest.mark.skipif(not ffi.AVAILABLE, reason=f"compiled kernel {ffi.DESCRIPTION}")
 
 # (B, T, heads, head_dim): one token, T and head_dim not multiples of any vector width or of the
 # kernel's causal row block (48 on AVX-512), several row blocks, the small-30m layer shape.
@@ -44,7 +43,7 @@ def _masked_numpy(q, k, v):
 def test_compiled_forward_and_gradients_equal_reference(shape):
     q, k, v, do = _qkv(shape)
     with use_kernel_backend("ffi"):
-        assert attention_kernel(jnp.float32) == "ffi"
+        assert kernel_backend(jnp.float32) == "ffi"
         o, vjp = jax.vjp(causal_attention, q, k, v)
         grads = vjp(do)
     o_ref, vjp_ref = jax.vjp(_reference, q, k, v)
@@ -81,11 +80,11 @@ def test_extreme_scores_stay_finite():
 
 
 def test_kernel_choice():
-    expected = "ffi" if cpu_kernel.AVAILABLE and jax.device_count() == 1 else "jax"
-    assert attention_kernel(jnp.float32) == expected
-    assert attention_kernel(jnp.bfloat16) == "jax"
+    expected = "ffi" if ffi.AVAILABLE and jax.device_count() == 1 else "jax"
+    assert kernel_backend(jnp.float32) == expected
+    assert kernel_backend(jnp.bfloat16) == "jax"
     with use_kernel_backend("jax"):
-        assert attention_kernel(jnp.float32) == "jax"
+        assert kernel_backend(jnp.float32) == "jax"
 
 
 def test_rdu_lowering_traces_the_pure_jax_attention():
@@ -94,12 +93,12 @@ def test_rdu_lowering_traces_the_pure_jax_attention():
     seen = []
 
     def fn(q, k, v):
-        seen.append((is_tracing(), attention_kernel(q.dtype)))
+        seen.append(kernel_backend(q.dtype))
         return causal_attention(q, k, v)
 
-    graph = rdu_xla_backend.lower(fn, q, k, v)
-    assert seen and all(s == (True, "jax") for s in seen)
-    assert not is_tracing()
+    graph = lower_program(fn, q, k, v)
+    assert seen and all(s == "jax" for s in seen)
+    assert kernel_backend(jnp.float32) == ("ffi" if ffi.AVAILABLE and jax.device_count() == 1 else "jax")
     assert graph.kernels
 
 
@@ -114,7 +113,7 @@ def test_gpt_loss_and_gradients_match_with_either_kernel():
     """The tiny GPT gives the same loss and gradients with the compiled or pure-JAX attention."""
     from sparsetrain.config import Config, from_dict
     from sparsetrain.models.gpt import GPTSpec, build_model
-    from sparsetrain.train import ModelFunctions
+    from sparsetrain.training.step import ModelFunctions
 
     cfg = from_dict(Config, {"model": {"preset": "tiny"},
                              "data": {"vocab_size": 256, "seq_len": 64, "batch_size": 2}})

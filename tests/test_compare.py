@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from sparsetrain.cli import main
-from sparsetrain.compare import ComparisonError, compare_runs, log_to_wandb, write_outputs
-from sparsetrain.tracking import read_jsonl
+from sparsetrain.evaluation.compare import ComparisonError, compare_runs, log_to_wandb, write_outputs
+from sparsetrain.training.tracking import read_jsonl
 from test_schedule import trained_runs  # the module pytest imported (shares its cache)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsetrain import corpus
+from sparsetrain.data import corpus
 
 PG_HEADER = (
     "The Project Gutenberg EBook of Hamlet, by William Shakespeare\r\n"

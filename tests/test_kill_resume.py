@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from sparsetrain.config import load_recipe
-from sparsetrain.train import train
+from sparsetrain.training.loop import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import kill_resume  # noqa: E402

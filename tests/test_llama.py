@@ -106,7 +106,7 @@ def test_llama_recipe_fields_are_checked(raw, message):
 
 
 def test_train_refuses_llama_before_building_anything(tmp_path):
-    from sparsetrain.train import train
+    from sparsetrain.training.loop import train
 
     cfg = tiny_config()
     cfg.run.out_dir = str(tmp_path / "run")

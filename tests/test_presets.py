@@ -2,7 +2,7 @@
 
 import pytest
 
-from sparsetrain.presets import PRESETS, linear_shapes
+from sparsetrain.config.presets import PRESETS, linear_shapes
 
 # (layers, width, heads, context) from GPT-2 (Radford et al. 2019, Table 2) and GPT-3 (Brown et al.
 # 2020, Table 2.1; 1.3B uses 16 heads of 128 and 13B width 5120, as the module explains).

@@ -9,12 +9,12 @@ from rdu_xla_backend import hardware as hw
 from rdu_xla_backend import perf
 from rdu_xla_backend.emulator import gpu as gpu_model
 from rdu_xla_backend.emulator.execute import execute
-from rdu_xla_backend.lowering import lower
+from sparsetrain.rdu.programs import lower_program as lower
 from sparsetrain.config import load_recipe
 from sparsetrain.models.gpt import GPTSpec, build_model
-from sparsetrain.optim import make_optimizer
+from sparsetrain.training.optim import make_optimizer
 from sparsetrain.sparsity import block_sparse_matmul, make_layout
-from sparsetrain.train import ModelFunctions, init_state, make_train_step
+from sparsetrain.training.step import ModelFunctions, init_state, make_train_step
 from tests.conftest import tiny_recipe
 
 

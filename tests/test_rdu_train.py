@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from sparsetrain.config import load_recipe
-from sparsetrain.tracking import read_jsonl
-from sparsetrain.train import train
+from sparsetrain.training.tracking import read_jsonl
+from sparsetrain.training.loop import train
 from tests.conftest import tiny_recipe
 
 

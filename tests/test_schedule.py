@@ -18,8 +18,10 @@ from sparsetrain.sparsity.convert import convert_state
 from sparsetrain.sparsity.distribution import erk_densities
 from sparsetrain.sparsity.schedule import (
     cubic_density, kind_infos, map_block_leaves, prune_regrow_flow, regrow_columns)
-from sparsetrain.tracking import read_jsonl
-from sparsetrain.train import build_setup, restore_run, train
+from sparsetrain.training.tracking import read_jsonl
+from sparsetrain.training.loop import train
+from sparsetrain.training.start import restore_run
+from sparsetrain.training.step import build_setup
 from tests.conftest import tiny_recipe
 
 SPARSE = {"pattern": "random_balanced", "density": 0.25, "block": 16}

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from sparsetrain.config import ConfigError, load_recipe
-from sparsetrain.train import train
+from sparsetrain.training.loop import train
 from tests.conftest import tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

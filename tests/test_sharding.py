@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from sparsetrain.sharding import _fit, make_mesh, spec_for
+from sparsetrain.training.sharding import _fit, make_mesh, spec_for
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,15 +12,15 @@ import pytest
 
 from sparsetrain.sparsity import (
     block_sparse_matmul,
-    cpu_kernel,
     dense_to_values,
     layout_from_mask,
     random_balanced,
     values_to_dense,
 )
-from sparsetrain.sparsity.ops import kernel_backend, use_kernel_backend
+from sparsetrain.kernels import ffi
+from sparsetrain.kernels.dispatch import kernel_backend, use_kernel_backend
 
-pytestmark = pytest.mark.skipif(not cpu_kernel.AVAILABLE, reason=f"compiled kernel {cpu_kernel.DESCRIPTION}")
+pytestmark = pytest.mark.skipif(not ffi.AVAILABLE, reason=f"compiled kernel {ffi.DESCRIPTION}")
 
 # (tokens, n_row_blocks, n_col_blocks, (bk, bn), blocks per column). All are checked against the
 # masked dense matmul; those in PURE_JAX_TOO also against the pure-JAX kernel (whose compile

@@ -20,14 +20,14 @@ from sparsetrain.sparsity import (
     random_balanced,
     values_to_dense,
 )
-from sparsetrain.sparsity import cpu_kernel
-from sparsetrain.sparsity.ops import use_kernel_backend
+from sparsetrain.kernels import ffi
+from sparsetrain.kernels.dispatch import use_kernel_backend
 
 
 def _ffi(*values):
     """A parameter set for the compiled kernel, skipped (with the reason) if it was not built."""
     return pytest.param(*values, marks=pytest.mark.skipif(
-        not cpu_kernel.AVAILABLE, reason=f"compiled kernel {cpu_kernel.DESCRIPTION}"))
+        not ffi.AVAILABLE, reason=f"compiled kernel {ffi.DESCRIPTION}"))
 
 
 BACKENDS = ["jax", _ffi("ffi")]
@@ -158,7 +158,8 @@ def _check_flops_scale_with_density():
 def test_unbalanced_layout_and_grouped_loops(monkeypatch, backend, max_unroll):
     """Input rows with unequal block counts take the general backward; small unroll limits
     take the fori_loop over unrolled groups (pure JAX). All must equal the masked dense result."""
-    from sparsetrain.sparsity import layout_from_mask, ops
+    from sparsetrain.kernels import block_sparse as ops
+    from sparsetrain.sparsity import layout_from_mask
 
     monkeypatch.setattr(ops, "MAX_UNROLL_DOTS", max_unroll)
     mask = np.zeros((4, 6), bool)

@@ -10,8 +10,8 @@ import pytest
 
 from sparsetrain.cli import main
 from sparsetrain.config import ConfigError, load_recipe
-from sparsetrain.tracking import read_jsonl
-from sparsetrain.train import train
+from sparsetrain.training.tracking import read_jsonl
+from sparsetrain.training.loop import train
 from tests.conftest import tiny_recipe
 
 

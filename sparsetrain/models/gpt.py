@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from sparsetrain.config import LINEAR_KINDS, Config, ConfigError, ModelShape, linear_shapes
-from sparsetrain.models.attention import causal_attention
+from sparsetrain.kernels.attention import causal_attention
 from sparsetrain.sparsity import BlockLayout, block_sparse_matmul, blocks_per_column, make_layout
 
 

@@ -9,7 +9,7 @@ from sparsetrain.sparsity.layout import (
     layout_to_mask,
     values_to_dense,
 )
-from sparsetrain.sparsity.ops import block_sparse_matmul, block_sparse_matmul_reference, matmul_flops
+from sparsetrain.sparsity.matmul import block_sparse_matmul, block_sparse_matmul_reference, matmul_flops
 from sparsetrain.sparsity.patterns import (
     PATTERNS,
     butterfly,

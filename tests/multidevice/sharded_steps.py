@@ -10,9 +10,9 @@ import numpy as np
 
 from sparsetrain.config import Config, from_dict
 from sparsetrain.models.gpt import GPTSpec, build_model
-from sparsetrain.optim import make_optimizer
-from sparsetrain.sharding import batch_sharding, make_mesh, per_device_bytes, tree_shardings
-from sparsetrain.train import ModelFunctions, init_state, make_train_step
+from sparsetrain.training.optim import make_optimizer
+from sparsetrain.training.sharding import batch_sharding, make_mesh, per_device_bytes, tree_shardings
+from sparsetrain.training.step import ModelFunctions, init_state, make_train_step
 
 sparse = sys.argv[1] == "sparse"
 raw = {"model": {"preset": "tiny", "n_layers": 2, "d_model": 64, "n_heads": 4, "context": 16},

@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 
 from sparsetrain.config import load_recipe
-from sparsetrain.tracking import read_jsonl
-from sparsetrain.train import train
+from sparsetrain.training.tracking import read_jsonl
+from sparsetrain.training.loop import train
 
 root = Path(tempfile.mkdtemp())
 words = "the king queen lord lady sword crown night day love death war peace heart".split()

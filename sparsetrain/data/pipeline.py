@@ -27,7 +27,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from sparsetrain.corpus import prepare_shakespeare
+from sparsetrain.data.corpus import prepare_shakespeare
 
 EOT_TOKEN = "<|endoftext|>"
 TOKENIZER_FILENAME = "tokenizer.json"

@@ -73,8 +73,8 @@ def program(cfg, mode: str):
     model = abstract_model(model_spec(cfg))
     B, T = cfg.data.batch_size, cfg.data.seq_len
     if mode == "train":
-        from sparsetrain.optim import make_optimizer
-        from sparsetrain.train import ModelFunctions, init_state, make_train_step
+        from sparsetrain.training.optim import make_optimizer
+        from sparsetrain.training.step import ModelFunctions, init_state, make_train_step
 
         fns = ModelFunctions(model)
         tokens = jax.ShapeDtypeStruct((B, T), jnp.int32)
@@ -116,7 +116,7 @@ def estimate(cfg, dense_cfg, args) -> dict:
     """Lower and time the recipe on the RDU and its dense twin on the GPU."""
     from rdu_xla_backend import get_chip, hardware, perf, report
     from rdu_xla_backend.emulator import gpu as gpu_model
-    from rdu_xla_backend.lowering import lower
+    from sparsetrain.rdu.programs import lower_program
 
     chip, gpu = get_chip(args.chip), get_chip(args.vs)
     if not isinstance(chip, hardware.ChipSpec):
@@ -127,11 +127,11 @@ def estimate(cfg, dense_cfg, args) -> dict:
                            micro_batches=args.micro_batches, orchestration=args.orchestration,
                            kernel_looping=not args.no_kernel_looping)
     fn, abstract = program(cfg, args.mode)
-    graph = lower(fn, *abstract, mode="unfused" if args.unfused else "fused", name=args.mode)
+    graph = lower_program(fn, *abstract, mode="unfused" if args.unfused else "fused", name=args.mode)
     rdu = perf.program_perf(graph, chip, options)
     gpu_sparse = gpu_model.gpu_perf(graph, gpu, gpus=args.sockets)
     dfn, dabstract = program(dense_cfg, args.mode)
-    gpu_dense = gpu_model.gpu_perf(lower(dfn, *dabstract, name=args.mode), gpu, gpus=args.sockets)
+    gpu_dense = gpu_model.gpu_perf(lower_program(dfn, *dabstract, name=args.mode), gpu, gpus=args.sockets)
     assumptions = (hardware.assumptions(chip) + perf.assumptions(chip, options)
                    + hardware.assumptions(gpu) + gpu_model.assumptions(gpu, args.sockets)
                    + ["model: block indices are placeholders (abstract shapes): sparse gathers "

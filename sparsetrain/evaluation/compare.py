@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from sparsetrain.tracking import read_jsonl, resolve_wandb_mode
+from sparsetrain.training.tracking import read_jsonl, resolve_wandb_mode
 
 
 class ComparisonError(ValueError):
@@ -59,7 +59,7 @@ def curve(run_dir: Path, summary: dict) -> list[dict]:
 
 def compare_runs(run_dirs: list[str | Path], baseline: str | None = None, max_batches: int | None = None) -> dict:
     """Evaluate and tabulate runs. Returns {"baseline", "fingerprint", "rows": [...], "curves"}."""
-    from sparsetrain.evaluate import evaluate_run
+    from sparsetrain.evaluation.evaluate import evaluate_run
 
     dirs = [Path(d) for d in run_dirs]
     summaries = {str(d): _summary(d) for d in dirs}

@@ -15,8 +15,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from rdu_xla_backend import Options, get_chip, lower, program_perf
+from rdu_xla_backend import Options, get_chip, program_perf
 from rdu_xla_backend.emulator.execute import execute
+
+from sparsetrain.rdu.programs import lower_program
 
 
 class EmulatedTrainStep:
@@ -30,6 +32,7 @@ class EmulatedTrainStep:
 
     def __init__(self, step_fn: Callable, chip: str, options: Options = Options()):
         self.step_fn = step_fn
+        self.chip_name = chip
         self.chip = get_chip(chip)
         self.options = options
         self.graph = None
@@ -39,7 +42,7 @@ class EmulatedTrainStep:
 
     def __call__(self, state: dict, batch: dict) -> tuple[dict, dict]:
         if self.graph is None:
-            self.graph = lower(self.step_fn, state, batch, name="train_step")
+            self.graph = lower_program(self.step_fn, state, batch, name="train_step")
             self.lowerings += 1
             self.reprice(state, batch)
         outputs, _ = execute(self.graph, state, batch, timed=False)
@@ -53,11 +56,16 @@ class EmulatedTrainStep:
         self.emulated_step_s, self.bound = float(perf.step_s), perf.bound
         return self.emulated_step_s
 
-    def _cache_size(self) -> int:  # the same question as a jitted function's cache size
-        return self.lowerings
+    def after_mask_update(self, state: dict, batch: dict) -> None:
+        """A flow changed the block indices: reprice the sparse gathers."""
+        self.reprice(state, batch)
 
+    def step_metrics(self, tokens_per_step: int) -> dict[str, Any]:
+        """Logged each step: emulated step time (s) and tokens/s on the chip."""
+        return {"rdu_step_time_s": self.emulated_step_s,
+                "rdu_tokens_per_s": tokens_per_step / self.emulated_step_s}
 
-def emulated_metrics(step: EmulatedTrainStep, tokens_per_step: int) -> dict[str, Any]:
-    """Metrics logged each step on backend rdu: emulated step time (s) and tokens/s on the chip."""
-    return {"rdu_step_time_s": step.emulated_step_s,
-            "rdu_tokens_per_s": tokens_per_step / step.emulated_step_s}
+    def summary(self) -> dict[str, Any]:
+        """What the run summary records: lowerings (as compiles), chip, step time and bound."""
+        return {"train_step_compiles": self.lowerings, "rdu_chip": self.chip_name,
+                "rdu_step_time_s": self.emulated_step_s, "rdu_bound": self.bound}

@@ -1,11 +1,11 @@
 """The compiled float32 CPU kernels (XLA FFI), when they were built: block_sparse_matmul's and
-causal attention's (used by sparsetrain.models.attention).
+causal attention's (used by sparsetrain.kernels.attention).
 
 `pip install` compiles `csrc/{kernels,block_sparse,attention}.cc` into `_block_sparse_cpu<suffix>.so`
 next to this module (setup.py; optional: if the compiler fails the package still installs and
 setup prints why). Importing this module loads that library with ctypes and registers its four
 handlers with XLA for the CPU platform. If the library is missing or fails to load or register,
-`AVAILABLE` is False and `REASON` says why; `ops.py` then runs the pure-JAX kernel.
+`AVAILABLE` is False and `REASON` says why; `dispatch.py` then picks the pure-JAX kernels.
 
 Operands (as in layout.py): x2 (T, in) float32, values (nc, k, bk, bn) float32, rows (nc, k)
 int32, dy (T, out); every product touches stored blocks only (2 * T * nnz FLOPs per product).

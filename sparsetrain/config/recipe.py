@@ -1,10 +1,11 @@
 """Recipes: typed dataclasses for every section, YAML loading, `--set` overrides.
 
 A recipe is one YAML file with the sections `model`, `sparsity`, `data`, `optimizer`, `run`.
-Every field below carries a one-line `doc`. Loading checks unknown keys and types; `validate`
-(sparsetrain/validation.py, re-exported here) checks ranges, divisibility and consistency between
-sections; model shapes and presets live in sparsetrain/presets.py. Both raise `ConfigError` (a
-`ValueError`) naming the field, the value and what is allowed, before anything is compiled.
+Every field below carries a one-line `doc`. `from_dict` checks unknown keys and types;
+`validation.validate` checks ranges, divisibility and consistency between sections;
+`loading.load_recipe` does both; model shapes and presets live in `presets.py`. All raise
+`ConfigError` (a `ValueError`) naming the field, the value and what is allowed, before anything
+is compiled.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from sparsetrain.presets import MODEL_FAMILIES, PRESETS, TRAINABLE_FAMILIES, ModelShape, linear_shapes
+from sparsetrain.config.presets import MODEL_FAMILIES, PRESETS, TRAINABLE_FAMILIES, ModelShape, linear_shapes
 
 
 class ConfigError(ValueError):
@@ -42,7 +43,7 @@ REGROW = ("random", "gradient")
 DISTRIBUTIONS = ("uniform", "erk")
 DTYPES = ("float32", "bfloat16")
 WANDB_MODES = ("disabled", "offline", "online")
-BACKENDS = ("xla", "rdu")
+STEP_BACKENDS = ("xla", "rdu")
 NONFINITE_POLICIES = ("stop", "skip")
 RDU_CHIPS = ("sn40l", "sn30", "sn10")
 DATA_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet")
@@ -155,7 +156,7 @@ class RunConfig:
     keep_checkpoints: int = _f(2, "keep the last N checkpoints (plus the best by val loss)")
     wandb: str = _f("offline", f"Weights & Biases mode, one of {WANDB_MODES} (offline without API key)")
     wandb_project: str = _f("sparsetrain", "W&B project name")
-    backend: str = _f("xla", f"where steps run, one of {BACKENDS} (rdu: every step runs through the "
+    backend: str = _f("xla", f"where steps run, one of {STEP_BACKENDS} (rdu: every step runs through the "
                       "rdu_xla_backend emulator, which also logs the emulated step time)")
     rdu_chip: str = _f("sn40l", "emulated chip of backend rdu: sn40l, sn30 or sn10")
     nonfinite: str = _f("stop", f"a NaN/inf loss or gradient: one of {NONFINITE_POLICIES} (stop: the run "
@@ -285,26 +286,6 @@ def apply_override(raw: dict, override: str) -> None:
     node[parts[-1]] = yaml.safe_load(text)
 
 
-def load_recipe(path: str | os.PathLike | None, overrides: list[str] = (), check_data: bool = True) -> Config:
-    """Load a YAML recipe (or defaults when `path` is None), apply overrides, validate."""
-    raw: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"recipe: file {str(p)!r} does not exist")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"recipe {str(p)!r} is not valid YAML: {e}") from None
-    for o in overrides:
-        apply_override(raw, o)
-    cfg = from_dict(Config, raw)
-    from sparsetrain.validation import validate  # validation imports this module
-
-    validate(cfg, check_data=check_data)
-    return cfg
-
-
 def save_recipe(cfg: Config, path: Path) -> None:
     """Write the fully resolved recipe (all defaults filled in) as YAML."""
     path = Path(path)
@@ -326,16 +307,3 @@ def describe_fields(cls=Config, prefix: str = "") -> list[str]:
             default = None if f.default is dataclasses.MISSING else f.default
             lines.append(f"  {name} = {default!r}  # {f.metadata.get('doc', '')}")
     return lines
-
-
-_VALIDATION = ("validate", "check_trainable", "looks_like_path")
-
-
-def __getattr__(name: str):
-    """`from sparsetrain.config import validate` (and check_trainable, looks_like_path): they live
-    in sparsetrain.validation, which imports this module, so they are fetched on first use."""
-    if name in _VALIDATION:
-        from sparsetrain import validation
-
-        return getattr(validation, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

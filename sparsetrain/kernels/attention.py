@@ -4,16 +4,16 @@
 projection produces, so no transposes around it) and computes softmax(q k^T / sqrt(head_dim) +
 causal mask) v with float32 softmax.
 
-- Compiled kernel (`cpu_kernel.attention_forward/backward`, csrc/attention.cc, XLA FFI): fused per
+- Compiled kernel (`ffi.attention_forward/backward`, csrc/attention.cc, XLA FFI): fused per
   (sequence, head) on CPU threads, the T x T scores never leave the thread's cache; it computes
   only the causal triangle (by row blocks) and saves the per-query log-sum-exp (B, heads, T) for
   the backward, which recomputes the probabilities. Used for float32 on one CPU device when the
   library was built, under the same rules and switches as block_sparse_matmul's compiled kernel
-  (`sparsity.ops.kernel_backend`, `SPARSETRAIN_KERNEL=jax`, `use_kernel_backend`).
+  (`dispatch.kernel_backend`, `SPARSETRAIN_KERNEL=jax`, `dispatch.use_kernel_backend`).
 - `jax.nn.dot_product_attention(is_causal=True)` otherwise: bfloat16, GPU/TPU, a mesh of several
-  devices (the custom call has no partitioning rule), and while the RDU backend traces a program
-  (`rdu_xla_backend.lowering.is_tracing()`: it costs attention from its dataflow operators).
-  It is also the reference the compiled kernel is tested against.
+  devices (the custom call has no partitioning rule), and inside `use_kernel_backend("jax")`, which
+  the RDU glue (`sparsetrain.rdu`) enters around its lowering so that attention is costed from its
+  dataflow operators. It is also the reference the compiled kernel is tested against.
 
 The compiled forward and backward are the named calls `causal_attention_forward` and
 `causal_attention_backward`.
@@ -21,30 +21,21 @@ The compiled forward and backward are the named calls `causal_attention_forward`
 
 from __future__ import annotations
 
-import sys
-
 import jax
 import jax.numpy as jnp
 
-from sparsetrain.sparsity import cpu_kernel, ops
-
-
-def attention_kernel(dtype=jnp.float32) -> str:
-    """'ffi' (compiled CPU kernel) or 'jax': the kernel a causal_attention call traced now runs."""
-    lowering = sys.modules.get("rdu_xla_backend.lowering")
-    if lowering is not None and lowering.is_tracing():
-        return "jax"
-    return ops.kernel_backend(dtype)
+from sparsetrain.kernels import ffi
+from sparsetrain.kernels.dispatch import kernel_backend
 
 
 @jax.jit
 def causal_attention_forward(q, k, v):
-    return cpu_kernel.attention_forward(q, k, v)
+    return ffi.attention_forward(q, k, v)
 
 
 @jax.jit
 def causal_attention_backward(q, k, v, o, lse, do):
-    return cpu_kernel.attention_backward(q, k, v, o, lse, do)
+    return ffi.attention_backward(q, k, v, o, lse, do)
 
 
 @jax.custom_vjp
@@ -69,6 +60,6 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     if q.shape != k.shape or q.shape != v.shape or q.ndim != 4:
         raise ValueError(f"q, k, v: shapes {q.shape}, {k.shape}, {v.shape} are not allowed; "
                          "expected three equal (B, T, heads, head_dim) shapes")
-    if attention_kernel(q.dtype) == "ffi" and cpu_kernel.AVAILABLE:
+    if kernel_backend(q.dtype) == "ffi" and ffi.AVAILABLE:
         return _compiled(q, k, v)
     return jax.nn.dot_product_attention(q, k, v, is_causal=True)

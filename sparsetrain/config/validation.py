@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sparsetrain.config import (
-    BACKENDS, DATA_SUFFIXES, DISTRIBUTIONS, DTYPES, FLOWS, LINEAR_KINDS, NONFINITE_POLICIES,
+from sparsetrain.config.recipe import (
+    STEP_BACKENDS, DATA_SUFFIXES, DISTRIBUTIONS, DTYPES, FLOWS, LINEAR_KINDS, NONFINITE_POLICIES,
     PATTERNS, RDU_CHIPS, REGROW, WANDB_MODES, Config, ConfigError, SparsityConfig,
 )
-from sparsetrain.presets import PRESETS, TRAINABLE_FAMILIES, ModelShape, linear_shapes
+from sparsetrain.config.presets import PRESETS, TRAINABLE_FAMILIES, ModelShape, linear_shapes
 from sparsetrain.sparsity.layout import blocks_per_column
 
 
@@ -111,7 +111,7 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     replicas = r.mesh_data * r.mesh_fsdp
     _require(d.batch_size % replicas == 0, "data.batch_size", d.batch_size,
              f"a multiple of run.mesh_data * run.mesh_fsdp = {replicas}")
-    _require(r.backend in BACKENDS, "run.backend", r.backend, ", ".join(BACKENDS))
+    _require(r.backend in STEP_BACKENDS, "run.backend", r.backend, ", ".join(STEP_BACKENDS))
     _require(r.rdu_chip in RDU_CHIPS, "run.rdu_chip", r.rdu_chip, ", ".join(RDU_CHIPS))
     _require(r.backend != "rdu" or replicas * r.mesh_tensor == 1, "run.backend", r.backend,
              "xla when the mesh has more than one device (the rdu emulator runs on one device)")

@@ -13,7 +13,7 @@ from flax import nnx
 from sparsetrain.config import Config
 from sparsetrain.models.accounting import model_counts
 from sparsetrain.models.family import abstract_model, model_spec
-from sparsetrain.optim import make_optimizer
+from sparsetrain.training.optim import make_optimizer
 
 
 def _bytes(tree) -> int:

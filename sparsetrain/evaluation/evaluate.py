@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from tokenizers import Tokenizer, pre_tokenizers
 
-from sparsetrain.data import build_datasets, eval_batches
+from sparsetrain.data.pipeline import build_datasets, eval_batches
 
 DEFAULT_PROMPT = "ROMEO:\n"
 
@@ -121,7 +121,7 @@ def evaluate_run(run_dir: str | Path, step: int | None = None, max_batches: int 
                  prompt: str = DEFAULT_PROMPT, n_samples: int = 3, n_new: int = 64,
                  temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> dict:
     """Evaluate a run's checkpoint (newest if `step` is None) on its own validation windows."""
-    from sparsetrain.train import restore_run
+    from sparsetrain.training.start import restore_run
 
     run_dir = Path(run_dir)
     cfg, setup, state, meta = restore_run(run_dir, step)

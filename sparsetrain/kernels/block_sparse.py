@@ -1,4 +1,4 @@
-"""Block-sparse matmul y = x @ W for a weight stored as blocks (see layout.py).
+"""The block-sparse matmul kernels: y = x2 @ W for a weight stored as blocks (sparsity/layout.py).
 
 Everything runs on block-major activations: x (T, in) is transposed once to xbm (nr, T, bk), so
 input block-row r is the contiguous plane xbm[r] and `lax.dynamic_index_in_dim` reads it without
@@ -18,55 +18,28 @@ Every FLOP touches a stored block, so forward and backward cost scale with densi
 Loops are unrolled (XLA:CPU then runs independent dots concurrently on its threads and its cost
 analysis counts each one) up to MAX_UNROLL_DOTS dots, beyond that a loop over unrolled groups.
 
-Two kernels, one API: float32 on a single CPU device runs the compiled kernel of cpu_kernel.py
+Two kernels, one API: float32 on a single CPU device runs the compiled kernel of ffi.py
 (XLA FFI, built at `pip install`) when it was built; everything else (bfloat16, other platforms,
-several devices, no compiled library, or SPARSETRAIN_KERNEL=jax) runs the pure-JAX kernel above, which is also the
-reference the compiled one is tested against. The choice is made when a call is traced;
-`kernel_backend(dtype)` says which one a call traces now, `KERNEL_BACKEND` which one float32 on
-CPU uses by default, and `use_kernel_backend("jax")` forces one for the calls traced inside it.
-Both are the named calls block_sparse_matmul_forward/_backward below, with the same operands.
+several devices, no compiled library, or SPARSETRAIN_KERNEL=jax) runs the pure-JAX kernel above,
+which is also the reference the compiled one is tested against. The choice is made when a call is
+traced, by `dispatch.kernel_backend(dtype)` (`dispatch.use_kernel_backend("jax")` forces one for
+the calls traced inside it). Both are the named calls block_sparse_matmul_forward/_backward below,
+with the same operands.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sparsetrain.sparsity import cpu_kernel
-from sparsetrain.sparsity.layout import BlockLayout
+from sparsetrain.kernels import ffi
+from sparsetrain.kernels.dispatch import kernel_backend
 
-ALLOWED_DTYPES = (jnp.float32, jnp.bfloat16)
 # Dots per unrolled loop body. Compile time grows with it; beyond it, a fori_loop runs groups.
 MAX_UNROLL_DOTS = 128
-
-
-def matmul_flops(tokens: int, layout: BlockLayout) -> int:
-    """Forward FLOPs of block_sparse_matmul for `tokens` rows: 2 * tokens * stored weights."""
-    return 2 * int(tokens) * layout.nnz
-
-
-def _check_args(x, values, layout: BlockLayout):
-    if not isinstance(layout, BlockLayout):
-        raise ValueError(f"layout: {type(layout).__name__} is not allowed; expected BlockLayout")
-    if x.ndim < 1 or x.shape[-1] != layout.shape[0]:
-        raise ValueError(
-            f"x: shape {tuple(x.shape)} is not allowed; expected (..., {layout.shape[0]}) "
-            f"for a layout of shape {layout.shape}"
-        )
-    if tuple(values.shape) != layout.values_shape:
-        raise ValueError(
-            f"values: shape {tuple(values.shape)} is not allowed; expected {layout.values_shape}"
-        )
-    allowed = [jnp.dtype(d).name for d in ALLOWED_DTYPES]
-    if jnp.dtype(x.dtype).name not in allowed:
-        raise ValueError(f"x: dtype {x.dtype} is not allowed; expected one of {allowed}")
-    if values.dtype != x.dtype:
-        raise ValueError(f"values: dtype {values.dtype} is not allowed; expected x's dtype {x.dtype}")
 
 
 def _group_size(n: int, dots_per_item: int) -> int:
@@ -216,81 +189,11 @@ block_sparse_matmul_backward = _named_call(
     _BACKWARD_DOC)
 _CALLS = {
     "jax": (block_sparse_matmul_forward, block_sparse_matmul_backward),
-    "ffi": (_named_call(lambda x2, values, rows: cpu_kernel.forward(x2, values, rows),
+    "ffi": (_named_call(lambda x2, values, rows: ffi.forward(x2, values, rows),
                         "block_sparse_matmul_forward", _FORWARD_DOC),
-            _named_call(lambda x2, values, rows, dy: cpu_kernel.backward(x2, values, rows, dy),
+            _named_call(lambda x2, values, rows, dy: ffi.backward(x2, values, rows, dy),
                         "block_sparse_matmul_backward", _BACKWARD_DOC)),
 }
-
-# ----------------------------------------------------------------------------- kernel choice
-
-BACKENDS = ("auto", "ffi", "jax")
-
-
-def _check_backend(name: str, what: str) -> str:
-    if name not in BACKENDS:
-        raise ValueError(f"{what}: {name!r} is not allowed; expected one of {list(BACKENDS)}")
-    if name == "ffi" and not cpu_kernel.AVAILABLE:
-        raise ValueError(f"{what}: 'ffi' is not allowed here: the compiled kernel is "
-                         f"{cpu_kernel.DESCRIPTION}")
-    return name
-
-
-_preferred = _check_backend(os.environ.get("SPARSETRAIN_KERNEL", "auto"), "SPARSETRAIN_KERNEL")
-
-
-def kernel_backend(dtype=jnp.float32) -> str:
-    """'ffi' (compiled CPU kernel) or 'jax' (pure JAX): the kernel a call traced now runs.
-
-    'auto' takes the compiled kernel for float32 on a single CPU device. With several devices it
-    keeps pure JAX: the custom call has no partitioning rule, so under a mesh XLA would run the
-    whole product replicated on every device (correct, but each device does all the work).
-    use_kernel_backend("ffi") takes it anyway.
-    """
-    if _preferred == "jax" or not cpu_kernel.AVAILABLE:
-        return "jax"
-    if jnp.dtype(dtype) != jnp.float32 or jax.default_backend() != "cpu":
-        return "jax"
-    if _preferred == "auto" and jax.device_count() > 1:
-        return "jax"
-    return "ffi"
-
-
-def _cpu_float32_backend() -> str:
-    # No jax.default_backend() here: it would initialise XLA at import, before a program can set
-    # its device count.
-    return "ffi" if _preferred != "jax" and cpu_kernel.AVAILABLE else "jax"
-
-
-KERNEL_BACKEND = _cpu_float32_backend()  # kernel of float32 calls on CPU; see use_kernel_backend
-
-
-def kernel_backend_info() -> str:
-    """One line naming the kernel of float32 calls on CPU, and why the compiled one is not used."""
-    if KERNEL_BACKEND == "ffi":
-        return f"ffi: {cpu_kernel.DESCRIPTION}"
-    why = ("disabled by SPARSETRAIN_KERNEL=jax or use_kernel_backend" if cpu_kernel.AVAILABLE
-           else cpu_kernel.DESCRIPTION)
-    return f"jax: pure-JAX kernel (compiled kernel {why})"
-
-
-@contextlib.contextmanager
-def use_kernel_backend(name: str):
-    """Trace block_sparse_matmul calls inside with kernel `name` ('auto', 'ffi' or 'jax').
-
-    The choice is fixed when a call is traced: a function jitted (and traced) before keeps its
-    kernel. 'ffi' raises ValueError when the compiled kernel is unavailable.
-    """
-    global _preferred, KERNEL_BACKEND
-    previous = _preferred
-    _preferred = _check_backend(name, "kernel backend")
-    KERNEL_BACKEND = _cpu_float32_backend()
-    try:
-        yield
-    finally:
-        _preferred = previous
-        KERNEL_BACKEND = _cpu_float32_backend()
-
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _bsmm(x2, values, rows, backend):
@@ -310,30 +213,14 @@ def _bsmm_bwd(backend, res, dy):
 _bsmm.defvjp(_bsmm_fwd, _bsmm_bwd)
 
 
-def block_sparse_matmul(x, values, layout: BlockLayout):
-    """y = x @ W where W is block-sparse.
+def block_sparse_product(x2, values, rows):
+    """y (T, out) = x2 (T, in) @ W, W given by its stored blocks; differentiable in x2 and values.
 
     Args:
-      x: (..., in_features), float32 or bfloat16.
-      values: (n_col_blocks, k, bk, bn) stored blocks, same dtype as x.
-      layout: BlockLayout of W; its row_indices may be traced.
+      x2: (T, in) float32 or bfloat16.
+      values: (nc, k, bk, bn) stored blocks, x2's dtype.
+      rows: (nc, k) int32 block-row index of each stored block (may be traced).
 
-    Returns:
-      (..., out_features) in x's dtype, accumulated in float32. Differentiable in x and values;
-      the values gradient exists only at stored blocks.
+    The kernel (compiled or pure JAX) is the one `dispatch.kernel_backend` names when this is traced.
     """
-    _check_args(x, values, layout)
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, layout.shape[0])
-    rows = layout.row_indices.astype(jnp.int32)
-    y = _bsmm(x2, values, rows, kernel_backend(x.dtype))
-    return y.reshape(*lead, layout.shape[1])
-
-
-def block_sparse_matmul_reference(x, values, layout: BlockLayout):
-    """x @ values_to_dense(values): the dense reference (float32 accumulation)."""
-    from sparsetrain.sparsity.layout import values_to_dense
-
-    _check_args(x, values, layout)
-    w = values_to_dense(values, layout)
-    return jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+    return _bsmm(x2, values, rows, kernel_backend(x2.dtype))

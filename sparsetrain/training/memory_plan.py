@@ -15,8 +15,9 @@ from flax import nnx
 
 from sparsetrain.config import Config
 from sparsetrain.models.gpt import GPTSpec, abstract_model
-from sparsetrain.optim import make_optimizer
-from sparsetrain.sharding import (
+from sparsetrain.training.optim import make_optimizer
+from sparsetrain.training.step import ModelFunctions, init_state, make_train_step
+from sparsetrain.training.sharding import (
     batch_sharding, check_batch, make_mesh, per_device_bytes, tree_shardings,
 )
 
@@ -38,18 +39,13 @@ def parse_mesh(text: str) -> tuple[int, int, int]:
 
 def memory_plan(cfg: Config, mesh_shape: tuple[int, int, int], device: str = "h100-80gb") -> dict:
     """Per-device bytes of params, optimizer state and step temporaries; whether it fits."""
-    from sparsetrain.train import ModelFunctions, make_train_step
-
     if device not in DEVICE_MEMORY:
         raise ValueError(f"--device: {device!r} is not allowed; allowed: {', '.join(DEVICE_MEMORY)}")
     mesh = make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
     check_batch(cfg.data.batch_size, mesh)
-    spec = GPTSpec.from_config(cfg)
-    fns = ModelFunctions(abstract_model(spec))
+    fns = ModelFunctions(abstract_model(GPTSpec.from_config(cfg)))
     tx, schedule = make_optimizer(cfg.optimizer, cfg.run.steps)
-    params, indices = fns.initial()
-    state = {"params": params, "indices": indices, "opt_state": jax.eval_shape(tx.init, params),
-             "step": jax.ShapeDtypeStruct((), np.int32), "rng": jax.ShapeDtypeStruct((2,), np.uint32)}
+    state = jax.eval_shape(lambda: init_state(fns, tx, cfg.run.seed))
     shardings = tree_shardings(state, mesh)
     abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                   state, shardings)

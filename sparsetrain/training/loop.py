@@ -1,0 +1,221 @@
+"""The training loop: recipe -> data -> GPT -> AdamW steps -> eval -> checkpoints -> metrics.
+
+`train(cfg)` reads top to bottom: build the data, the model and the optimizer (`step.py`), find
+where the run starts (`start.py`: fresh, resumed or converted from another run), choose the train
+step once (XLA, or the emulated RDU), then run steps, evaluating and checkpointing on the
+recipe's cadence, and write the summary.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+from tqdm.auto import tqdm
+
+from sparsetrain.config import Config, ConfigError, check_trainable, save_recipe
+from sparsetrain.data.pipeline import TOKENIZER_FILENAME, BatchIterator, Datasets, build_datasets
+from sparsetrain.errors import CheckpointSaveError
+from sparsetrain.models.accounting import ModelCounts, model_counts
+from sparsetrain.rdu.step import EmulatedTrainStep
+from sparsetrain.sparsity.schedule import pruned_params
+from sparsetrain.training.checkpoint import Checkpointer
+from sparsetrain.training.sharding import batch_sharding, make_mesh, tree_shardings
+from sparsetrain.training.start import Start, initial_state
+from sparsetrain.training.step import Setup, XlaTrainStep, build_setup, evaluate, make_eval_step, train_step_fn
+from sparsetrain.training.tracking import Tracker
+
+
+def _mesh_of(cfg: Config):
+    """The recipe's (data, fsdp, tensor) mesh over the first devices, or None for one device."""
+    r = cfg.run
+    n = r.mesh_data * r.mesh_fsdp * r.mesh_tensor
+    if n == 1:
+        return None
+    if n > jax.device_count():
+        raise ConfigError(f"run.mesh_data*mesh_fsdp*mesh_tensor: {n} is not allowed; this process has "
+                          f"{jax.device_count()} devices (on CPU, set XLA_FLAGS="
+                          f"--xla_force_host_platform_device_count={n} before starting)")
+    return make_mesh(r.mesh_data, r.mesh_fsdp, r.mesh_tensor, devices=jax.devices()[:n])
+
+
+def choose_train_step(cfg: Config, setup: Setup, out_shardings=None):
+    """The run's train step, chosen once: XLA-compiled, or executed on the emulated RDU."""
+    step_fn = train_step_fn(setup.fns, setup.tx, setup.schedule, setup.flow)
+    if cfg.run.backend == "rdu":
+        return EmulatedTrainStep(step_fn, cfg.run.rdu_chip)
+    return XlaTrainStep(step_fn, out_shardings)
+
+
+@dataclass
+class _Progress:
+    """What the loop accumulates across steps."""
+
+    start: Start
+    step_times: list[float] = field(default_factory=list)
+    val_loss: float = math.nan
+    skipped_in_a_row: int = 0
+    skipped: int = 0
+    last_loss: float = math.nan
+    t_run: float = field(default_factory=time.perf_counter)
+
+
+def _check_finite(cfg: Config, row: dict, done: int, prog: _Progress, tracker: Tracker,
+                  ckpt: Checkpointer) -> None:
+    """Count a non-finite step; stop (FloatingPointError) per run.nonfinite, else mark it skipped."""
+    finite = math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])
+    prog.skipped_in_a_row = 0 if finite else prog.skipped_in_a_row + 1
+    prog.skipped += not finite
+    if finite:
+        return
+    r = cfg.run
+    if r.nonfinite == "stop" or prog.skipped_in_a_row > r.max_skipped_steps:
+        tracker.log(row, done)
+        tracker.finish()
+        why = (f"{prog.skipped_in_a_row} non-finite steps in a row (run.max_skipped_steps="
+               f"{r.max_skipped_steps})" if r.nonfinite == "skip" else "run.nonfinite=stop")
+        raise FloatingPointError(
+            f"loss {row['loss']}, gradient norm {row['grad_norm']} at step {done}; stopping ({why}). "
+            f"The last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}")
+    row["skipped"] = 1.0
+    print(f"{r.name}: non-finite loss/gradient at step {done}: update skipped "
+          f"({prog.skipped_in_a_row} in a row, at most {r.max_skipped_steps})", file=sys.stderr)
+
+
+def _save(ckpt: Checkpointer, tracker: Tracker, state: dict, done: int, meta: dict) -> None:
+    try:
+        ckpt.save(done, state, meta, meta["val_loss"])
+    except CheckpointSaveError:  # reported with the step that is kept; W&B closed cleanly
+        tracker.finish()
+        raise
+
+
+def _summary(cfg: Config, data: Datasets, counts: ModelCounts, setup: Setup, train_step, state: dict,
+             prog: _Progress, end: int) -> dict:
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    flops_per_step = counts.train_flops_per_token_effective * tokens_per_step
+    steady = prog.step_times[2:] or prog.step_times
+    step_time = statistics.median(steady) if steady else math.nan
+    start = prog.start
+    return {
+        "run": cfg.run.name, "steps": end, "final_loss": prog.last_loss,
+        "final_val_loss": prog.val_loss, "best_val_loss": start.best_val,
+        "step_time_s": step_time, "tokens_per_s": tokens_per_step / step_time,
+        "tokens": end * tokens_per_step,
+        "params_dense": counts.params_dense, "params_stored": counts.params_stored,
+        "params_alive": counts.params_stored - pruned_params(state),
+        "train_flops_effective": start.flops_before + flops_per_step * (end - start.step),
+        "train_flops_dense": counts.train_flops_per_token_dense * end * tokens_per_step,
+        "flow": setup.flow.name, **train_step.summary(), "skipped_steps": prog.skipped,
+        "wall_time_s": start.wall_before + time.perf_counter() - prog.t_run,
+        "vocab_size": data.vocab_size, "fingerprint": data.fingerprint,
+        "train_bytes": data.train_bytes, "val_bytes": data.val_bytes, "backend": cfg.run.backend,
+    }
+
+
+def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
+          progress: bool | None = None) -> dict:
+    """Train a GPT from a validated recipe. Returns the run summary (also in OUT/summary.json).
+
+    Args:
+      cfg: the recipe (already validated by `load_recipe`).
+      resume: continue from the newest complete checkpoint in the run directory.
+      stop_after: stop (with a checkpoint) after this step, as if interrupted; the learning-rate
+        schedule still spans `run.steps`.
+      progress: show a progress bar (default: the recipe's `run.progress`).
+    """
+    check_trainable(cfg)  # a Llama preset is refused here, before any data or compile
+    out = cfg.out_dir
+    ckpt = Checkpointer(out / "checkpoints", cfg.run.keep_checkpoints)
+    if ckpt.latest_step() is not None and not resume:
+        raise ConfigError(f"run.name: {cfg.run.name!r} already has checkpoints in {out}; pass "
+                          "--resume to continue it, or choose another run.name (nothing was changed)")
+    out.mkdir(parents=True, exist_ok=True)
+    converting = cfg.sparsity.init_from and not (resume and ckpt.latest_step() is not None)
+    if converting and not (out / TOKENIZER_FILENAME).is_file():  # the embeddings need its tokens
+        shutil.copy(Path(cfg.sparsity.init_from) / TOKENIZER_FILENAME, out / TOKENIZER_FILENAME)
+
+    data = build_datasets(cfg.data, out)
+    setup = build_setup(cfg, data.vocab_size)
+    counts = model_counts(setup.model, cfg.data.seq_len)
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    start = initial_state(cfg, setup, data, ckpt, resume,
+                          counts.train_flops_per_token_effective * tokens_per_step)
+    save_recipe(cfg, out / "recipe.yaml")  # only once the recipe is known to fit the run's checkpoints
+    tracker = Tracker(out, cfg.run.wandb, cfg.run.wandb_project, cfg.run.name, cfg.to_dict(), resume=resume)
+    state, mesh, out_shardings = start.state, _mesh_of(cfg), None
+    if mesh is not None:  # place the state on the mesh; XLA (GSPMD) partitions the step
+        shardings = tree_shardings(state, mesh)
+        state = jax.device_put(state, shardings)
+        out_shardings = (shardings, None)
+    train_step = choose_train_step(cfg, setup, out_shardings)
+    end = cfg.run.steps if stop_after is None else min(stop_after, cfg.run.steps)
+    prog = _Progress(start)
+    state = _run_steps(cfg, setup, data, counts, train_step, state, mesh, prog, tracker, ckpt, end,
+                       cfg.run.progress if progress is None else progress)
+    summary = _summary(cfg, data, counts, setup, train_step, state, prog, end)
+    tracker.summary(summary)
+    tracker.finish()
+    ckpt.close()
+    return summary
+
+
+def _run_steps(cfg: Config, setup: Setup, data: Datasets, counts: ModelCounts, train_step, state: dict,
+               mesh, prog: _Progress, tracker: Tracker, ckpt: Checkpointer, end: int, show: bool) -> dict:
+    """Steps start+1 .. end: train, update masks, log, evaluate and checkpoint. Returns the state."""
+    r, start, flow = cfg.run, prog.start, setup.flow
+    batches = BatchIterator(data.train, cfg.data.batch_size, cfg.data.seed)
+    if start.data_state is not None:
+        batches.set_state(start.data_state)
+    flow_step = jax.jit(flow.update, donate_argnums=0) if flow.update is not None else None
+    eval_step = make_eval_step(setup.fns)
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    flops_per_step = counts.train_flops_per_token_effective * tokens_per_step
+    bar = tqdm(range(start.step, end), initial=start.step, total=end, desc=r.name, disable=not show,
+               dynamic_ncols=True)
+    for step in bar:
+        batch = batches.next()
+        if mesh is not None:
+            batch = jax.device_put(batch, batch_sharding(mesh))
+        t0 = time.perf_counter()
+        state, metrics = train_step(state, batch)
+        done = step + 1
+        if flow_step is not None and flow.is_update_step(done):
+            state, flow_metrics = flow_step(state, batch)
+            metrics = {**metrics, **flow_metrics}
+            start.flops_before += flow.update_cost_dense_steps * counts.train_flops_per_token_dense * tokens_per_step
+            train_step.after_mask_update(state, batch)
+        metrics = jax.device_get(metrics)
+        prog.step_times.append(time.perf_counter() - t0)
+        row = {k: float(v) for k, v in metrics.items()}
+        row.update(tokens=done * tokens_per_step, train_flops=start.flops_before + (done - start.step) * flops_per_step,
+                   **train_step.step_metrics(tokens_per_step))
+        _check_finite(cfg, row, done, prog, tracker, ckpt)
+        prog.last_loss = row["loss"]
+        if done % r.log_every == 0 or done == end:
+            recent = prog.step_times[1:][-r.log_every:] or prog.step_times[-1:]
+            tps = tokens_per_step / statistics.median(recent)
+            row.update(tokens_per_s=tps, tflops_dense=tps * counts.train_flops_per_token_dense / 1e12,
+                       tflops_effective=tps * counts.train_flops_per_token_effective / 1e12)
+        checkpoint = done % r.checkpoint_every == 0 or done == end
+        if done % r.eval_every == 0 or checkpoint:
+            prog.val_loss = evaluate(eval_step, state, data.val, cfg.data.batch_size, r.eval_batches)
+            start.best_val = min(start.best_val, prog.val_loss)
+            row.update(val_loss=prog.val_loss, val_ppl=math.exp(min(prog.val_loss, 50.0)))
+        tracker.log(row, done)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{prog.val_loss:.3f}")
+        if checkpoint:
+            _save(ckpt, tracker, state, done, {
+                "step": done, "data_state": batches.state(), "recipe": cfg.to_dict(),
+                "vocab_size": data.vocab_size, "fingerprint": data.fingerprint,
+                "val_loss": prog.val_loss, "best_val_loss": start.best_val,
+                "train_flops": start.flops_before + (done - start.step) * flops_per_step,
+                "wall_time_s": start.wall_before + time.perf_counter() - prog.t_run})
+    bar.close()
+    return state
