@@ -1,4 +1,5 @@
-"""`sparsetrain info`: parameters, bytes and FLOPs of a recipe's model, without allocating it.
+"""`sparsetrain info RECIPE [--set k=v ...] [--json] [--mesh DxFxT] [--device NAME]`: parameters,
+bytes and FLOPs of a recipe's model, without allocating it.
 
 The model and its optimizer state are built with `nnx.eval_shape` / `jax.eval_shape`, so a
 GPT-13B or a Llama 3.1 405B is counted from ShapeDtypeStructs in seconds and a few hundred MB.
@@ -6,13 +7,20 @@ GPT-13B or a Llama 3.1 405B is counted from ShapeDtypeStructs in seconds and a f
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import time
+
 import jax
 import numpy as np
 from flax import nnx
 
-from sparsetrain.config import Config
+from sparsetrain.commands.recipe_args import add_recipe_args
+from sparsetrain.config import Config, load_recipe
 from sparsetrain.models.accounting import model_counts
 from sparsetrain.models.family import abstract_model, model_spec
+from sparsetrain.training.memory_plan import format_plan, memory_plan, parse_mesh
 from sparsetrain.training.optim import make_optimizer
 
 
@@ -72,3 +80,44 @@ def format_info(info: dict) -> str:
         lines.append(f"  {kind:<9} {lin['shape'][0]}x{lin['shape'][1]}  density {lin['density']:.4g}"
                      f"  block {lin['block']}")
     return "\n".join(lines)
+
+
+def _memory_plan(cfg: Config, mesh_text: str, device: str) -> dict:
+    """Plan on virtual CPU devices: set before JAX starts its backend (nothing has asked it yet)."""
+    mesh = parse_mesh(mesh_text)
+    n = mesh[0] * mesh[1] * mesh[2]
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={n}")
+    jax.config.update("jax_platforms", "cpu")
+    if jax.device_count() < n:
+        raise ValueError(f"--mesh: {mesh_text!r} needs {n} devices; JAX already started with "
+                         f"{jax.device_count()} (run `sparsetrain info` in a fresh process)")
+    return memory_plan(cfg, mesh, device)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_recipe(args.recipe, args.overrides, check_data=False)
+    t0 = time.perf_counter()
+    info = model_info(cfg)
+    if args.mesh:
+        info["memory_plan"] = _memory_plan(cfg, args.mesh, args.device)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(format_info(info))
+    if args.mesh:
+        print(format_plan(info["memory_plan"]))
+    print(f"(from abstract shapes in {time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `sparsetrain info`."""
+    p = subparsers.add_parser("info", help="parameters, bytes and FLOPs of a recipe's model (no weights allocated)")
+    add_recipe_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--mesh", default=None, metavar="DxFxT",
+                   help="also plan per-device memory on a data x fsdp x tensor mesh, e.g. 1x8x1")
+    p.add_argument("--device", default="h100-80gb", help="device of the memory plan (h100-80gb, "
+                   "a100-80gb, a100-40gb, h200)")
+    p.set_defaults(run=run)

@@ -12,10 +12,7 @@ so the bytes are those of the scored tokens, not of the whole split.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -151,33 +148,3 @@ def format_eval(r: dict) -> str:
         lines.append(f"--- sample {i + 1} (temperature {r['sampling']['temperature']}, "
                      f"top-k {r['sampling']['top_k']})\n{s}")
     return "\n".join(lines)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    try:
-        result = evaluate_run(args.run_dir, args.step, args.batches, args.prompt, args.samples, args.tokens,
-                              args.temperature, args.top_k, args.seed)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"sparsetrain eval: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.run_dir) / f"eval-{result['step']}.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2) if args.json else format_eval(result))
-    print(f"(written to {out})", file=sys.stderr)
-    return 0
-
-
-def register(subparsers) -> None:
-    """Add `sparsetrain eval`."""
-    p = subparsers.add_parser("eval", help="val loss, perplexity, bits per byte and samples of a checkpoint")
-    p.add_argument("run_dir", metavar="RUN", help="run directory (holds checkpoints/, tokenizer.json, metrics.jsonl)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
-    p.add_argument("--batches", type=int, default=None, help="at most this many val batches (default: all)")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="text the samples continue")
-    p.add_argument("--samples", type=int, default=3, help="number of sampled continuations")
-    p.add_argument("--tokens", type=int, default=64, help="tokens per sample")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (> 0)")
-    p.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (0 = all)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(run=_run_cli)

@@ -1,0 +1,41 @@
+"""`sparsetrain train RECIPE [--set k=v ...] [--resume] [--stop-after N] [--backend xla|rdu]`:
+train a dense or block-sparse GPT (sparsetrain/training/loop.py) and print its summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import datasets
+import jax
+
+from sparsetrain.commands.recipe_args import add_recipe_args
+from sparsetrain.config import STEP_BACKENDS, load_recipe
+from sparsetrain.training.loop import train
+
+
+def run(args: argparse.Namespace) -> int:
+    datasets.disable_progress_bars()  # local files: "downloading" bars are noise
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):  # many hosts: JAX's own rendezvous
+        jax.distributed.initialize()
+    backend = [f"run.backend={args.backend}"] if args.backend else []
+    cfg = load_recipe(args.recipe, [*args.overrides, *backend])
+    summary = train(cfg, resume=args.resume, stop_after=args.stop_after,
+                    progress=False if args.no_progress else None)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `sparsetrain train`."""
+    p = subparsers.add_parser("train", help="train a dense or block-sparse GPT from a recipe")
+    add_recipe_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+                   help="stop with a checkpoint after STEP (the schedule still spans run.steps)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--backend", default=None, choices=STEP_BACKENDS,
+                   help="run.backend: xla (default) or rdu (each step runs through the RDU emulator, "
+                   "which logs the emulated step time)")
+    p.set_defaults(run=run)
