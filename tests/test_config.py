@@ -8,6 +8,8 @@ import yaml
 from sparsetrain.config import (
     PRESETS, Config, ConfigError, apply_override, describe_fields, from_dict, load_recipe,
 )
+from sparsetrain.config import linear_shapes
+from sparsetrain.sparsity.resolve import resolve_sparsity
 from tests.conftest import tiny_recipe
 
 
@@ -15,7 +17,9 @@ def test_defaults_and_overrides_types(text_corpus, tmp_path):
     cfg = load_recipe(tiny_recipe(tmp_path, text_corpus),
                       ["sparsity.density=0.5", "run.steps=7", "model.remat=true", "sparsity.qkv.block=32"])
     assert cfg.sparsity.density == 0.5 and cfg.run.steps == 7 and cfg.model.remat is True
-    assert cfg.sparsity.of("qkv") == (0.5, 32) and cfg.sparsity.of("mlp_up") == (0.5, 16)
+    resolved = resolve_sparsity(cfg.sparsity, linear_shapes(cfg.shape()))
+    assert (resolved["qkv"].density, resolved["qkv"].block) == (0.5, 32)
+    assert (resolved["mlp_up"].density, resolved["mlp_up"].block) == (0.5, 16)
     assert cfg.shape().d_model == 64 and cfg.shape().d_ff == 256
 
 

@@ -16,8 +16,9 @@ from sparsetrain.config import ConfigError, linear_shapes, load_recipe
 from sparsetrain.models.gpt import make_layouts
 from sparsetrain.sparsity.convert import convert_state
 from sparsetrain.sparsity.distribution import erk_densities
+from sparsetrain.sparsity.resolve import requested_density, resolve_sparsity
 from sparsetrain.sparsity.schedule import (
-    cubic_density, kind_infos, map_block_leaves, prune_regrow_flow, regrow_columns)
+    cubic_density, map_block_leaves, prune_regrow_flow, regrow_columns, sparse_kinds)
 from sparsetrain.training.tracking import read_jsonl
 from sparsetrain.training.loop import train
 from sparsetrain.training.start import restore_run
@@ -44,7 +45,8 @@ def test_erk_recipe_resolves_per_kind_densities(text_corpus, tmp_path):
     cfg = load_recipe(tiny_recipe(tmp_path, text_corpus, sparsity={**SPARSE, "distribution": "erk",
                                                                    "density": 0.375}))
     shapes = linear_shapes(cfg.shape())
-    dens = {k: cfg.sparsity.of(k)[0] for k in shapes}
+    dens = {k: requested_density(cfg.sparsity, k, shapes)[0] for k in shapes}
+    assert {k: lin.density for k, lin in resolve_sparsity(cfg.sparsity, shapes).items()} == dens
     assert dens == pytest.approx(erk_densities(shapes, 0.375))
     with pytest.raises(ConfigError, match="sparsity.qkv.density: 0.5 is not allowed.*erk"):
         load_recipe(tiny_recipe(tmp_path, text_corpus, sparsity={**SPARSE, "distribution": "erk",
@@ -71,7 +73,7 @@ def test_regrow_columns_keeps_count_sorted_unique_and_grows_the_best():
 def test_regrown_blocks_get_zero_values_and_zero_moments_for_any_optax_state(text_corpus, tmp_path):
     cfg = load_recipe(tiny_recipe(tmp_path, text_corpus, sparsity={**SPARSE, "density": 0.5}), check_data=False)
     setup = build_setup(cfg, 300, abstract=True)
-    kinds = kind_infos(cfg.sparsity, setup.spec)
+    kinds = sparse_kinds(setup.spec)
     rng = np.random.default_rng(0)  # numpy: eager jax ops would compile once per leaf shape
     state = jax.tree.map(lambda s: (rng.uniform(size=s.shape) + 1).astype(s.dtype), setup.state)
     state["indices"] = jax.tree.map(lambda r: np.broadcast_to(np.arange(r.shape[-1], dtype=np.int32), r.shape),
@@ -143,7 +145,7 @@ def test_gradual_pruning_reaches_final_density_and_pruned_blocks_stay_zero(text_
     assert summary["train_step_compiles"] == 1
     assert summary["params_alive"] < summary["params_stored"]
     _, setup, state, _ = restore_run(cfg.out_dir)
-    for kind, info in kind_infos(cfg.sparsity, setup.spec).items():
+    for kind, info in sparse_kinds(setup.spec).items():
         keep = np.asarray(state["flow"]["keep"][kind])
         assert info.k_stored == 2 * info.k_final and (keep.sum(-1) == info.k_final).all()
         values = np.asarray(state["params"]["layers"][kind]["values"])
@@ -161,7 +163,7 @@ def test_densify_then_magnitude_sparsify_round_trips(text_corpus, tmp_path):
     dense, mag = (build_setup(c, 300, abstract=True) for c in (dense_cfg, magnitude_cfg))
     for setup in (dense, mag):  # only shapes matter: every leaf is filled from the source
         setup.state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), setup.state)
-    sk = kind_infos(sparse_cfg.sparsity, sparse.spec)
+    sk = sparse_kinds(sparse.spec)
     state = dict(sparse.state, opt_state=jax.tree.map(lambda x: x + 0.5, sparse.state["opt_state"]))
     densified = convert_state(state, sk, dense.state, {}, magnitude=False)
     tokens = jnp.arange(32, dtype=jnp.int32)[None] % 300
@@ -169,7 +171,7 @@ def test_densify_then_magnitude_sparsify_round_trips(text_corpus, tmp_path):
                                jax.jit(sparse.fns.logits)(state["params"], state["indices"], tokens), atol=1e-4)
     # weights the sparse model did not store get the layer mean of each optimizer leaf (all 0.5 here)
     assert (np.asarray(densified["opt_state"][1][0].nu["layers"]["mlp_up"]["kernel"]) == 0.5).all()
-    back = convert_state(densified, {}, mag.state, kind_infos(magnitude_cfg.sparsity, mag.spec), magnitude=True)
+    back = convert_state(densified, {}, mag.state, sparse_kinds(mag.spec), magnitude=True)
     for a, b in zip(jax.tree.leaves(back["indices"]), jax.tree.leaves(state["indices"])):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(jax.tree.leaves(back["params"]), jax.tree.leaves(state["params"])):

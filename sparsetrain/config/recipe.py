@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from sparsetrain.config.presets import MODEL_FAMILIES, PRESETS, TRAINABLE_FAMILIES, ModelShape, linear_shapes
+from sparsetrain.config.presets import PRESETS, ModelShape
 
 
 class ConfigError(ValueError):
@@ -101,20 +101,6 @@ class SparsityConfig:
         for kind in LINEAR_KINDS:
             if getattr(self, kind) is None:
                 setattr(self, kind, LinearSparsity())
-        self._shapes: dict[str, tuple[int, int]] | None = None  # set by Config (ERK needs shapes)
-
-    def of(self, kind: str) -> tuple[float, int]:
-        """(density, block) of one linear kind, defaults filled in (ERK resolved when chosen)."""
-        s = getattr(self, kind)
-        density = self.density if s.density is None else s.density
-        block = self.block if s.block is None else s.block
-        if self.pattern == "dense":
-            density = 1.0
-        elif self.distribution == "erk" and self._shapes is not None:
-            from sparsetrain.sparsity.distribution import erk_densities
-
-            density = erk_densities(self._shapes, self.density)[kind]
-        return float(density), int(block)
 
 
 @dataclass
@@ -180,8 +166,6 @@ class Config:
         for f in dataclasses.fields(self):
             if getattr(self, f.name) is None:
                 setattr(self, f.name, _section_types()[f.name]())
-        if self.model.preset in PRESETS:  # ERK densities depend on the linear shapes
-            self.sparsity._shapes = linear_shapes(self.shape())
 
     @property
     def out_dir(self) -> Path:

@@ -17,7 +17,8 @@ from sparsetrain.config.recipe import (
     PATTERNS, RDU_CHIPS, REGROW, WANDB_MODES, Config, ConfigError, SparsityConfig,
 )
 from sparsetrain.config.presets import PRESETS, TRAINABLE_FAMILIES, ModelShape, linear_shapes
-from sparsetrain.sparsity.layout import blocks_per_column
+from sparsetrain.sparsity.layout import MAX_BLOCK, MIN_BLOCK, blocks_per_column
+from sparsetrain.sparsity.resolve import requested_density
 
 
 def _require(ok: bool, where: str, value: Any, allowed: str) -> None:
@@ -46,14 +47,16 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     s = cfg.sparsity
     _require(s.pattern in PATTERNS, "sparsity.pattern", s.pattern, ", ".join(PATTERNS))
     _require(0.0 < s.density <= 1.0, "sparsity.density", s.density, "a fraction in (0, 1]")
-    _require(16 <= s.block <= 256, "sparsity.block", s.block, "an integer block size in 16..256")
-    for kind, (n_in, n_out) in linear_shapes(shape).items():
+    _require(MIN_BLOCK <= s.block <= MAX_BLOCK, "sparsity.block", s.block, f"an integer block size in {MIN_BLOCK}..{MAX_BLOCK}")
+    shapes = linear_shapes(shape)
+    for kind, (n_in, n_out) in shapes.items():
         ks = getattr(s, kind)
         if ks.density is not None:
             _require(0.0 < ks.density <= 1.0, f"sparsity.{kind}.density", ks.density, "a fraction in (0, 1]")
         if ks.block is not None:
-            _require(16 <= ks.block <= 256, f"sparsity.{kind}.block", ks.block, "an integer block size in 16..256")
-        density, block = s.of(kind)
+            _require(MIN_BLOCK <= ks.block <= MAX_BLOCK, f"sparsity.{kind}.block", ks.block,
+                     f"an integer block size in {MIN_BLOCK}..{MAX_BLOCK}")
+        density, block = requested_density(s, kind, shapes)
         if density >= 1.0:
             continue
         where = f"sparsity.{kind}.block" if ks.block is not None else "sparsity.block"

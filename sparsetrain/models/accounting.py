@@ -19,7 +19,6 @@ from flax import nnx
 
 from sparsetrain.models import llama
 from sparsetrain.models.gpt import GPT, BlockIndices, GPTSpec
-from sparsetrain.sparsity import blocks_per_column
 
 
 @dataclass(frozen=True)
@@ -73,10 +72,7 @@ def train_flops_per_token(spec: GPTSpec, seq_len: int) -> tuple[float, float]:
 
 def _stored_fraction(lin) -> float:
     """Actual density after rounding to whole blocks per column."""
-    if not lin.sparse:
-        return 1.0
-    rows = lin.n_in // lin.block
-    return blocks_per_column(rows, lin.density) / rows
+    return lin.k_stored / lin.n_row_blocks if lin.sparse else 1.0
 
 
 def model_counts(model: GPT, seq_len: int) -> ModelCounts:

@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sparsetrain.config import LINEAR_KINDS, Config, ConfigError, ModelShape, linear_shapes
+from sparsetrain.config import Config, ConfigError, ModelShape, linear_shapes
 from sparsetrain.kernels.attention import causal_attention
-from sparsetrain.sparsity import BlockLayout, block_sparse_matmul, blocks_per_column, make_layout
+from sparsetrain.sparsity import BlockLayout, block_sparse_matmul, make_layout
+from sparsetrain.sparsity.resolve import KindSparsity, resolve_sparsity
 
 
 class BlockIndices(nnx.Variable):
@@ -33,18 +34,11 @@ class BlockIndices(nnx.Variable):
 
 
 @dataclass(frozen=True)
-class LinearSpec:
-    """One linear kind: (in, out) features, fraction of blocks stored, square block size, bias."""
+class LinearSpec(KindSparsity):
+    """One linear kind: (in, out) features, its resolved sparsity (fraction of blocks stored, square
+    block size, final density; see sparsity/resolve.py) and whether it has a bias."""
 
-    n_in: int
-    n_out: int
-    density: float = 1.0
-    block: int = 64
     bias: bool = True
-
-    @property
-    def sparse(self) -> bool:
-        return self.density < 1.0
 
 
 @dataclass(frozen=True)
@@ -61,17 +55,17 @@ class GPTSpec:
     unroll_layers: bool = True
 
     @classmethod
-    def from_config(cls, cfg: Config, vocab_size: int | None = None) -> "GPTSpec":
+    def from_config(cls, cfg: Config, vocab_size: int | None = None, stored: bool = False) -> "GPTSpec":
+        """The recipe's GPT. `stored`: linears store what training stores (a gradual flow's initial
+        density), else the final density (`resolve_sparsity`)."""
         shape = cfg.shape()
         if shape.family != "gpt":
             raise ConfigError(f"model.preset: {cfg.model.preset!r} is not allowed here; allowed: a "
                               f"GPT preset ({shape.family} presets work with `sparsetrain info` "
                               "without --mesh and with `sparsetrain emulate`)")
-        linears = []
-        for kind, (n_in, n_out) in linear_shapes(shape).items():
-            density, block = cfg.sparsity.of(kind)
-            linears.append((kind, LinearSpec(n_in, n_out, density, block)))
-        return cls(shape=shape, vocab_size=vocab_size or cfg.data.vocab_size, linears=tuple(linears),
+        linears = tuple((kind, LinearSpec(k.n_in, k.n_out, k.density, k.block, k.final_density))
+                        for kind, k in resolve_sparsity(cfg.sparsity, linear_shapes(shape), stored).items())
+        return cls(shape=shape, vocab_size=vocab_size or cfg.data.vocab_size, linears=linears,
                    pattern=cfg.sparsity.pattern, pattern_seed=cfg.sparsity.seed,
                    dtype=cfg.model.dtype, remat=cfg.model.remat,
                    unroll_layers=cfg.model.unroll_layers)
@@ -255,8 +249,8 @@ def placeholder_layouts(spec: GPTSpec) -> dict[str, list[BlockLayout]]:
     layouts = {}
     for kind, lin in spec.linears:
         if lin.sparse:
-            rows, cols = lin.n_in // lin.block, lin.n_out // lin.block
-            idx = np.zeros((cols, blocks_per_column(rows, lin.density)), np.int32)
+            cols = lin.n_out // lin.block
+            idx = np.zeros((cols, lin.k_stored), np.int32)
             layout = BlockLayout(row_indices=idx, shape=(lin.n_in, lin.n_out), block=(lin.block, lin.block))
             layouts[kind] = [layout] * spec.shape.n_layers
     return layouts

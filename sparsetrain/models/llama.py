@@ -30,6 +30,7 @@ from sparsetrain.models.gpt import (
     LinearSpec, StackedLinear, linear_apply, make_layouts, placeholder_layouts,
 )
 from sparsetrain.sparsity import BlockLayout
+from sparsetrain.sparsity.resolve import resolve_sparsity
 
 RMS_NORM_EPS = 1e-5  # rms_norm_eps of the released Llama 2, Llama 3.1 and Mistral 7B configs
 
@@ -53,12 +54,10 @@ class LlamaSpec:
         if shape.family != "llama":
             raise ConfigError(f"model.preset: {cfg.model.preset!r} is not allowed here; allowed: a "
                               f"llama preset (this one is a {shape.family} model)")
-        linears = []
-        for kind, (n_in, n_out) in linear_shapes(shape).items():
-            density, block = cfg.sparsity.of(kind)
-            linears.append((kind, LinearSpec(n_in, n_out, density, block, bias=False)))
+        linears = tuple((kind, LinearSpec(k.n_in, k.n_out, k.density, k.block, k.final_density, bias=False))
+                        for kind, k in resolve_sparsity(cfg.sparsity, linear_shapes(shape), stored=False).items())
         return cls(shape=shape, vocab_size=vocab_size or shape.vocab or cfg.data.vocab_size,
-                   linears=tuple(linears), pattern=cfg.sparsity.pattern,
+                   linears=linears, pattern=cfg.sparsity.pattern,
                    pattern_seed=cfg.sparsity.seed, dtype=cfg.model.dtype, remat=cfg.model.remat)
 
     def linear(self, kind: str) -> LinearSpec:

@@ -23,12 +23,13 @@ import jax.numpy as jnp
 
 from sparsetrain.sparsity.layout import dense_to_values, layout_to_mask
 from sparsetrain.sparsity.patterns import magnitude as magnitude_layout
-from sparsetrain.sparsity.schedule import LAYERS, KindInfo, _dict_suffix, densify_stacked
+from sparsetrain.sparsity.resolve import KindSparsity
+from sparsetrain.sparsity.schedule import LAYERS, _dict_suffix, densify_stacked
 
 _STORAGE = ("kernel", "values")
 
 
-def _dense_weights(params: dict, indices: dict, kinds: dict[str, KindInfo], kind: str, leaf=None):
+def _dense_weights(params: dict, indices: dict, kinds: dict[str, KindSparsity], kind: str, leaf=None):
     """The (L, n_in, n_out) dense weight of `kind` (or of an optimizer leaf shaped like it)."""
     p = params[LAYERS][kind]
     x = leaf if leaf is not None else p.get("values", p.get("kernel"))
@@ -37,20 +38,20 @@ def _dense_weights(params: dict, indices: dict, kinds: dict[str, KindInfo], kind
     return x
 
 
-def _to_storage(w, rows, info: KindInfo | None):
+def _to_storage(w, rows, info: KindSparsity | None):
     """Dense (L, n_in, n_out) -> the destination's storage of it (kernel or stacked values)."""
     if info is None:
         return w
     return jax.vmap(lambda wl, r: dense_to_values(wl, info.layout(r)))(w, rows)
 
 
-def magnitude_rows(w, info: KindInfo) -> jax.Array:
+def magnitude_rows(w, info: KindSparsity) -> jax.Array:
     """Per layer, the k_stored blocks of largest norm in each column: int32 (L, nc, k)."""
     density = info.k_stored / info.n_row_blocks
     return jnp.stack([magnitude_layout(wl, (info.block, info.block), density).row_indices for wl in w])
 
 
-def convert_state(src: dict, src_kinds: dict[str, KindInfo], dst: dict, dst_kinds: dict[str, KindInfo],
+def convert_state(src: dict, src_kinds: dict[str, KindSparsity], dst: dict, dst_kinds: dict[str, KindSparsity],
                   magnitude: bool) -> dict:
     """`dst` (a freshly initialised state of the destination model) filled from `src`.
 
@@ -119,7 +120,7 @@ def _convert(src, src_kinds, dst, dst_kinds, magnitude):
             "step": src["step"], "rng": src["rng"]}
 
 
-def _fill_unstored(dense, leaf, rows, info: KindInfo):
+def _fill_unstored(dense, leaf, rows, info: KindSparsity):
     """Optimizer state of weights the source did not store: the layer's mean over stored blocks.
 
     Zero moments with the optimizer's step count far from 0 make Adam-like updates of the new

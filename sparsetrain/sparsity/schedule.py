@@ -39,7 +39,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from sparsetrain.sparsity.layout import BlockLayout, blocks_per_column, values_to_dense
+from sparsetrain.sparsity.layout import values_to_dense
+from sparsetrain.sparsity.resolve import KindSparsity
 
 # The GPT's params pytree is {"layers": {kind: {"values" | "kernel", "bias"}, ...}, "wte", ...}
 # and its indices {"layers": {kind: {"row_indices"}}} (see models/gpt.py).
@@ -100,25 +101,6 @@ def _slot_mask(mask, leaf):
 # Flows
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class KindInfo:
-    """Static facts of one sparse linear kind: weight shape, block, blocks stored and final."""
-
-    n_in: int
-    n_out: int
-    block: int
-    k_stored: int   # blocks stored per column (the shape of `values`)
-    k_final: int    # blocks alive per column at the end of the flow
-
-    @property
-    def n_row_blocks(self) -> int:
-        return self.n_in // self.block
-
-    def layout(self, rows) -> BlockLayout:
-        """The BlockLayout of one layer with block-row indices `rows` (nc, k)."""
-        return BlockLayout(rows, (self.n_in, self.n_out), (self.block, self.block))
-
-
-@dataclass(frozen=True)
 class Flow:
     """A sparse training flow: pure functions over the train state (see the module docstring)."""
 
@@ -157,7 +139,7 @@ def _window(frac_start: float, frac_end: float, total_steps: int) -> tuple[int, 
     return start, max(start + 1, int(round(frac_end * total_steps)))
 
 
-def gradual_flow(kinds: dict[str, KindInfo], total_steps: int, start_fraction: float,
+def gradual_flow(kinds: dict[str, KindSparsity], total_steps: int, start_fraction: float,
                  end_fraction: float, update_every: int) -> Flow:
     """Gradual magnitude pruning of stored blocks, cubic schedule, per-block keep mask in state."""
     start, end = _window(start_fraction, end_fraction, total_steps)
@@ -204,13 +186,13 @@ def gradual_flow(kinds: dict[str, KindInfo], total_steps: int, start_fraction: f
     return Flow("gradual", init=init, mask=mask, update=update, is_update_step=is_update_step)
 
 
-def densify_stacked(values: jax.Array, rows: jax.Array, info: KindInfo) -> jax.Array:
+def densify_stacked(values: jax.Array, rows: jax.Array, info: KindSparsity) -> jax.Array:
     """Stacked block values (L, nc, k, bk, bn) and rows (L, nc, k) -> dense (L, n_in, n_out)."""
     return jax.vmap(lambda v, r: values_to_dense(v, info.layout(r)))(values, rows)
 
 
 def dense_block_grad_norms(dense_loss: Callable, params: dict, indices: dict, batch: dict,
-                           kinds: dict[str, KindInfo]) -> dict[str, jax.Array]:
+                           kinds: dict[str, KindSparsity]) -> dict[str, jax.Array]:
     """RigL's grow scores: squared block norms of the dense gradient of every sparse linear.
 
     The sparse weights are densified (zeros at unstored blocks: the same function) and the loss
@@ -269,7 +251,7 @@ def regrow_columns(rows, values_norm, grow_scores, n_drop, max_drop: int):
             jnp.take_along_axis(dropped, perm, axis=-1))
 
 
-def prune_regrow_flow(kinds: dict[str, KindInfo], total_steps: int, start_fraction: float,
+def prune_regrow_flow(kinds: dict[str, KindSparsity], total_steps: int, start_fraction: float,
                       end_fraction: float, update_every: int, drop_fraction: float, regrow: str,
                       dense_loss: Callable | None = None) -> Flow:
     """SET (regrow='random') or RigL (regrow='gradient', needs `dense_loss`) at block granularity."""
@@ -324,34 +306,9 @@ def prune_regrow_flow(kinds: dict[str, KindInfo], total_steps: int, start_fracti
 # ---------------------------------------------------------------------------------------------
 # From a recipe
 # ---------------------------------------------------------------------------------------------
-def training_spec(sparsity, spec):
-    """The GPTSpec to build and train: for `gradual`, each sparse kind stores its initial density.
-
-    A kind that starts at density 1 is still stored block-sparse (all blocks), so that pruning
-    only masks and shapes never change.
-    """
-    if sparsity.flow != "gradual":
-        return spec
-    linears = []
-    for kind, lin in spec.linears:
-        if lin.sparse and sparsity.initial_density > lin.density:
-            nr = lin.n_in // lin.block
-            initial = min(sparsity.initial_density, 1.0 - 0.25 / nr)  # < 1 keeps it block-sparse
-            lin = dataclasses.replace(lin, density=max(initial, lin.density))
-        linears.append((kind, lin))
-    return dataclasses.replace(spec, linears=tuple(linears))
-
-
-def kind_infos(sparsity, spec) -> dict[str, KindInfo]:
-    """KindInfo of every sparse linear of the training spec (final densities from the recipe)."""
-    out = {}
-    for kind, lin in spec.linears:
-        if lin.sparse:
-            nr = lin.n_in // lin.block
-            final, _ = sparsity.of(kind)
-            out[kind] = KindInfo(lin.n_in, lin.n_out, lin.block, blocks_per_column(nr, lin.density),
-                                 blocks_per_column(nr, final))
-    return out
+def sparse_kinds(spec) -> dict[str, KindSparsity]:
+    """The sparse linears of a model spec (its `linears` are resolved by `resolve_sparsity`)."""
+    return {kind: lin for kind, lin in spec.linears if lin.sparse}
 
 
 def make_flow(sparsity, spec, total_steps: int, dense_loss: Callable | None = None) -> Flow:
@@ -359,11 +316,11 @@ def make_flow(sparsity, spec, total_steps: int, dense_loss: Callable | None = No
 
     Args:
       sparsity: the recipe's SparsityConfig.
-      spec: the GPTSpec being trained (`training_spec` of the recipe's).
+      spec: the GPTSpec being trained (`GPTSpec.from_config(..., stored=True)`).
       total_steps: run.steps, over which the fractions are taken.
       dense_loss: (dense_params, batch) -> loss of the dense twin (RigL's gradient).
     """
-    kinds = kind_infos(sparsity, spec)
+    kinds = sparse_kinds(spec)
     if sparsity.flow == "static" or not kinds:
         return static_flow()
     window = (sparsity.start_fraction, sparsity.end_fraction, sparsity.update_every)

@@ -22,7 +22,7 @@ from pathlib import Path
 from sparsetrain.config import Config, ConfigError, from_dict
 from sparsetrain.data.pipeline import Datasets
 from sparsetrain.sparsity.convert import convert_state
-from sparsetrain.sparsity.schedule import kind_infos
+from sparsetrain.sparsity.schedule import sparse_kinds
 from sparsetrain.training.checkpoint import Checkpointer
 from sparsetrain.training.step import Setup, build_setup
 from sparsetrain.training.tracking import read_jsonl
@@ -99,10 +99,10 @@ def restore_run(run_dir: Path, step: int | None = None) -> tuple[Config, Setup, 
 def _from_other_run(cfg: Config, setup: Setup, data: Datasets, out: Path) -> Start:
     """`sparsity.init_from`: the source run's checkpoint converted to this model."""
     src_dir = Path(cfg.sparsity.init_from)
-    src_cfg, src_setup, src_state, meta = restore_run(src_dir, cfg.sparsity.init_step)
+    _, src_setup, src_state, meta = restore_run(src_dir, cfg.sparsity.init_step)
     check_fingerprint(meta, data, "sparsity.init_from")
-    state = convert_state(src_state, kind_infos(src_cfg.sparsity, src_setup.spec), setup.state,
-                          kind_infos(cfg.sparsity, setup.spec), magnitude=cfg.sparsity.pattern == "magnitude")
+    state = convert_state(src_state, sparse_kinds(src_setup.spec), setup.state,
+                          sparse_kinds(setup.spec), magnitude=cfg.sparsity.pattern == "magnitude")
     rows = [r for r in read_jsonl(src_dir / "metrics.jsonl") if r["step"] <= int(meta["step"])] \
         if (src_dir / "metrics.jsonl").is_file() else []
     (out / "metrics.jsonl").write_text("".join(json.dumps({**r, "init_from": True}) + "\n" for r in rows))

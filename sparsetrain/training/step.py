@@ -28,7 +28,7 @@ from flax import nnx
 from sparsetrain.config import Config
 from sparsetrain.data.pipeline import eval_batches
 from sparsetrain.models.gpt import GPT, BlockIndices, GPTSpec, abstract_model, build_model
-from sparsetrain.sparsity.schedule import Flow, make_flow, training_spec
+from sparsetrain.sparsity.schedule import Flow, make_flow
 from sparsetrain.training.optim import make_optimizer
 
 
@@ -93,7 +93,7 @@ def build_setup(cfg: Config, vocab_size: int, abstract: bool = False) -> Setup:
     `abstract=True` allocates nothing (ShapeDtypeStruct leaves): the restore target of a
     checkpoint, for evaluation, memory planning, emulation or for converting one run into another.
     """
-    spec = training_spec(cfg.sparsity, GPTSpec.from_config(cfg, vocab_size))
+    spec = GPTSpec.from_config(cfg, vocab_size, stored=True)
     if spec.pattern == "magnitude":  # the blocks come from the init_from checkpoint
         spec = dataclasses.replace(spec, pattern="butterfly")
     model = abstract_model(spec) if abstract else build_model(spec, cfg.run.seed)
