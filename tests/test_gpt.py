@@ -30,15 +30,15 @@ def densified(sparse_model):
     """A dense GPT whose kernels are the sparse model's stored blocks scattered into zeros."""
     dense = build_model(spec_of(False, remat=sparse_model.spec.remat), seed=1)
     for name in ("wte", "wpe", "ln_f_scale", "ln_f_bias"):
-        getattr(dense, name).value = getattr(sparse_model, name).value
+        getattr(dense, name).set_value(getattr(sparse_model, name).get_value())
     for name in ("ln1_scale", "ln1_bias", "ln2_scale", "ln2_bias"):
-        getattr(dense.layers, name).value = getattr(sparse_model.layers, name).value
+        getattr(dense.layers, name).set_value(getattr(sparse_model.layers, name).get_value())
     for kind, lin in sparse_model.spec.linears:
         src, dst = getattr(sparse_model.layers, kind), getattr(dense.layers, kind)
         layouts = [BlockLayout(row_indices=idx, shape=(lin.n_in, lin.n_out), block=(lin.block, lin.block))
-                   for idx in src.row_indices.value]
-        dst.kernel.value = jnp.stack([values_to_dense(v, l) for v, l in zip(src.values.value, layouts)])
-        dst.bias.value = src.bias.value
+                   for idx in src.row_indices.get_value()]
+        dst.kernel.set_value(jnp.stack([values_to_dense(v, l) for v, l in zip(src.values.get_value(), layouts)]))
+        dst.bias.set_value(src.bias.get_value())
     return dense
 
 
@@ -58,7 +58,7 @@ def test_sparse_model_equals_dense_model_with_masked_kernels(remat):
     sparse = build_model(spec_of(True, remat=remat), seed=0)
     for kind in ("qkv", "mlp_down"):  # non-zero biases, so they are checked too
         b = getattr(sparse.layers, kind).bias
-        b.value = 0.1 * jax.random.normal(jax.random.key(3), b.value.shape)
+        b.set_value(0.1 * jax.random.normal(jax.random.key(3), b.get_value().shape))
     dense = densified(sparse)
     tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 300)
     np.testing.assert_allclose(forward(sparse, tokens), forward(dense, tokens), rtol=2e-5, atol=2e-5)
@@ -68,14 +68,14 @@ def test_sparse_model_equals_dense_model_with_masked_kernels(remat):
 
     grad = nnx.jit(nnx.grad(loss))
     g_sparse, g_dense = grad(sparse), grad(dense)
-    np.testing.assert_allclose(g_sparse["wte"].value, g_dense["wte"].value, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(g_sparse["wte"].get_value(), g_dense["wte"].get_value(), rtol=1e-4, atol=1e-6)
     lin = sparse.spec.linear("mlp_up")
     for layer in range(2):
-        layout = BlockLayout(row_indices=sparse.layers.mlp_up.row_indices.value[layer],
+        layout = BlockLayout(row_indices=sparse.layers.mlp_up.row_indices.get_value()[layer],
                              shape=(lin.n_in, lin.n_out), block=(16, 16))
         np.testing.assert_allclose(
-            values_to_dense(g_sparse["layers"]["mlp_up"]["values"].value[layer], layout),
-            g_dense["layers"]["mlp_up"]["kernel"].value[layer] * np.kron(
+            values_to_dense(g_sparse["layers"]["mlp_up"]["values"].get_value()[layer], layout),
+            g_dense["layers"]["mlp_up"]["kernel"].get_value()[layer] * np.kron(
                 np.asarray(_mask(layout)), np.ones((16, 16))),
             rtol=1e-4, atol=1e-6)
 
@@ -117,7 +117,7 @@ def test_gpt3_13b_counts_without_allocating():
     raw = {"model": {"preset": "gpt3-13b"}, "data": {"vocab_size": 50257, "seq_len": 2048}}
     spec = GPTSpec.from_config(from_dict(Config, raw))
     model = abstract_model(spec)
-    assert isinstance(model.wte.value, jax.ShapeDtypeStruct)
+    assert isinstance(model.wte.get_value(), jax.ShapeDtypeStruct)
     counts = model_counts(model, 2048)
     assert 12.8e9 <= counts.params_dense <= 12.9e9
     assert counts.params_stored == counts.params_dense

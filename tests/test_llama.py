@@ -32,7 +32,7 @@ def test_preset_parameter_count_matches_published_size(preset):
     cfg = load_recipe(f"recipes/{preset}.yaml", check_data=False)
     spec = model_spec(cfg)
     model = abstract_model(spec)  # ShapeDtypeStructs only: a 405B model in well under a second
-    assert isinstance(model, Llama) and isinstance(model.head.value, jax.ShapeDtypeStruct)
+    assert isinstance(model, Llama) and isinstance(model.head.get_value(), jax.ShapeDtypeStruct)
     stored, indices = count_params(model)
     assert indices == 0 and stored == dense_param_count(spec)
     assert abs(stored / PUBLISHED[preset] - 1) < 0.01, (preset, stored)
@@ -43,9 +43,9 @@ def test_forward_is_causal_with_grouped_query_projection_and_no_biases():
     s = spec.shape
     assert (s.n_heads, s.kv_heads, s.head_dim) == (4, 2, 16)
     model = build_model(spec, seed=0)
-    assert model.layers.qkv.kernel.value.shape == (2, 64, (4 + 2 * 2) * 16)
-    assert model.layers.mlp_up.kernel.value.shape == (2, 64, 2 * 128)
-    assert not hasattr(model.layers.qkv, "bias") and model.head.value.shape == (64, 300)
+    assert model.layers.qkv.kernel.get_value().shape == (2, 64, (4 + 2 * 2) * 16)
+    assert model.layers.mlp_up.kernel.get_value().shape == (2, 64, 2 * 128)
+    assert not hasattr(model.layers.qkv, "bias") and model.head.get_value().shape == (64, 300)
     tokens = jax.random.randint(jax.random.key(0), (2, 16), 0, 300)
     changed = tokens.at[:, 10].set((tokens[:, 10] + 1) % 300)
     logits, out = jax.jit(lambda t: jax.vmap(model)(t))(jnp.stack([tokens, changed]))

@@ -33,7 +33,7 @@ def model_info(cfg: Config) -> dict:
     spec = model_spec(cfg)
     model = abstract_model(spec)
     counts = model_counts(model, cfg.data.seq_len)
-    params = nnx.state(model, nnx.Param).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     tx, _ = make_optimizer(cfg.optimizer, cfg.run.steps)
     opt_state = jax.eval_shape(tx.init, params)
     return {

@@ -180,7 +180,7 @@ class DecoderStack(nnx.Module):
         self.ln2_bias = nnx.Param(jnp.zeros((L, d)))
 
     def __call__(self, x: jax.Array, spec: GPTSpec) -> jax.Array:
-        stacked = nnx.state(self).to_pure_dict()
+        stacked = nnx.to_pure_dict(nnx.state(self))
         body = lambda x, p: (decoder_layer(p, x, spec), None)
         if spec.remat:
             body = jax.checkpoint(body)

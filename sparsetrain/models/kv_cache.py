@@ -60,7 +60,7 @@ def abstract_cache(model, batch: int, max_len: int) -> KVCache:
 
 
 def _stacked_layers(model) -> dict:
-    return nnx.state(model.layers).to_pure_dict()
+    return nnx.to_pure_dict(nnx.state(model.layers))
 
 
 def prefill(model, tokens: jax.Array, max_len: int | None = None,
@@ -161,13 +161,13 @@ class CachedDecoder:
 
     def initial(self) -> tuple[dict, dict]:
         """(params, indices) of the model this was made from."""
-        return self._params.to_pure_dict(), self._rest.to_pure_dict()
+        return nnx.to_pure_dict(self._params), nnx.to_pure_dict(self._rest)
 
     def model(self, params: dict, indices: dict):
         p = jax.tree.map(lambda x: x, self._params)
-        p.replace_by_pure_dict(params)
+        nnx.replace_by_pure_dict(p, params)
         r = jax.tree.map(lambda x: x, self._rest)
-        r.replace_by_pure_dict(indices)
+        nnx.replace_by_pure_dict(r, indices)
         return nnx.merge(self.graphdef, p, r)
 
     def prefill(self, params: dict, indices: dict, tokens: jax.Array, max_len: int | None = None,

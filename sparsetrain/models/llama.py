@@ -136,7 +136,7 @@ class LlamaLayers(nnx.Module):
         self.mlp_norm = nnx.Param(jnp.ones((L, d)))
 
     def __call__(self, x: jax.Array, spec: LlamaSpec) -> jax.Array:
-        stacked = nnx.state(self).to_pure_dict()
+        stacked = nnx.to_pure_dict(nnx.state(self))
         body = lambda x, p: (decoder_layer(p, x, spec), None)
         if spec.remat:
             body = jax.checkpoint(body)
