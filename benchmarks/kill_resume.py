@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=3, help="checkpoint every N steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/kill-resume")
-    p.add_argument("--json", default=str(ROOT / "benchmarks/results/kill_resume.json"))
+    p.add_argument("--json", default="benchmarks/results/kill_resume.json",
+                   help="where the results go (relative to the repository root unless absolute)")
     args = p.parse_args(argv)
 
     out = Path(args.out).absolute()
@@ -234,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| {totals['trials']} ({totals['trials_killed']}) | {totals['kills']} | {totals['kills_during_save']} | {totals['trials_resumed']} | "
           f"{totals['final_params_bitwise_equal']} | {totals['traces_equal']} | {totals['traces_bitwise_equal']} | "
           f"{totals['max_abs_loss_diff']:.2g} | {totals['corrupt_checkpoints']} |")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"settings": vars(args), "totals": totals, "trials": rows}, indent=2))
+    out_json = ROOT / args.json  # an absolute --json stays as given
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps({"settings": vars(args), "totals": totals, "trials": rows}, indent=2))
     print(f"wrote {args.json}")
     ok = (totals["trials_killed"] == totals["trials_resumed"] == totals["traces_equal"] == totals["final_params_bitwise_equal"]
           == totals["trials"] and not totals["corrupt_checkpoints"])
