@@ -23,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from sparsetrain.config import ConfigError, load_recipe
+from sparsetrain.config import load_recipe
 from sparsetrain.training.tracking import read_jsonl
 from sparsetrain.training.loop import train
 

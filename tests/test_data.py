@@ -229,13 +229,13 @@ def test_eval_batches_are_fixed_and_ordered():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"val_fraction": 0.0}, r"val_fraction=0.0: must be in \(0, 1\)"),
-    ({"val_fraction": 1.0}, r"val_fraction=1.0: must be in \(0, 1\)"),
+    ({"val_fraction": 0.0}, r"data.val_fraction: 0.0 is not allowed; allowed: a fraction in \(0, 1\)"),
+    ({"val_fraction": 1.0}, r"data.val_fraction: 1.0 is not allowed; allowed: a fraction in \(0, 1\)"),
     ({"val_fraction": 0.99}, r"val_fraction=0.99 leaves no training documents"),
-    ({"seq_len": 0}, r"seq_len=0: must be a positive integer"),
+    ({"seq_len": 0}, r"data.seq_len: 0 is not allowed; allowed: an integer >= 2"),
     ({"seq_len": 100_000}, r"seq_len=100000 is too large: the train split has only \d+ tokens"),
     ({"batch_size": 10_000}, r"batch_size=10000 is larger than the train split's \d+ windows"),
-    ({"vocab_size": 100}, r"vocab_size=100: a byte-level BPE needs at least 257"),
+    ({"vocab_size": 100}, r"data.vocab_size: 100 is not allowed; allowed: an integer >= 257"),
     ({"tokenizer": "missing/tokenizer.json"}, r"tokenizer='missing/tokenizer.json': no such file"),
 ])
 def test_config_errors_name_field_and_value(corpus_dir, tmp_path, overrides, message):

@@ -19,7 +19,6 @@ from sparsetrain.training.checkpoint import Checkpointer
 from sparsetrain.cli import main
 from sparsetrain.config import ConfigError, load_recipe
 from sparsetrain.data.pipeline import train_bpe_tokenizer
-from sparsetrain.errors import CheckpointSaveError
 from sparsetrain.training.tracking import Tracker, read_jsonl
 from sparsetrain.training.loop import train
 from tests.conftest import tiny_recipe

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sparsetrain.config import Config, ModelShape, from_dict
+from sparsetrain.config import Config, from_dict
 from sparsetrain.models.accounting import count_params, dense_param_count, model_counts
 from sparsetrain.models.gpt import GPTSpec, abstract_model, build_model, stored_layouts
 from sparsetrain.sparsity import BlockLayout, values_to_dense

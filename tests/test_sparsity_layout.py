@@ -7,7 +7,6 @@ import optax
 import pytest
 
 from sparsetrain.sparsity import (
-    BlockLayout,
     blocks_per_column,
     check_block_shape,
     dense_to_values,

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from sparsetrain.sparsity import (
     block_sparse_matmul,
     dense_to_values,
-    layout_to_mask,
     matmul_flops,
     random_balanced,
     values_to_dense,

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsetrain.sparsity import PATTERNS, blocks_per_column, layout_to_mask, make_layout
+from sparsetrain.sparsity import LAYOUT_BUILDERS, blocks_per_column, layout_to_mask, make_layout
 
 SHAPE, BLOCK = (384, 256), (32, 32)  # 12 x 8 blocks
 
@@ -25,7 +25,7 @@ def _kwargs(name):
     return {"key": jax.random.PRNGKey(0), "weight": w}
 
 
-@pytest.mark.parametrize("name", sorted(set(PATTERNS) - {"dense"}))
+@pytest.mark.parametrize("name", sorted(set(LAYOUT_BUILDERS) - {"dense"}))
 @pytest.mark.parametrize("density", [1 / 12, 1 / 4, 1 / 2, 1.0])
 def test_patterns_are_balanced_and_valid(name, density):
     layout = make_layout(name, SHAPE, BLOCK, density, **_kwargs(name))
@@ -79,7 +79,7 @@ def test_butterfly_is_deterministic_and_contains_diagonal():
 def test_make_layout_rejects_unknown_pattern_listing_allowed():
     with pytest.raises(ValueError, match="pattern") as err:
         make_layout("diagonal", SHAPE, BLOCK, 0.5)
-    for name in PATTERNS:
+    for name in LAYOUT_BUILDERS:
         assert name in str(err.value)
 
 

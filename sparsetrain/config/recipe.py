@@ -46,7 +46,6 @@ WANDB_MODES = ("disabled", "offline", "online")
 STEP_BACKENDS = ("xla", "rdu")
 NONFINITE_POLICIES = ("stop", "skip")
 RDU_CHIPS = ("sn40l", "sn30", "sn10")
-DATA_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet")
 
 
 @dataclass

@@ -7,16 +7,15 @@ support. Both are re-exported by sparsetrain.config.
 
 from __future__ import annotations
 
-import glob
-import os
 from pathlib import Path
 from typing import Any
 
 from sparsetrain.config.recipe import (
-    STEP_BACKENDS, DATA_SUFFIXES, DISTRIBUTIONS, DTYPES, FLOWS, LINEAR_KINDS, NONFINITE_POLICIES,
+    STEP_BACKENDS, DISTRIBUTIONS, DTYPES, FLOWS, LINEAR_KINDS, NONFINITE_POLICIES,
     PATTERNS, RDU_CHIPS, REGROW, WANDB_MODES, Config, ConfigError, SparsityConfig,
 )
 from sparsetrain.config.presets import PRESETS, TRAINABLE_FAMILIES, ModelShape, linear_shapes
+from sparsetrain.data.files import BUILDERS, resolve_data_files
 from sparsetrain.sparsity.layout import MAX_BLOCK, MIN_BLOCK, blocks_per_column
 from sparsetrain.sparsity.resolve import requested_density
 
@@ -24,11 +23,6 @@ from sparsetrain.sparsity.resolve import requested_density
 def _require(ok: bool, where: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {allowed}")
-
-
-def looks_like_path(dataset: str) -> bool:
-    return (os.sep in dataset or dataset.startswith(".") or any(c in dataset for c in "*?[")
-            or dataset.endswith(DATA_SUFFIXES))
 
 
 def validate(cfg: Config, check_data: bool = True) -> None:
@@ -75,22 +69,11 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     _validate_flow(s)
 
     d = cfg.data
-    _require(d.vocab_size >= 257, "data.vocab_size", d.vocab_size,
-             "an integer >= 257 (a byte-level BPE has 256 byte tokens + end-of-text)")
-    _require(d.seq_len >= 2, "data.seq_len", d.seq_len, "an integer >= 2")
+    validate_data_section(d, check_files=check_data)
     _require(d.seq_len <= shape.context, "data.seq_len", d.seq_len,
              f"<= model context {shape.context} (model.preset={m.preset!r})")
-    _require(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1")
-    _require(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "a fraction in (0, 1)")
-    if d.tokenizer != "bpe":
-        _require(not check_data or Path(d.tokenizer).is_file(), "data.tokenizer", d.tokenizer,
-                 "'bpe' or the path of an existing tokenizer.json")
     if check_data:
         _validate_init_from(s)
-    if check_data and d.dataset != "shakespeare" and looks_like_path(d.dataset):
-        _require(bool(glob.glob(os.path.expanduser(d.dataset))), "data.dataset", d.dataset,
-                 "'shakespeare', an existing file/dir/glob of "
-                 f"{'/'.join(DATA_SUFFIXES)} files, or a hub dataset name")
 
     o = cfg.optimizer
     _require(o.lr > 0, "optimizer.lr", o.lr, "a positive float")
@@ -121,6 +104,30 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     _require(r.nonfinite in NONFINITE_POLICIES, "run.nonfinite", r.nonfinite, ", ".join(NONFINITE_POLICIES))
     _require(r.max_skipped_steps >= 1, "run.max_skipped_steps", r.max_skipped_steps, "an integer >= 1")
     _require(bool(r.name) and "/" not in r.name, "run.name", r.name, "a non-empty name without '/'")
+
+
+def validate_data_section(d: Any, check_files: bool = True) -> None:
+    """The data section's own fields (the data pipeline checks them too, before loading anything).
+
+    Args:
+      d: a `DataConfig` (or an object with its fields).
+      check_files: also require the tokenizer file and a local dataset path to exist.
+    """
+    _require(isinstance(d.vocab_size, int) and d.vocab_size >= 257, "data.vocab_size", d.vocab_size,
+             "an integer >= 257 (a byte-level BPE has 256 byte tokens + end-of-text)")
+    _require(isinstance(d.seq_len, int) and d.seq_len >= 2, "data.seq_len", d.seq_len, "an integer >= 2")
+    _require(isinstance(d.batch_size, int) and d.batch_size >= 1, "data.batch_size", d.batch_size,
+             "an integer >= 1")
+    _require(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "a fraction in (0, 1)")
+    if d.tokenizer != "bpe":
+        _require(not check_files or Path(d.tokenizer).is_file(), "data.tokenizer", d.tokenizer,
+                 "'bpe' or the path of an existing tokenizer.json")
+    if check_files and d.dataset != "shakespeare":
+        try:
+            resolve_data_files(d.dataset)
+        except ValueError as e:
+            _require(False, "data.dataset", d.dataset, f"'shakespeare', an existing file/dir/glob of "
+                     f"{'/'.join(BUILDERS)} files, or a hub dataset name ({e})")
 
 
 def _validate_family(cfg: Config, shape: ModelShape) -> None:

@@ -17,7 +17,6 @@ The path of the data, top to bottom:
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 from dataclasses import dataclass
@@ -27,14 +26,14 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from sparsetrain.config.validation import validate_data_section
 from sparsetrain.data.corpus import prepare_shakespeare
+from sparsetrain.data.files import BUILDERS, resolve_data_files
 
 EOT_TOKEN = "<|endoftext|>"
 TOKENIZER_FILENAME = "tokenizer.json"
 SHAKESPEARE = "shakespeare"
 # File extension -> HF `datasets` packaged builder.
-BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-_GLOB_CHARS = "*?["
 
 
 @dataclass
@@ -75,7 +74,7 @@ def build_datasets(cfg: Any, run_dir: Path) -> Datasets:
         ValueError: a config field is out of range, the data is missing or empty, or a split is
             too small for seq_len / batch_size; the message names the field and value.
     """
-    _check_config(cfg)
+    validate_data_section(cfg, check_files=False)  # the loaders below name a missing file themselves
     run_dir = Path(run_dir)
     docs = load_documents(cfg.dataset, cfg.text_field, Path(cfg.cache_dir))
     train_docs, val_docs = split_documents(docs, cfg.val_fraction, cfg.seed)
@@ -100,20 +99,6 @@ def build_datasets(cfg: Any, run_dir: Path) -> Datasets:
         val_bytes=sum(len(d.encode("utf-8")) for d in val_docs),
         eot_id=eot_id,
     )
-
-
-def _check_config(cfg: Any) -> None:
-    if not 0.0 < cfg.val_fraction < 1.0:
-        raise ValueError(f"val_fraction={cfg.val_fraction!r}: must be in (0, 1), e.g. 0.1")
-    for field in ("seq_len", "batch_size"):
-        value = getattr(cfg, field)
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{field}={value!r}: must be a positive integer")
-    if cfg.tokenizer == "bpe" and not (isinstance(cfg.vocab_size, int) and cfg.vocab_size >= 257):
-        raise ValueError(
-            f"vocab_size={cfg.vocab_size!r}: a byte-level BPE needs at least 257 "
-            "(256 bytes + end-of-text)"
-        )
 
 
 # --- 1. Documents -------------------------------------------------------------------------------
@@ -166,38 +151,6 @@ def load_documents(dataset: str, text_field: str = "text", cache_dir: Path = Pat
     if not docs:
         raise ValueError(f"dataset={dataset!r}: no non-blank documents found")
     return docs
-
-
-def resolve_data_files(dataset: str) -> list[Path] | None:
-    """Local data files that `dataset` names, sorted; None if it is not a local path.
-
-    Raises:
-        ValueError: it looks like a path but nothing exists there, or it names files with an
-            extension other than .txt/.json/.jsonl/.parquet.
-    """
-    allowed = "/".join(BUILDERS)
-    expanded = os.path.expanduser(dataset)
-    path = Path(expanded)
-    if any(c in dataset for c in _GLOB_CHARS):
-        candidates = [Path(p) for p in glob.glob(expanded, recursive=True) if Path(p).is_file()]
-        if not candidates:
-            raise ValueError(f"dataset={dataset!r}: the glob matches no files")
-    elif path.is_dir():
-        candidates = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in BUILDERS]
-        if not candidates:
-            raise ValueError(f"dataset={dataset!r}: the folder has no {allowed} files")
-    elif path.is_file():
-        candidates = [path]
-    elif dataset.startswith((".", "/", "~")) or path.suffix.lower() in BUILDERS:
-        raise ValueError(f"dataset={dataset!r}: no such file or folder")
-    else:
-        return None
-    unknown = sorted({p.suffix or p.name for p in candidates if p.suffix.lower() not in BUILDERS})
-    if unknown:
-        raise ValueError(
-            f"dataset={dataset!r}: unknown file extension(s) {unknown}; allowed: {allowed}"
-        )
-    return sorted(candidates)
 
 
 def _column(table: Any, text_field: str, dataset: str) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sparsetrain.evaluation.evaluate import evaluate_run
 from sparsetrain.training.tracking import read_jsonl, resolve_wandb_mode
 
 
@@ -57,8 +58,6 @@ def curve(run_dir: Path, summary: dict) -> list[dict]:
 
 def compare_runs(run_dirs: list[str | Path], baseline: str | None = None, max_batches: int | None = None) -> dict:
     """Evaluate and tabulate runs. Returns {"baseline", "fingerprint", "rows": [...], "curves"}."""
-    from sparsetrain.evaluation.evaluate import evaluate_run
-
     dirs = [Path(d) for d in run_dirs]
     summaries = {str(d): _summary(d) for d in dirs}
     fingerprint = check_same_data(summaries)  # before any evaluation work

@@ -23,6 +23,7 @@ import optax
 from tokenizers import Tokenizer, pre_tokenizers
 
 from sparsetrain.data.pipeline import build_datasets, eval_batches
+from sparsetrain.training.start import check_fingerprint, restore_run
 
 DEFAULT_PROMPT = "ROMEO:\n"
 
@@ -118,14 +119,10 @@ def evaluate_run(run_dir: str | Path, step: int | None = None, max_batches: int 
                  prompt: str = DEFAULT_PROMPT, n_samples: int = 3, n_new: int = 64,
                  temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> dict:
     """Evaluate a run's checkpoint (newest if `step` is None) on its own validation windows."""
-    from sparsetrain.training.start import restore_run
-
     run_dir = Path(run_dir)
     cfg, setup, state, meta = restore_run(run_dir, step)
     data = build_datasets(cfg.data, run_dir)  # the run's saved tokenizer is reused
-    if data.fingerprint != meta["fingerprint"]:
-        raise ValueError(f"{run_dir}: the data or tokenizer changed since the checkpoint (fingerprint "
-                         f"{data.fingerprint[:12]} vs {meta['fingerprint'][:12]}); cannot evaluate fairly")
+    check_fingerprint(meta, data, str(run_dir))  # other data would not be a fair evaluation
     fns, params, indices = setup.fns, state["params"], state["indices"]
     result = score_windows(lambda tokens: fns.logits(params, indices, tokens), data.val,
                            cfg.data.batch_size, token_byte_lengths(data.tokenizer), max_batches)

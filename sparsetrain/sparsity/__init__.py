@@ -11,7 +11,7 @@ from sparsetrain.sparsity.layout import (
 )
 from sparsetrain.sparsity.matmul import block_sparse_matmul, block_sparse_matmul_reference, matmul_flops
 from sparsetrain.sparsity.patterns import (
-    PATTERNS,
+    LAYOUT_BUILDERS,
     butterfly,
     dense,
     magnitude,
@@ -21,7 +21,7 @@ from sparsetrain.sparsity.patterns import (
 
 __all__ = [
     "BlockLayout",
-    "PATTERNS",
+    "LAYOUT_BUILDERS",
     "block_sparse_matmul",
     "block_sparse_matmul_reference",
     "blocks_per_column",

@@ -96,7 +96,7 @@ def dense(shape, block) -> BlockLayout:
     return BlockLayout(jnp.asarray(rows), tuple(shape), tuple(block))
 
 
-PATTERNS = {
+LAYOUT_BUILDERS = {
     "random_balanced": random_balanced,
     "magnitude": magnitude,
     "butterfly": butterfly,
@@ -108,7 +108,7 @@ def make_layout(pattern: str, shape, block, density, *, key=None, weight=None) -
     """Layout by pattern name ('random_balanced' or 'random-balanced', 'magnitude', ...).
 
     Args:
-      pattern: a key of PATTERNS (hyphens and underscores are interchangeable).
+      pattern: a key of LAYOUT_BUILDERS (hyphens and underscores are interchangeable).
       shape: (in_features, out_features).
       block: (bk, bn).
       density: fraction of blocks to store, in (0, 1]; must be 1 for 'dense'.
@@ -116,8 +116,8 @@ def make_layout(pattern: str, shape, block, density, *, key=None, weight=None) -
       weight: dense (in, out) weight, required by 'magnitude'.
     """
     name = str(pattern).replace("-", "_")
-    if name not in PATTERNS:
-        raise ValueError(f"pattern: {pattern!r} is not allowed; expected one of {sorted(PATTERNS)}")
+    if name not in LAYOUT_BUILDERS:
+        raise ValueError(f"pattern: {pattern!r} is not allowed; expected one of {sorted(LAYOUT_BUILDERS)}")
     shape, block = tuple(shape), tuple(block)
     if name == "random_balanced":
         if key is None:

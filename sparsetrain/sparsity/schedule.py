@@ -32,7 +32,6 @@ as per-block state (Adam's mu and nu, momentum traces, ...). No optimizer is nam
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from flax import nnx
 
 from sparsetrain.config import Config
 from sparsetrain.models.gpt import GPTSpec, abstract_model

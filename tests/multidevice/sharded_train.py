@@ -4,7 +4,6 @@ Needs XLA_FLAGS=--xla_force_host_platform_device_count=8 before JAX starts (run 
 
 import json
 import random
-import sys
 import tempfile
 from pathlib import Path
 
