@@ -112,6 +112,17 @@ class StackedLinear(nnx.Module):
             self.bias = nnx.Param(jnp.zeros((n_layers, lin.n_out)))
 
 
+def add_stacked_linears(module: nnx.Module, spec, layouts: dict[str, list[BlockLayout]],
+                        rngs: nnx.Rngs) -> None:
+    """One StackedLinear attribute per linear kind of `spec` (a GPTSpec or LlamaSpec), GPT-2 init:
+    std 0.02, residual projections (attn_out, mlp_down) scaled by 1/sqrt(2 * n_layers)."""
+    L = spec.shape.n_layers
+    std, resid_std = 0.02, 0.02 / math.sqrt(2 * L)
+    for kind, lin in spec.linears:
+        s = resid_std if kind in ("attn_out", "mlp_down") else std
+        setattr(module, kind, StackedLinear(L, lin, s, layouts.get(kind), rngs=rngs))
+
+
 def linear_apply(p: dict, lin: LinearSpec, x: jax.Array) -> jax.Array:
     """Apply one layer's slice of a StackedLinear. x: (..., n_in) -> (..., n_out), x's dtype."""
     if lin.sparse:
@@ -170,10 +181,7 @@ class DecoderStack(nnx.Module):
 
     def __init__(self, spec: GPTSpec, layouts: dict[str, list[BlockLayout]], *, rngs: nnx.Rngs):
         L, d = spec.shape.n_layers, spec.shape.d_model
-        std, resid_std = 0.02, 0.02 / math.sqrt(2 * L)  # GPT-2 init: scaled residual projections
-        for kind, lin in spec.linears:
-            s = resid_std if kind in ("attn_out", "mlp_down") else std
-            setattr(self, kind, StackedLinear(L, lin, s, layouts.get(kind), rngs=rngs))
+        add_stacked_linears(self, spec, layouts, rngs)
         self.ln1_scale = nnx.Param(jnp.ones((L, d)))
         self.ln1_bias = nnx.Param(jnp.zeros((L, d)))
         self.ln2_scale = nnx.Param(jnp.ones((L, d)))

@@ -18,7 +18,6 @@ costs) and Mistral's sliding attention window (identical for sequences up to its
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import jax
@@ -27,7 +26,7 @@ from flax import nnx
 
 from sparsetrain.config import Config, ConfigError, ModelShape, linear_shapes
 from sparsetrain.models.gpt import (
-    LinearSpec, StackedLinear, linear_apply, make_layouts, placeholder_layouts,
+    LinearSpec, add_stacked_linears, linear_apply, make_layouts, placeholder_layouts,
 )
 from sparsetrain.sparsity import BlockLayout
 from sparsetrain.sparsity.resolve import resolve_sparsity
@@ -128,10 +127,7 @@ class LlamaLayers(nnx.Module):
 
     def __init__(self, spec: LlamaSpec, layouts: dict[str, list[BlockLayout]], *, rngs: nnx.Rngs):
         L, d = spec.shape.n_layers, spec.shape.d_model
-        std, resid_std = 0.02, 0.02 / math.sqrt(2 * L)
-        for kind, lin in spec.linears:
-            s = resid_std if kind in ("attn_out", "mlp_down") else std
-            setattr(self, kind, StackedLinear(L, lin, s, layouts.get(kind), rngs=rngs))
+        add_stacked_linears(self, spec, layouts, rngs)
         self.attn_norm = nnx.Param(jnp.ones((L, d)))
         self.mlp_norm = nnx.Param(jnp.ones((L, d)))
 
