@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 
+class ConfigError(ValueError):
+    """A recipe field has a value that is not allowed."""
+
+
+def require(ok: bool, where: str, value, allowed: str) -> None:
+    """Raise ConfigError("WHERE: VALUE is not allowed; allowed: ALLOWED") unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {allowed}")
+
+
 class CheckpointSaveError(OSError):
     """A checkpoint could not be written (full disk, lost mount); the earlier ones are intact."""
 

@@ -1,4 +1,4 @@
-"""Tests of sparsetrain/data.py on a small generated corpus (no network)."""
+"""Tests of sparsetrain/data/pipeline.py on a small generated corpus (no network)."""
 
 from __future__ import annotations
 

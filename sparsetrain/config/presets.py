@@ -2,7 +2,7 @@
 
 Shapes of the GPT-2 (Radford et al. 2019) and GPT-3 (Brown et al. 2020, Table 2.1) papers and of
 the Llama family (see the comment above PRESETS). Recipes name a preset in `model.preset`
-(sparsetrain/config.py) and may override its layers, width, heads and context.
+(sparsetrain/config/recipe.py) and may override its layers, width, heads and context.
 """
 
 from __future__ import annotations

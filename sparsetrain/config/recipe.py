@@ -23,10 +23,7 @@ from typing import Any
 import yaml
 
 from sparsetrain.config.presets import PRESETS, ModelShape
-
-
-class ConfigError(ValueError):
-    """A recipe field has a value that is not allowed."""
+from sparsetrain.errors import ConfigError
 
 
 def _f(default: Any, doc: str):

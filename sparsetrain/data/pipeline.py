@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from sparsetrain.config.validation import validate_data_section
+from sparsetrain.data.checks import validate_data_section
 from sparsetrain.data.corpus import prepare_shakespeare
 from sparsetrain.data.files import BUILDERS, resolve_data_files
 

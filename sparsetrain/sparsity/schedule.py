@@ -1,6 +1,6 @@
 """Sparse training flows: how the block masks of the sparse linears change while training.
 
-A flow is a few pure functions over the train state (the pytree of `train.py`), in the style of an
+A flow is a few pure functions over the train state (the pytree of `training/step.py`), in the style of an
 Optax transformation:
 
     state = flow.init(state)                     # add the flow's own leaves, if it has any
