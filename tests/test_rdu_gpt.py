@@ -9,6 +9,8 @@ from rdu_xla_backend import hardware as hw
 from rdu_xla_backend import perf
 from rdu_xla_backend.emulator import gpu as gpu_model
 from rdu_xla_backend.emulator.execute import execute
+from rdu_xla_backend.rules import BLOCK_SPARSE_CALLS
+from sparsetrain.kernels.block_sparse import CALL_NAMES, block_sparse_matmul_forward
 from sparsetrain.rdu.programs import lower_program as lower
 from sparsetrain.config import load_recipe
 from sparsetrain.models.gpt import GPTSpec, build_model
@@ -83,3 +85,12 @@ def test_more_sparsity_never_more_flops_or_bytes():
     for series in (flops, op_bytes, off, gpu):
         assert all(a >= b for a, b in zip(series, series[1:])), series
     assert flops[0] > 4 * flops[-1]
+
+
+def test_the_lowering_knows_the_block_sparse_call_names():
+    """The RDU lowering prices block-sparse matmuls by the names of their calls: the names the
+    kernels use must be the ones it recognises."""
+    assert set(CALL_NAMES) == set(BLOCK_SPARSE_CALLS)
+    x2, values = jnp.ones((4, 32)), jnp.ones((2, 1, 16, 16))
+    jaxpr = jax.make_jaxpr(block_sparse_matmul_forward)(x2, values, jnp.zeros((2, 1), jnp.int32))
+    assert [e.params.get("name") for e in jaxpr.eqns] == [CALL_NAMES[0]]

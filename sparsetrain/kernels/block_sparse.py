@@ -180,19 +180,21 @@ def _named_call(fn, name: str, doc: str):
     return jax.jit(fn)
 
 
+FORWARD_CALL, BACKWARD_CALL = "block_sparse_matmul_forward", "block_sparse_matmul_backward"
+CALL_NAMES = (FORWARD_CALL, BACKWARD_CALL)  # what the RDU lowering recognises (tests/test_rdu_gpt.py)
 _FORWARD_DOC = "y (T, out) from x2 (T, in), values (nc, k, bk, bn), rows (nc, k)."
 _BACKWARD_DOC = "(dx (T, in), dvalues (nc, k, bk, bn)) from the forward's operands and dy (T, out)."
 block_sparse_matmul_forward = _named_call(
-    lambda x2, values, rows: _forward(x2, values, rows), "block_sparse_matmul_forward", _FORWARD_DOC)
+    lambda x2, values, rows: _forward(x2, values, rows), FORWARD_CALL, _FORWARD_DOC)
 block_sparse_matmul_backward = _named_call(
-    lambda x2, values, rows, dy: _backward(x2, values, rows, dy), "block_sparse_matmul_backward",
+    lambda x2, values, rows, dy: _backward(x2, values, rows, dy), BACKWARD_CALL,
     _BACKWARD_DOC)
 _CALLS = {
     "jax": (block_sparse_matmul_forward, block_sparse_matmul_backward),
     "ffi": (_named_call(lambda x2, values, rows: ffi.forward(x2, values, rows),
-                        "block_sparse_matmul_forward", _FORWARD_DOC),
+                        FORWARD_CALL, _FORWARD_DOC),
             _named_call(lambda x2, values, rows, dy: ffi.backward(x2, values, rows, dy),
-                        "block_sparse_matmul_backward", _BACKWARD_DOC)),
+                        BACKWARD_CALL, _BACKWARD_DOC)),
 }
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
