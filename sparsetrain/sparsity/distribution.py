@@ -1,4 +1,5 @@
-"""How a global density is spread over the linears of a model: uniform or ERK.
+"""How a global density is spread over the linears of a model by ERK (the uniform spread needs no
+function: every kind gets the density; see resolve.py).
 
 ERK (Erdos-Renyi-Kernel; Mocanu et al. 2018, Evci et al. 2020 "RigL") gives a weight of shape
 (n_in, n_out) a density proportional to (n_in + n_out) / (n_in * n_out): small, square weights
@@ -9,11 +10,6 @@ the distribution is per linear kind.
 """
 
 from __future__ import annotations
-
-
-def uniform_densities(shapes: dict[str, tuple[int, int]], density: float) -> dict[str, float]:
-    """Every linear at `density`."""
-    return {kind: float(density) for kind in shapes}
 
 
 def erk_densities(shapes: dict[str, tuple[int, int]], density: float) -> dict[str, float]:
