@@ -4,7 +4,7 @@
 
 Lowers the programs of every case once (abstract shapes: Llama 3.1 8B decode, Llama2-7B prefill
 and CoE experts, the GPT-13B dense and 87.5%-sparse training steps), fits the named parameters
-(``PARAMS``) ONCE for all cases together (``rdu_xla_backend.fit``: least squares on log errors,
+(``PARAMS``) ONCE for all cases together (``rdu_xla_backend.calibrate.fit``: least squares on log errors,
 Nelder-Mead), and writes one table: markdown and JSON under benchmarks/results/ and a PNG of
 estimate vs published on log axes. Every estimate is printed with the fitted values.
 
@@ -27,10 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rdu_xla_backend import coe, fit, hardware as hw, perf  # noqa: E402
-from rdu_xla_backend.emulator import gpu as gpu_model  # noqa: E402
-from rdu_xla_backend.lowering import lower  # noqa: E402
-from rdu_xla_backend.placement import copy_seconds, plan_memory  # noqa: E402
+from rdu_xla_backend import hardware as hw  # noqa: E402
+from rdu_xla_backend.calibrate import fit  # noqa: E402
+from rdu_xla_backend.cost import coe  # noqa: E402
+from rdu_xla_backend.cost import rdu as perf  # noqa: E402
+from rdu_xla_backend.cost import gpu as gpu_model  # noqa: E402
+from rdu_xla_backend.workload.lowering import lower  # noqa: E402
+from rdu_xla_backend.mapping.placement import copy_seconds, plan_memory  # noqa: E402
 
 # Fitted, with search bounds (all not public; see hardware.ModelParameters/GpuParameters).
 PARAMS = [

@@ -35,8 +35,8 @@ def tiny_functional(repeats: int = 20) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from rdu_xla_backend.emulator.execute import execute
-    from rdu_xla_backend.lowering import lower
+    from rdu_xla_backend.execute import execute
+    from rdu_xla_backend.workload.lowering import lower
     from sparsetrain.config import load_recipe
     from sparsetrain.models.gpt import GPTSpec, build_model
     from sparsetrain.optim import make_optimizer

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rdu_xla_backend.perf import Options, ProgramPerf, program_perf
+from rdu_xla_backend.cost.rdu import Options, ProgramPerf, program_perf
 
 
 def kernel_rows(pp: ProgramPerf) -> list[dict]:

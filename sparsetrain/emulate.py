@@ -114,9 +114,10 @@ def mode_assumptions(cfg, mode: str) -> list[str]:
 
 def estimate(cfg, dense_cfg, args) -> dict:
     """Lower and time the recipe on the RDU and its dense twin on the GPU."""
-    from rdu_xla_backend import get_chip, hardware, perf, report
-    from rdu_xla_backend.emulator import gpu as gpu_model
-    from rdu_xla_backend.lowering import lower
+    from rdu_xla_backend import get_chip, hardware, report
+    from rdu_xla_backend.cost import rdu as perf
+    from rdu_xla_backend.cost import gpu as gpu_model
+    from rdu_xla_backend.workload.lowering import lower
 
     chip, gpu = get_chip(args.chip), get_chip(args.vs)
     if not isinstance(chip, hardware.ChipSpec):

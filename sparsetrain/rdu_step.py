@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from rdu_xla_backend import Options, get_chip, lower, program_perf
-from rdu_xla_backend.emulator.execute import execute
+from rdu_xla_backend.execute import execute
 
 
 class EmulatedTrainStep:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import rdu_xla_backend
-from rdu_xla_backend.lowering import is_tracing
+from rdu_xla_backend.workload.lowering import is_tracing
 from sparsetrain.models.attention import attention_kernel, causal_attention
 from sparsetrain.sparsity import cpu_kernel
 from sparsetrain.sparsity.ops import use_kernel_backend

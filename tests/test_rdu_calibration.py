@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from rdu_xla_backend import fit, perf
+from rdu_xla_backend.calibrate import fit
+from rdu_xla_backend.cost import rdu as perf
 from rdu_xla_backend import hardware as hw
-from rdu_xla_backend.lowering import lower
+from rdu_xla_backend.workload.lowering import lower
 
 ROOT = Path(__file__).resolve().parents[1]
 

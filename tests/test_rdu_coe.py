@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from rdu_xla_backend import coe, perf
+from rdu_xla_backend.cost import coe, rdu as perf
 from rdu_xla_backend import hardware as hw
-from rdu_xla_backend.lowering import lower
-from rdu_xla_backend.placement import copy_seconds, plan_memory
+from rdu_xla_backend.workload.lowering import lower
+from rdu_xla_backend.mapping.placement import copy_seconds, plan_memory
 
 
 def decode(params, cache, tokens):

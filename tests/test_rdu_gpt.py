@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from rdu_xla_backend import hardware as hw
-from rdu_xla_backend import perf
-from rdu_xla_backend.emulator import gpu as gpu_model
-from rdu_xla_backend.emulator.execute import execute
-from rdu_xla_backend.lowering import lower
+from rdu_xla_backend.cost import rdu as perf
+from rdu_xla_backend.cost import gpu as gpu_model
+from rdu_xla_backend.execute import execute
+from rdu_xla_backend.workload.lowering import lower
 from sparsetrain.config import load_recipe
 from sparsetrain.models.gpt import GPTSpec, build_model
 from sparsetrain.optim import make_optimizer

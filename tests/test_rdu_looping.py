@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from rdu_xla_backend import hardware as hw
-from rdu_xla_backend import kernels, perf
-from rdu_xla_backend.emulator.execute import execute
-from rdu_xla_backend.lowering import lower
+from rdu_xla_backend.workload import kernels
+from rdu_xla_backend.cost import rdu as perf
+from rdu_xla_backend.execute import execute
+from rdu_xla_backend.workload.lowering import lower
 
 
 def layer(h, w):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from rdu_xla_backend import hardware as hw
-from rdu_xla_backend import perf
-from rdu_xla_backend.emulator import gpu as gpu_model
-from rdu_xla_backend.lowering import lower
+from rdu_xla_backend.cost import rdu as perf
+from rdu_xla_backend.cost import gpu as gpu_model
+from rdu_xla_backend.workload.lowering import lower
 
 
 def mlp_stack(ws, x):

@@ -12,7 +12,7 @@ causal mask) v with float32 softmax.
   (`sparsity.ops.kernel_backend`, `SPARSETRAIN_KERNEL=jax`, `use_kernel_backend`).
 - `jax.nn.dot_product_attention(is_causal=True)` otherwise: bfloat16, GPU/TPU, a mesh of several
   devices (the custom call has no partitioning rule), and while the RDU backend traces a program
-  (`rdu_xla_backend.lowering.is_tracing()`: it costs attention from its dataflow operators).
+  (`rdu_xla_backend.workload.lowering.is_tracing()`: it costs attention from its dataflow operators).
   It is also the reference the compiled kernel is tested against.
 
 The compiled forward and backward are the named calls `causal_attention_forward` and
@@ -31,7 +31,7 @@ from sparsetrain.sparsity import cpu_kernel, ops
 
 def attention_kernel(dtype=jnp.float32) -> str:
     """'ffi' (compiled CPU kernel) or 'jax': the kernel a causal_attention call traced now runs."""
-    lowering = sys.modules.get("rdu_xla_backend.lowering")
+    lowering = sys.modules.get("rdu_xla_backend.workload.lowering")
     if lowering is not None and lowering.is_tracing():
         return "jax"
     return ops.kernel_backend(dtype)

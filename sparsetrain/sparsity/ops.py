@@ -198,7 +198,7 @@ def _backward(x2, values, rows, dy):
 
 
 # Named calls: the jaxpr shows each block-sparse matmul as one call with its layout argument, so a
-# dataflow lowering (rdu_xla_backend.lowering) can cost it as one fused kernel from its operands
+# dataflow lowering (rdu_xla_backend.workload.lowering) can cost it as one fused kernel from its operands
 # and real indices instead of from this CPU-specific formulation. Both kernels use the same names
 # and operands: (x2, values, rows) forward, (x2, values, rows, dy) backward.
 def _named_call(fn, name: str, doc: str):

@@ -53,20 +53,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from rdu_xla_backend import parallel as par
-from rdu_xla_backend.emulator import memory as mem
-from rdu_xla_backend.emulator import pipeline as pl
-from rdu_xla_backend.gathers import (  # noqa: F401  (re-exported)
-    EXPECTED_SEED,
-    MAX_GATHER_FEATURES,
-    MAX_GATHER_LISTS,
-    gather_cost,
-)
-from rdu_xla_backend.gathers import index_lists as _index_lists  # noqa: F401
-from rdu_xla_backend.graph import Graph, Kernel
+from rdu_xla_backend.mapping import parallel as par
+from rdu_xla_backend.mapping import tiers
+from rdu_xla_backend.mapping import pipeline as pl
+from rdu_xla_backend.workload.graph import Graph, Kernel
 from rdu_xla_backend.hardware import ChipSpec
-from rdu_xla_backend.kernel_work import KernelWork, kernel_work  # noqa: F401  (re-exported)
-from rdu_xla_backend.placement import MemoryPlan, plan_memory, place_tensors  # noqa: F401
+from rdu_xla_backend.mapping.kernel_work import KernelWork, kernel_work
+from rdu_xla_backend.mapping.placement import MemoryPlan, plan_memory
 
 BOUNDS = ("compute", "sram", "hbm", "ddr", "network", "launch")
 PARALLEL = ("pipeline", "tensor")
@@ -190,7 +183,7 @@ class ProgramPerf:
 def achievable_bytes_per_s(chip: ChipSpec, tier: str) -> float:
     """Bandwidth a streaming kernel reaches on a tier: peak x the tier's efficiency."""
     eff = {"hbm": chip.params.hbm_efficiency, "ddr": chip.params.ddr_efficiency}.get(tier, 1.0)
-    return mem.tier_bytes_per_s(chip, tier) * eff
+    return tiers.tier_bytes_per_s(chip, tier) * eff
 
 
 def kernel_time(w: KernelWork, chip: ChipSpec, options: Options = Options()) -> KernelPerf:
@@ -242,13 +235,6 @@ def kernel_time(w: KernelWork, chip: ChipSpec, options: Options = Options()) -> 
                       w.gather_conflicts * c, w.stage_names, w.stage_share, launches * c)
 
 
-def kernel_perf(kernel: Kernel, graph: Graph, chip: ChipSpec, tier_of: dict[int, str],
-                options: Options = Options(), cache: dict | None = None) -> KernelPerf:
-    """Time all calls of one kernel on one socket (``kernel_work`` then ``kernel_time``)."""
-    return kernel_time(kernel_work(kernel, graph, chip, tier_of, options.shards, cache), chip,
-                       options)
-
-
 # ----------------------------------------------------------------------------- program
 
 
@@ -277,7 +263,7 @@ def program_work(graph: Graph, chip: ChipSpec, shards: int, placement_sockets: i
 def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> ProgramPerf:
     """Time a lowered program on ``options.sockets`` sockets of ``chip``."""
     if not isinstance(chip, ChipSpec):
-        raise ValueError(f"{chip.name} is not an RDU; use emulator.gpu for GPU baselines")
+        raise ValueError(f"{chip.name} is not an RDU; use cost.gpu for GPU baselines")
     P = options.sockets
     plan, works = program_work(graph, chip, 1, P)
     kernels = [kernel_time(w, chip, options) for w in works]

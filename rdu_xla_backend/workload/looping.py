@@ -21,9 +21,9 @@ merged kernel is priced from the first call's index array (the calls' shapes are
 
 from __future__ import annotations
 
-from rdu_xla_backend.graph import Kernel, Step, Tensor
-from rdu_xla_backend.operators import VIEWS
-from rdu_xla_backend.parallel import ALL_REDUCES_PER_LAYER
+from rdu_xla_backend.workload.graph import Kernel, Step, Tensor
+from rdu_xla_backend.workload.operators import VIEWS
+from rdu_xla_backend.mapping.parallel import ALL_REDUCES_PER_LAYER
 
 
 def signature(kernel: Kernel, tensors: dict[int, Tensor]) -> tuple:

@@ -31,11 +31,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from rdu_xla_backend import perf
-from rdu_xla_backend.emulator import gpu as gpu_model
-from rdu_xla_backend.graph import Graph
+from rdu_xla_backend.cost import rdu as perf
+from rdu_xla_backend.cost import gpu as gpu_model
+from rdu_xla_backend.workload.graph import Graph
 from rdu_xla_backend.hardware import ChipSpec, GpuSpec
-from rdu_xla_backend.placement import copy_seconds
+from rdu_xla_backend.mapping.placement import copy_seconds
 
 TB = 1e12
 

@@ -22,9 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rdu_xla_backend.emulator import memory as mem
-from rdu_xla_backend.graph import GatherInfo, Graph
+from rdu_xla_backend.mapping import banks as mem
+from rdu_xla_backend.workload.graph import GatherInfo, Graph
 from rdu_xla_backend.hardware import GpuSpec
+from rdu_xla_backend.mapping.gathers import MAX_GATHER_FEATURES
+from rdu_xla_backend.mapping.gathers import index_lists as _index_lists
+from rdu_xla_backend.workload.operators import operator_groups
+from rdu_xla_backend.mapping.parallel import gpu_collective_seconds
 
 
 @dataclass
@@ -62,9 +66,6 @@ class GpuPerf:
 
 def _sector_bytes(info: GatherInfo, graph: Graph, sector: int, cache: dict) -> float:
     """HBM bytes of ONE execution of a gather, by sectors touched."""
-    from rdu_xla_backend.gathers import MAX_GATHER_FEATURES
-    from rdu_xla_backend.gathers import index_lists as _index_lists
-
     if info in cache:
         return cache[info]
     lists, _ = _index_lists(info, graph)
@@ -78,8 +79,6 @@ def _sector_bytes(info: GatherInfo, graph: Graph, sector: int, cache: dict) -> f
 
 def _groups(graph: Graph) -> list[list]:
     """Operator groups of every kernel (cached on the graph: they depend on nothing else)."""
-    from rdu_xla_backend.operators import operator_groups
-
     cache = graph.__dict__.setdefault("_operator_groups", {})
     if "groups" not in cache:
         cache["groups"] = [operator_groups(k.ops) for k in graph.kernels]
@@ -88,10 +87,8 @@ def _groups(graph: Graph) -> list[list]:
 
 def gpu_perf(graph: Graph, gpu: GpuSpec, gpus: int = 1) -> GpuPerf:
     """Kernel-by-kernel time of ``graph`` (either lowering mode) on ``gpus`` GPUs."""
-    from rdu_xla_backend.parallel import gpu_collective_seconds
-
     if not isinstance(gpu, GpuSpec):
-        raise ValueError(f"{gpu.name} is not a GPU baseline; use perf.program_perf for RDUs")
+        raise ValueError(f"{gpu.name} is not a GPU baseline; use cost.rdu.program_perf for RDUs")
     groups: dict[str, GpuOpGroup] = {}
     cache = graph.__dict__.setdefault("_sector_cache", {})
     for kernel, kgroups in zip(graph.kernels, _groups(graph)):

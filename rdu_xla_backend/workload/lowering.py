@@ -9,7 +9,7 @@ top-level ``jit`` calls into one flat program, and groups its equations into ker
   length as its trip count); the other equations form one kernel per maximal run of the same
   phase: forward, backward (equations JAX derived by transposition: their name stack holds
   ``transpose``) and update (everything after the last backward equation: the optimizer).
-  Functions wrapped by ``rdu_xla_backend.kernels`` become a kernel of their own. Then the
+  Functions wrapped by ``rdu_xla_backend.workload.kernels`` become a kernel of their own. Then the
   kernel-looping pass (``looping``) turns consecutive calls of the same kernel (an unrolled stack
   of identical layers) into one looped kernel, as a scan already is.
 - ``mode="unfused"``: one kernel per operator (``operators``: a matmul, a gather, a cache update,
@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Jaxpr, Literal
 
-from rdu_xla_backend import looping
-from rdu_xla_backend.collect import (
+from rdu_xla_backend.workload import looping
+from rdu_xla_backend.workload.collect import (
     _Body,
     _pass_origin,
     collect_eqn,
@@ -47,9 +47,9 @@ from rdu_xla_backend.collect import (
     is_loop_kernel,
     is_marked_kernel,
 )
-from rdu_xla_backend.operators import charged_reads, charged_writes, operator_kernels
-from rdu_xla_backend.parallel import ALL_REDUCES_PER_LAYER
-from rdu_xla_backend.rules import (  # noqa: F401  (re-exported: the lowering's public names)
+from rdu_xla_backend.workload.operators import charged_reads, charged_writes, operator_kernels
+from rdu_xla_backend.mapping.parallel import ALL_REDUCES_PER_LAYER
+from rdu_xla_backend.workload.rules import (  # noqa: F401  (re-exported: the lowering's public names)
     BLOCK_SPARSE_CALLS,
     FREE,
     GENERATED_FROM_BYTES,
@@ -60,7 +60,7 @@ from rdu_xla_backend.rules import (  # noqa: F401  (re-exported: the lowering's 
     aval_bytes,
     op_of_eqn,
 )
-from rdu_xla_backend.graph import FlatEqn, Graph, Kernel, Step, Tensor
+from rdu_xla_backend.workload.graph import FlatEqn, Graph, Kernel, Step, Tensor
 
 MODES = ("fused", "unfused")
 

@@ -1,7 +1,7 @@
 """The dataflow graph IR: kernels made of operators, the tensors between kernels, loops.
 
 A ``Graph`` is what ``lowering.lower`` builds from a jaxpr and what ``perf`` times and
-``emulator.execute`` runs:
+``execute`` runs:
 
 - ``Op``: one primitive application inside a kernel, with its work per execution (FLOPs, bytes
   read and written) and ``count``, how many times it runs per kernel call (the product of the

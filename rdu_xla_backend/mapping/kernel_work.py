@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rdu_xla_backend.emulator import memory as mem
-from rdu_xla_backend.emulator import pipeline as pl
-from rdu_xla_backend.gathers import gather_cost
-from rdu_xla_backend.graph import PCU_KINDS, Graph, Kernel
+from rdu_xla_backend.mapping import banks as mem
+from rdu_xla_backend.mapping import pipeline as pl
+from rdu_xla_backend.mapping.gathers import gather_cost
+from rdu_xla_backend.workload.graph import PCU_KINDS, Graph, Kernel
 from rdu_xla_backend.hardware import ChipSpec
 
 COARSE_KINDS = ("matmul", "reduce", "gather")  # stages that need a whole tile before passing it

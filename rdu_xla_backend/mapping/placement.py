@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 import jax.numpy as jnp
 
-from rdu_xla_backend.graph import Graph
+from rdu_xla_backend.mapping.tiers import tier_bytes_per_s
+from rdu_xla_backend.workload.graph import Graph
 
 CATEGORIES = ("activations", "kv_cache", "weights", "optimizer_state")  # HBM priority order
 OFF_CHIP = ("hbm", "ddr")
@@ -199,8 +200,6 @@ def copy_seconds(nbytes: float, chip, sockets: int = 1, src: str = "ddr",
     """Seconds to copy ``nbytes`` from ``src`` to ``dst`` on ``sockets`` sockets of an RDU, each
     moving its shard at the slower tier's achievable bandwidth (DDR: ``ddr_efficiency`` of the
     public peak; [SN40L]: an 8-socket node copies DDR -> HBM at over 1 TB/s)."""
-    from rdu_xla_backend.emulator.memory import tier_bytes_per_s
-
     bw = min(tier_bytes_per_s(chip, src), tier_bytes_per_s(chip, dst))
     eff = chip.params.ddr_efficiency if "ddr" in (src, dst) else chip.params.hbm_efficiency
     return nbytes / (sockets * bw * eff)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import jax
 
-from rdu_xla_backend.lowering import KERNEL_PREFIX
+from rdu_xla_backend.workload.lowering import KERNEL_PREFIX
 
 
 def fused(name: str, fn: Callable) -> Callable:

@@ -18,7 +18,9 @@ import jax
 import numpy as np
 from jax.extend.core import Literal
 
-from rdu_xla_backend.graph import Graph, Step
+from rdu_xla_backend.workload.graph import Graph, Step
+from rdu_xla_backend.mapping import banks as mem
+from rdu_xla_backend.mapping.gathers import gather_cost
 
 
 @dataclass
@@ -110,9 +112,6 @@ def execute(graph: Graph, *args, chip=None, timed: bool = True):
 
 def _gather_counters(graph: Graph, leaves, chip, counters) -> None:
     """Bank cycles of every gather from the index values of this run's arguments."""
-    from rdu_xla_backend.emulator import memory as mem
-    from rdu_xla_backend.gathers import gather_cost
-
     saved = graph.concrete
     graph.concrete = {pos: np.asarray(leaves[pos]) for pos in range(len(leaves))
                       if np.issubdtype(np.asarray(leaves[pos]).dtype, np.integer)}

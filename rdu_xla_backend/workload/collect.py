@@ -14,8 +14,8 @@ import itertools
 
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 
-from rdu_xla_backend.graph import Op
-from rdu_xla_backend.rules import (
+from rdu_xla_backend.workload.graph import Op
+from rdu_xla_backend.workload.rules import (
     BLOCK_SPARSE_CALLS,
     CALLS,
     KERNEL_PREFIX,

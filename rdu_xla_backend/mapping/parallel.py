@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from rdu_xla_backend.emulator import pipeline as pl
+from rdu_xla_backend.mapping import pipeline as pl
 
 ALL_REDUCES_PER_LAYER = 2  # Megatron: attention output and MLP output, per pass
 

@@ -17,9 +17,9 @@ import jax
 import numpy as np
 from jax.extend.core import ClosedJaxpr, Jaxpr
 
-from rdu_xla_backend.graph import GatherInfo, Op
+from rdu_xla_backend.workload.graph import GatherInfo, Op
 
-KERNEL_PREFIX = "rdu_kernel:"  # jit names of functions wrapped by rdu_xla_backend.kernels
+KERNEL_PREFIX = "rdu_kernel:"  # jit names of functions wrapped by rdu_xla_backend.workload.kernels
 
 # ----------------------------------------------------------------------------- primitive rules
 

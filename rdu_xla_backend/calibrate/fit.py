@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rdu_xla_backend.hardware import ChipSpec
+
 
 @dataclass(frozen=True)
 class Param:
@@ -80,8 +82,6 @@ def error_percent(case: Case, value: float) -> float:
 def apply(chips: dict, params: Sequence[Param], values: dict[str, float]) -> dict:
     """Copies of ``chips`` with the fitted values set: RDU chips get the 'rdu' values in their
     ``params`` (``ModelParameters``), GPU chips the 'gpu' values (``GpuParameters``)."""
-    from rdu_xla_backend.hardware import ChipSpec
-
     out = {}
     for key, chip in chips.items():
         target = "rdu" if isinstance(chip, ChipSpec) else "gpu"

@@ -1,4 +1,5 @@
-"""PMU banked SRAM (irregular gathers), memory tiers and transfers between them.
+"""PMU banked SRAM: the cycles of irregular gathers (bank conflicts, address generation), and the
+bytes a GPU moves for the same gather (32-byte sectors).
 
 Bank model (per PMU, per request group). A request group is the ``lanes`` element addresses one
 vector read asks for in the same cycle group (negative address = idle lane). Its cost in cycles is
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -299,97 +299,3 @@ def sector_bytes_moved(features: np.ndarray, in_features: int, tokens: int, elem
     per_token = distinct.sum(axis=1)  # (p,)
     reps, rest = divmod(tokens, p)
     return int((reps * per_token.sum() + per_token[:rest].sum()) * sector_bytes)
-
-
-# ----------------------------------------------------------------------------- memory tiers
-
-TIERS = ("sram", "hbm", "ddr", "host", "peer")
-
-
-def tier_bytes_per_s(chip: ChipSpec | GpuSpec, tier: str) -> float:
-    """Bandwidth of a tier (bytes/s). GPUs have 'hbm', 'host' and 'peer' (NVLink) only.
-
-    Raises ValueError for an unknown tier or one the chip lacks (e.g. HBM on SN10).
-    """
-    if isinstance(chip, GpuSpec):
-        bw = {"hbm": chip.hbm_bytes_per_s, "host": chip.host_link_bytes_per_s,
-              "peer": chip.nvlink_bytes_per_s}
-    else:
-        bw = {"sram": chip.sram_bytes_per_s, "hbm": chip.hbm_bytes_per_s,
-              "ddr": chip.ddr_bytes_per_s, "host": chip.host_link_bytes_per_s,
-              "peer": chip.inter_socket_bytes_per_s}
-    if not bw.get(tier):
-        raise ValueError(f"{chip.name} has no tier {tier!r}; it has: "
-                         f"{', '.join(t for t, v in bw.items() if v)}")
-    return bw[tier]
-
-
-def tier_capacity_bytes(chip: ChipSpec | GpuSpec, tier: str) -> float:
-    """Capacity of a storage tier in bytes ('sram', 'hbm', 'ddr'; GPUs: 'hbm')."""
-    cap = {"hbm": chip.hbm_bytes}
-    if isinstance(chip, ChipSpec):
-        cap.update(sram=chip.sram_bytes, ddr=chip.ddr_bytes)
-    if not cap.get(tier):
-        raise ValueError(f"{chip.name} has no storage tier {tier!r}")
-    return cap[tier]
-
-
-def transfer_seconds(nbytes, tier_from: str, tier_to: str, chip: ChipSpec | GpuSpec):
-    """Seconds to move ``nbytes`` (scalar or array, bytes) from one tier to another.
-
-    Bandwidth is the slower of the two tiers; a copy within one tier reads and writes it, so it
-    moves 2 x nbytes at that tier's bandwidth. Latency is not modelled.
-    """
-    if tier_from == tier_to:
-        return 2 * nbytes / tier_bytes_per_s(chip, tier_from)
-    return nbytes / min(tier_bytes_per_s(chip, tier_from), tier_bytes_per_s(chip, tier_to))
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where each tensor lives.
-
-    Attributes:
-        tier_of: tensor name -> tier ('overflow' if it fits nowhere).
-        bytes_per_tier: tier -> bytes placed there.
-        spilled: names not placed in the first (preferred) tier, in input order.
-        overflow: names that fit in no tier (reported, never hidden).
-    """
-
-    tier_of: dict[str, str]
-    bytes_per_tier: dict[str, float]
-    spilled: tuple[str, ...]
-    overflow: tuple[str, ...]
-
-
-def place(tensors: Mapping[str, float], chip: ChipSpec | GpuSpec,
-          tiers: Sequence[str] = ("sram", "hbm", "ddr"),
-          capacity: Mapping[str, float] | None = None) -> Placement:
-    """Greedy capacity check: each tensor (in the given order = priority) goes whole to the first
-    tier of ``tiers`` with room left; what does not fit the first tier spills down.
-
-    Args:
-        tensors: name -> size in bytes.
-        chip: the chip whose capacities apply; tiers the chip lacks are skipped.
-        tiers: preference order.
-        capacity: optional override of tier capacities in bytes (e.g. SRAM left by a kernel).
-    """
-    left = {}
-    for t in tiers:
-        if capacity is not None and t in capacity:
-            left[t] = float(capacity[t])
-        else:
-            try:
-                left[t] = tier_capacity_bytes(chip, t)
-            except ValueError:
-                continue
-    tier_of, used = {}, {t: 0.0 for t in left}
-    for name, size in tensors.items():
-        tier = next((t for t in left if size <= left[t]), "overflow")
-        tier_of[name] = tier
-        if tier != "overflow":
-            left[tier] -= size
-            used[tier] += size
-    spilled = tuple(n for n, t in tier_of.items() if t != tiers[0])
-    overflow = tuple(n for n, t in tier_of.items() if t == "overflow")
-    return Placement(tier_of, used, spilled, overflow)

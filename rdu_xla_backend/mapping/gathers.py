@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rdu_xla_backend.emulator import memory as mem
-from rdu_xla_backend.graph import GatherInfo, Graph
+from rdu_xla_backend.mapping import banks as mem
+from rdu_xla_backend.workload.graph import GatherInfo, Graph
 
 MAX_GATHER_LISTS = 64  # index lists simulated per gather (evenly sampled); the rest scales
 MAX_GATHER_FEATURES = 1 << 16  # elements per simulated list; longer lists are sampled and scaled

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rdu_xla_backend.graph import Kernel, Op
+from rdu_xla_backend.workload.graph import Kernel, Op
 
 # Ops that are a kernel of their own (data-dependent addressing, in-place updates, sorting).
 SOLO = {"dynamic_update_slice", "scatter", "scatter-add", "scatter_add", "scatter-mul",

@@ -1,0 +1,3 @@
+"""Calibration: named parameters fitted once, within physical ranges, to published
+measurements (``fit``).
+"""

@@ -1,0 +1,9 @@
+"""Mapping: how a lowered graph is laid onto a chip.
+
+- ``kernel_work``: stages, units, tiles and bytes of one kernel call on one socket.
+- ``banks``: PMU banked scratchpads (bank conflicts of real gathers), memory tiers, transfers.
+- ``gathers``: index lists of a lowered gather, priced on a PMU.
+- ``pipeline``: stage balancing inside a fused kernel; micro-batch schedules across sockets.
+- ``placement``: three-tier memory (SRAM/HBM/DDR) by tensor role.
+- ``parallel``: tensor/pipeline/data-parallel plans across sockets.
+"""
