@@ -120,12 +120,13 @@ SPECS = [
 
 def _program(recipe: str, mode: str, sets: list[str], unfused: bool = False):
     from sparsetrain.config import load_recipe
-    from sparsetrain.emulate import program
+    from sparsetrain.emulate import program, program_roles
 
     cfg = load_recipe(str(ROOT / "recipes" / recipe), sets, check_data=False)
     fn, args = program(cfg, mode)
-    fused = lower(fn, *args, name=f"{recipe}:{mode}")
-    return (fused, lower(fn, *args, mode="unfused", name=f"{recipe}:{mode}:unfused")
+    roles = program_roles(mode)
+    fused = lower(fn, *args, name=f"{recipe}:{mode}", roles=roles)
+    return (fused, lower(fn, *args, mode="unfused", name=f"{recipe}:{mode}:unfused", roles=roles)
             if unfused else None)
 
 

@@ -97,6 +97,20 @@ def program(cfg, mode: str):
                         jax.ShapeDtypeStruct((B,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32))
 
 
+def program_roles(mode: str):
+    """What each argument of ``program(cfg, mode)``'s function is to the program, as
+    ``rdu_xla_backend.lower(..., roles=...)`` takes it (the backend places tensors by role)."""
+    if mode == "train":  # (state, batch): params are weights, opt_state the optimizer's
+        def role(path: str, leaf) -> str | None:
+            if path.startswith("[0]['opt_state']"):
+                return "optimizer_state"
+            return "weights" if path.startswith("[0]['params']") else "activations"
+        return role
+    if mode == "prefill":  # (params, indices, tokens)
+        return ("weights", "activations", "activations")
+    return ("weights", "activations", "kv_cache", "activations", "activations")  # decode
+
+
 def mode_assumptions(cfg, mode: str) -> list[str]:
     """What the traced program of ``mode`` does and does not include."""
     T, dtype = cfg.data.seq_len, cfg.model.dtype
@@ -128,11 +142,13 @@ def estimate(cfg, dense_cfg, args) -> dict:
                            micro_batches=args.micro_batches, orchestration=args.orchestration,
                            kernel_looping=not args.no_kernel_looping)
     fn, abstract = program(cfg, args.mode)
-    graph = lower(fn, *abstract, mode="unfused" if args.unfused else "fused", name=args.mode)
+    roles = program_roles(args.mode)
+    graph = lower(fn, *abstract, mode="unfused" if args.unfused else "fused", name=args.mode,
+                  roles=roles)
     rdu = perf.program_perf(graph, chip, options)
     gpu_sparse = gpu_model.gpu_perf(graph, gpu, gpus=args.sockets)
     dfn, dabstract = program(dense_cfg, args.mode)
-    gpu_dense = gpu_model.gpu_perf(lower(dfn, *dabstract, name=args.mode), gpu, gpus=args.sockets)
+    gpu_dense = gpu_model.gpu_perf(lower(dfn, *dabstract, name=args.mode, roles=roles), gpu, gpus=args.sockets)
     assumptions = (hardware.assumptions(chip) + perf.assumptions(chip, options)
                    + hardware.assumptions(gpu) + gpu_model.assumptions(gpu, args.sockets)
                    + ["model: block indices are placeholders (abstract shapes): sparse gathers "

@@ -18,6 +18,8 @@ import numpy as np
 from rdu_xla_backend import Options, get_chip, lower, program_perf
 from rdu_xla_backend.execute import execute
 
+from sparsetrain.emulate import program_roles
+
 
 class EmulatedTrainStep:
     """`step(state, batch) -> (state, metrics)` executed on the emulated RDU.
@@ -39,7 +41,8 @@ class EmulatedTrainStep:
 
     def __call__(self, state: dict, batch: dict) -> tuple[dict, dict]:
         if self.graph is None:
-            self.graph = lower(self.step_fn, state, batch, name="train_step")
+            self.graph = lower(self.step_fn, state, batch, name="train_step",
+                               roles=program_roles("train"))
             self.lowerings += 1
             self.reprice(state, batch)
         outputs, _ = execute(self.graph, state, batch, timed=False)

@@ -31,6 +31,9 @@ def decode_args(layers=4, d=512, ctx=256):
     return params, cache, jax.ShapeDtypeStruct((1,), jnp.int32)
 
 
+ROLES = ("weights", "kv_cache", "activations")  # what decode's arguments are: given to lower
+
+
 def chip_with(hbm=None, ddr=None, sram=None):
     c = hw.SN40L
     return dataclasses.replace(c, name="SN40L-small", hbm_bytes=c.hbm_bytes if hbm is None else hbm,
@@ -38,8 +41,17 @@ def chip_with(hbm=None, ddr=None, sram=None):
                                sram_bytes=c.sram_bytes if sram is None else sram)
 
 
+def test_roles_come_from_the_caller_not_from_names():
+    g = lower(decode, *decode_args())  # no roles: floating inputs are weights, whatever the name
+    assert plan_memory(g, hw.SN40L).bytes.get("kv_cache") is None
+    g = lower(decode, *decode_args(), roles=lambda path, leaf: "kv_cache" if "kv" in path else None)
+    assert plan_memory(g, hw.SN40L).bytes["kv_cache"] == {"hbm": 4 * 256 * 512 * 2}
+    with pytest.raises(ValueError, match="unknown; allowed: activations"):
+        lower(decode, *decode_args(), roles=("weights", "cache", "activations"))
+
+
 def test_categories_spill_and_overflow_reported():
-    g = lower(decode, *decode_args())
+    g = lower(decode, *decode_args(), roles=ROLES)
     plan = plan_memory(g, hw.SN40L)
     assert plan.bytes["weights"] == {"hbm": (4 * 512 + 16) * 512 * 2}
     assert plan.bytes["kv_cache"] == {"hbm": 4 * 256 * 512 * 2}  # updated in place: counted once
@@ -77,9 +89,9 @@ def test_copy_ddr_to_hbm_uses_every_socket():
 
 @pytest.fixture(scope="module")
 def graphs():
-    g = lower(decode, *decode_args(layers=8, d=4096, ctx=128))
+    g = lower(decode, *decode_args(layers=8, d=4096, ctx=128), roles=ROLES)
     pre = lower(decode, *decode_args(layers=8, d=4096, ctx=128)[:2],
-                jax.ShapeDtypeStruct((64,), jnp.int32))
+                jax.ShapeDtypeStruct((64,), jnp.int32), roles=ROLES)
     return pre, pre, g  # router, expert prefill, expert decode
 
 

@@ -4,10 +4,10 @@ SRAM (PMU scratchpads) holds what a kernel produces and consumes inside itself, 
 (``perf`` checks each kernel's working set per tile against it and charges the excess as a spill
 to HBM and back). The tensors that cross kernel boundaries live off chip, placed here:
 
-1. Each tensor gets a category: a program input whose pytree path names a cache (``cache``,
-   ``kv``) is KV cache; one that names optimizer state (``opt``, ``mu``, ``nu``, ``moment``) is
-   optimizer state; other floating inputs are weights; integer inputs (tokens, indices) and
-   every value a kernel produces are activations.
+1. Each tensor gets a category: a program input has the role its caller gave ``lower``
+   (``graph.input_roles``: weights, KV cache, optimizer state, activations); without one, a
+   floating input is weights and an integer input (tokens, indices) activations; every value a
+   kernel produces is an activation.
 2. HBM is filled by priority: activations first (the peak of their live set is reserved, from
    a liveness sweep in program order), then KV cache, weights, optimizer state. What does not fit
    HBM spills to DDR; what fits neither is *overflow*: reported (``MemoryPlan.overflow``, a note
@@ -25,18 +25,15 @@ Units: bytes, seconds.
 from __future__ import annotations
 
 import heapq
-import re
 from dataclasses import dataclass, field
 
 import jax.numpy as jnp
 
 from rdu_xla_backend.mapping.tiers import tier_bytes_per_s
-from rdu_xla_backend.workload.graph import Graph
+from rdu_xla_backend.workload.graph import ROLES, Graph
 
-CATEGORIES = ("activations", "kv_cache", "weights", "optimizer_state")  # HBM priority order
+CATEGORIES = ROLES  # HBM priority order
 OFF_CHIP = ("hbm", "ddr")
-_KV = re.compile(r"cache|\bkv\b|kv_|\.[kv]$|\['[kv]'\]$", re.IGNORECASE)
-_OPT = re.compile(r"opt|'mu'|'nu'|moment|\.mu\b|\.nu\b", re.IGNORECASE)
 
 
 def _floating(dtype: str) -> bool:
@@ -54,11 +51,10 @@ def categorize(graph: Graph) -> dict[int, str]:
         if t.generated:
             continue
         if t.key in pos and t.producer < 0:
-            path = graph.input_paths[pos[t.key]] if pos[t.key] < len(graph.input_paths) else ""
-            if _KV.search(path):
-                out[t.key] = "kv_cache"
-            elif _OPT.search(path):
-                out[t.key] = "optimizer_state"
+            roles = graph.input_roles
+            role = roles[pos[t.key]] if pos[t.key] < len(roles) else None
+            if role is not None:
+                out[t.key] = role
             elif _floating(t.dtype):
                 out[t.key] = "weights"
             else:

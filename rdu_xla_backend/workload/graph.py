@@ -28,6 +28,11 @@ PMU_KINDS = ("memory", "gather")
 KINDS = PCU_KINDS + PMU_KINDS + ("free",)
 
 
+# What a program input is to the program, in the HBM priority order of the placement: the caller of
+# ``lower`` names them (the workload cannot know a KV cache from a weight by its shape).
+ROLES = ("activations", "kv_cache", "weights", "optimizer_state")
+
+
 @dataclass(frozen=True)
 class GatherInfo:
     """Shape of an indexed read X[t, idx * run : (idx + 1) * run] for t < tokens (see memory.py).
@@ -176,9 +181,11 @@ class Graph:
     concrete: dict[int, np.ndarray]  # flat argument position -> value, for concrete int inputs
     mode: str = "fused"
     name: str = ""
-    # Pytree path of each flat argument, e.g. "[0].params['layers']['wq']" (names the memory
-    # category of an input: weights, KV cache, optimizer state; see ``placement``).
+    # Pytree path of each flat argument, e.g. "[0].params['layers']['wq']" (for reports).
     input_paths: list[str] = field(default_factory=list)
+    # Role of each flat argument (one of ``ROLES``, or None: inferred from its dtype), given by
+    # the caller of ``lower``; the mapping places tensors by role (``mapping.placement``).
+    input_roles: list[str | None] = field(default_factory=list)
 
     @property
     def flops(self) -> float:

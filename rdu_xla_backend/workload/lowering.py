@@ -60,7 +60,7 @@ from rdu_xla_backend.workload.rules import (  # noqa: F401  (re-exported: the lo
     aval_bytes,
     op_of_eqn,
 )
-from rdu_xla_backend.workload.graph import FlatEqn, Graph, Kernel, Step, Tensor
+from rdu_xla_backend.workload.graph import ROLES, FlatEqn, Graph, Kernel, Step, Tensor
 
 MODES = ("fused", "unfused")
 
@@ -181,7 +181,7 @@ def is_tracing() -> bool:
     return _TRACING.get()
 
 
-def lower(fn: Callable, *args, mode: str = "fused", name: str = "") -> Graph:
+def lower(fn: Callable, *args, mode: str = "fused", name: str = "", roles: Any = None) -> Graph:
     """Trace ``fn(*args)`` and build its dataflow graph.
 
     Args:
@@ -191,14 +191,20 @@ def lower(fn: Callable, *args, mode: str = "fused", name: str = "") -> Graph:
             of the same kernel become one looped kernel, ``looping``) or 'unfused' (one kernel
             per operator, ``operators``: intermediates through off-chip memory).
         name: label for reports.
+        roles: what each argument is to the program, one of ``graph.ROLES`` ('activations',
+            'kv_cache', 'weights', 'optimizer_state') or None (inferred: floating inputs are
+            weights, integer inputs activations). Either a pytree prefix of ``args`` (e.g.
+            ``("weights", "activations", "kv_cache")`` for ``fn(params, tokens, cache)``) or a
+            function ``(path: str, leaf) -> role | None`` over the flat arguments.
     Returns:
         Graph. Integer arguments that gather indices come from are kept (as numpy) in
         ``graph.concrete`` when they are concrete, for pricing real sparse gathers.
     Raises:
-        ValueError: unknown mode. UnsupportedPrimitiveError: a primitive without a rule.
+        ValueError: unknown mode or role. UnsupportedPrimitiveError: a primitive without a rule.
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} unknown; allowed: {', '.join(MODES)}")
+    input_roles = _input_roles(args, roles)
     token = _TRACING.set(True)
     try:
         closed = jax.make_jaxpr(fn)(*args)
@@ -250,7 +256,29 @@ def lower(fn: Callable, *args, mode: str = "fused", name: str = "") -> Graph:
             concrete[pos] = np.asarray(leaf)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(args)[0]]
     return Graph(kernels, tensors, steps, in_keys, out_keys, flat.constants, out_tree, in_tree,
-                 concrete, mode, name or getattr(fn, "__name__", "fn"), paths)
+                 concrete, mode, name or getattr(fn, "__name__", "fn"), paths, input_roles)
+
+
+def _input_roles(args: tuple, roles: Any) -> list[str | None]:
+    """Role of every flat argument of ``args`` from ``roles`` (see ``lower``)."""
+    flat = jax.tree_util.tree_flatten_with_path(args)[0]
+    if roles is None:
+        out = [None] * len(flat)
+    elif callable(roles):
+        out = [roles(jax.tree_util.keystr(p), leaf) for p, leaf in flat]
+    else:
+        prefix = tuple(roles) if isinstance(roles, list) else roles
+        try:
+            nested = jax.tree.map(lambda r, sub: [r] * len(jax.tree.leaves(sub)), prefix, args,
+                                  is_leaf=lambda x: x is None or isinstance(x, str))
+        except ValueError as e:
+            raise ValueError(f"roles must be a pytree prefix of the arguments: {e}") from None
+        out = [r for group in jax.tree.leaves(nested, is_leaf=lambda x: isinstance(x, list))
+               for r in group]
+    bad = sorted({r for r in out if r is not None and r not in ROLES})
+    if bad:
+        raise ValueError(f"roles {bad} unknown; allowed: {', '.join(ROLES)} or None")
+    return out
 
 
 def _fused_kernel(fes: list[FlatEqn], flat: _Flat, index: int) -> Kernel:
