@@ -70,7 +70,8 @@ def test_sram_overflow_spills_and_is_reported():
 
 
 def test_copy_ddr_to_hbm_uses_every_socket():
-    c = dataclasses.replace(hw.SN40L, params=hw.ModelParameters(ddr_efficiency=1.0))
+    c = dataclasses.replace(hw.SN40L, params=hw.ModelParameters(ddr_efficiency=0.8,
+                                                                ddr_peak_factor=1.25))
     assert copy_seconds(16e9, c, 8) == pytest.approx(16e9 / (8 * 200e9))
     assert copy_seconds(16e9, c, 1) == pytest.approx(8 * copy_seconds(16e9, c, 8))
 

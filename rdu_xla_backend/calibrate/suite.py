@@ -1,0 +1,159 @@
+"""The calibration suite: one bounded fit over every group of cases, leave-one-out over the point
+cases, and the never-fitted validation set.
+
+A ``Group`` is a list of published cases and the parameters it brings (e.g. the SN40L/[KL] cases
+of ``cases`` with the RDU and DGX parameters; a GPU training table with its own). ``run`` fits
+the union of the groups' parameters to the union of their cases at once (``fit.fit``: bounded
+to each parameter's plausible range, weak prior toward the assumed values), then:
+
+- leave-one-out: for every point case i (a published number, not a range), refit without case i
+  (from the full fit, fewer iterations) and predict case i. Its mean and max absolute error are
+  the fidelity figure; the in-sample errors are not.
+- validation: every validation case estimated with the full fit's values, never fitted.
+- bounds: every fitted value within ``fit.BOUND_MARGIN`` of a bound is reported as a missing
+  mechanism; ``constraints`` counts the point cases that depend on parameters against the
+  parameters fitted.
+
+Units: errors in percent; parameters in their fields' units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from rdu_xla_backend.calibrate import fit
+from rdu_xla_backend.hardware import ChipSpec, ModelParameters, parameter_range
+
+PRIOR_WEIGHT = 0.02  # a parameter a full range-width from its assumed value costs ~ a case 15% off
+
+
+@dataclass
+class Group:
+    """Published cases and the parameters they inform."""
+
+    name: str
+    cases: list[fit.Case]
+    params: list[fit.Param]
+
+
+@dataclass
+class LooRow:
+    """One point case predicted by a fit that did not see it."""
+
+    name: str
+    published: float
+    in_sample: float  # estimate with every case fitted
+    predicted: float  # estimate with this case left out
+    error_percent: float  # of ``predicted``
+    at_bound: dict[str, str] = field(default_factory=dict)  # of the leave-one-out fit
+
+
+@dataclass
+class SuiteResult:
+    """Everything ``run`` measured."""
+
+    groups: list[Group]
+    params: list[fit.Param]
+    assumed: dict[str, float]
+    full: fit.FitResult
+    loo: list[LooRow]
+    validation: list[tuple[fit.Case, float, float]]  # (case, estimate, error %)
+    constraints: dict[str, int]
+
+    @property
+    def cases(self) -> list[fit.Case]:
+        return [c for g in self.groups for c in g.cases]
+
+    def loo_summary(self) -> tuple[float, float]:
+        """(mean, max) absolute leave-one-out error in percent over the point cases."""
+        errs = [abs(r.error_percent) for r in self.loo]
+        return (sum(errs) / len(errs), max(errs)) if errs else (0.0, 0.0)
+
+
+def assumed_values(params: Sequence[fit.Param]) -> dict[str, float]:
+    """The value of every parameter before any fit (``hardware.RANGES``' ``assumed``; the
+    dataclass defaults carry the fitted values instead)."""
+    return {p.name: float(parameter_range(p.target, p.name).assumed) for p in params}
+
+
+def union_params(groups: Sequence[Group]) -> list[fit.Param]:
+    """Every group's parameters once (first definition wins), in order."""
+    seen: dict[str, fit.Param] = {}
+    for g in groups:
+        for p in g.params:
+            seen.setdefault(p.name, p)
+    return list(seen.values())
+
+
+def depends_on_params(case: fit.Case, chips: dict, params: Sequence[fit.Param],
+                      base: dict[str, float], factor: float = 1.3) -> bool:
+    """Whether ``case``'s estimate moves when every parameter moves by ``factor`` in turn."""
+    ref = case.estimate(fit.apply(chips, params, base))
+    for p in params:
+        moved = dict(base, **{p.name: min(p.high, max(p.low, base[p.name] * factor))})
+        if moved[p.name] == base[p.name]:
+            moved[p.name] = max(p.low, base[p.name] / factor)
+        if not math.isclose(case.estimate(fit.apply(chips, params, moved)), ref, rel_tol=1e-9):
+            return True
+    return False
+
+
+def _starts(params: Sequence[fit.Param], assumed: dict[str, float]) -> list[dict[str, float]]:
+    """The assumed values, and every parameter at its range's geometric middle."""
+    mid = {p.name: math.sqrt(p.low * p.high) for p in params}
+    return [assumed, mid]
+
+
+def run(groups: Sequence[Group], chips: dict, validation: Sequence[fit.Case] = (),
+        iters: int = 300, loo_iters: int = 150, prior_weight: float = PRIOR_WEIGHT,
+        log: Callable[[str], None] = print) -> SuiteResult:
+    """Fit, leave-one-out and validation (see the module docstring).
+
+    Args:
+        groups: the case groups with their parameters.
+        chips: name -> chip every estimate may use (RDU ``ChipSpec`` / ``GpuSpec``).
+        validation: cases never fitted.
+        iters, loo_iters: Nelder-Mead iterations per start of the full fit / of each refit.
+        prior_weight: weight of the prior toward the assumed values (``fit.fit``).
+    """
+    params = union_params(groups)
+    assumed = assumed_values(params)
+    cases = [c for g in groups for c in g.cases]
+    full = fit.fit(cases, chips, params, _starts(params, assumed), iters=iters, prior=assumed,
+                   prior_weight=prior_weight)
+    log(f"fitted {len(params)} parameters to {len(cases)} cases ({full.evaluations} "
+        f"evaluations), loss {full.loss:.4g}")
+    points = [c for c in cases if c.is_point]
+    dependent = [c for c in points if depends_on_params(c, chips, params, full.values)]
+    loo = []
+    for c in points:
+        rest = [x for x in cases if x is not c]
+        r = fit.fit(rest, chips, params, [full.values], iters=loo_iters, prior=assumed,
+                    prior_weight=prior_weight)
+        pred = c.estimate(fit.apply(chips, params, r.values))
+        loo.append(LooRow(c.name, float(c.published), full.estimates[c.name], pred,
+                          fit.error_percent(c, pred), r.at_bound))
+        log(f"leave-one-out {c.name}: predicted {pred:.4g} vs published {c.published:.4g} "
+            f"({loo[-1].error_percent:+.1f}%)")
+    fitted = fit.apply(chips, params, full.values)
+    val = []
+    for c in validation:
+        e = float(c.estimate(fitted))
+        val.append((c, e, fit.error_percent(c, e)))
+    constraints = {"point_cases": len(points), "point_cases_on_parameters": len(dependent),
+                   "range_cases": len(cases) - len(points), "parameters": len(params)}
+    return SuiteResult(list(groups), params, assumed, full, loo, val, constraints)
+
+
+def chips_with(result: SuiteResult, chips: dict) -> dict:
+    """``chips`` carrying the fitted values."""
+    return fit.apply(chips, result.params, result.full.values)
+
+
+def fitted_parameters(result: SuiteResult, chip: ChipSpec) -> ModelParameters:
+    """``chip.params`` with the fitted RDU values applied."""
+    rdu = {p.name: result.full.values[p.name] for p in result.params if p.target == "rdu"}
+    return dataclasses.replace(chip.params, **rdu)
