@@ -39,7 +39,8 @@ MiB = 2**20
 class ModelParameters:
     """RDU values that are not public. Every field is named here with its default (assumed, or
     fitted by benchmarks/calibration.py: ``calibrate.suite`` fits a subset jointly to published
-    measurements, starting from the assumed value in brackets) and has a physically plausible range with its public source in ``RANGES``
+    measurements, starting from the assumed value in brackets) and has a physically plausible
+    range with its public source in ``RANGES``
     (``"rdu.<field>"``): a fit is bounded to that range, and a value that ends at a bound is
     reported as a missing mechanism, never accepted as a fit.
 
@@ -426,13 +427,15 @@ RANGES: dict[str, Range] = {
         0.6, 0.9, 0.75, "cuBLAS BF16 GEMMs reach ~75-85% of the tensor peak on large shapes "
         "(NVIDIA cuBLAS/CUTLASS benchmarks); [MEG] Table 1: 44-52% of peak end to end"),
     "gpu.achievable_bandwidth_fraction": Range(
-        0.80, 0.95, 0.88, "HBM streaming microbenchmarks (BabelStream, bandwidthTest) reach ~85-93% "
+        0.80, 0.95, 0.88, "HBM streaming microbenchmarks (BabelStream, bandwidthTest) reach "
+        "~85-93% "
         "of the datasheet bandwidth on A100/H100"),
     "gpu.host_copy_links": Range(
         1.0, 4.0, 2.0, "1: one host stream copies the shards in turn; 4: every PCIe switch uplink "
         "at once (DGX A100 system architecture: 4 PCIe switches, 2 GPUs each)"),
     "gpu.pcie_copy_efficiency": Range(
-        0.7, 0.9, 0.8, "pinned host -> device copies: ~25 of 32 GB/s on PCIe 4, ~50-55 of 64 GB/s on "
+        0.7, 0.9, 0.8, "pinned host -> device copies: ~25 of 32 GB/s on PCIe 4, ~50-55 of 64 "
+        "GB/s on "
         "PCIe 5 (NVIDIA bandwidthTest / nvbandwidth)"),
 }
 

@@ -167,7 +167,8 @@ def test_case_errors_and_parameter_transform():
     band = fit.Case("r", "", "", (1.5, 3.0), "x", lambda c: 0.0)
     assert point.is_point and not band.is_point
     assert fit.error_percent(point, 2.2) == pytest.approx(10.0)
-    assert fit.error_percent(band, 2.0) == 0.0 and fit.error_percent(band, 6.0) == pytest.approx(100)
+    assert fit.error_percent(band, 2.0) == 0.0
+    assert fit.error_percent(band, 6.0) == pytest.approx(100)
     assert fit.error_percent(band, 1.2) == pytest.approx(-20.0)
     p = fit.Param.of("rdu", "hbm_efficiency")
     for v in (0.86, 0.9, 0.96):

@@ -99,8 +99,8 @@ def coe_programs(setting: CoESetting, prefix: str = "") -> dict[str, Program]:
     s = setting
     ctx = s.prompt_tokens + s.output_tokens
     return {
-        prefix + "router": Program("llama2-7b.yaml", "prefill",
-                                   (f"data.seq_len={s.prompt_tokens}", f"data.batch_size={s.batch}")),
+        prefix + "router": Program("llama2-7b.yaml", "prefill", (
+            f"data.seq_len={s.prompt_tokens}", f"data.batch_size={s.batch}")),
         prefix + "expert_pre": Program("llama2-7b.yaml", "prefill",
                                        (f"data.seq_len={s.prompt_tokens}",)),
         prefix + "expert_dec": Program("llama2-7b.yaml", "decode", (f"data.seq_len={ctx}",)),

@@ -24,7 +24,8 @@ def cases_table(result: SuiteResult) -> list[str]:
         for c in g.cases:
             e = result.full.estimates[c.name]
             r = loo.get(c.name)
-            lo = (f"{fmt(r.predicted)} | {r.error_percent:+.1f}" if r else "(range: not a point) | ")
+            lo = (f"{fmt(r.predicted)} | {r.error_percent:+.1f}" if r
+                  else "(range: not a point) | ")
             lines.append(f"| {g.name} | {c.name} | {c.source} | {c.inputs} | {fmt(c.published)} | "
                          f"{fmt(e)} | {c.unit} | {result.full.errors[c.name]:+.1f} | {lo} |")
     return lines
