@@ -87,7 +87,7 @@ def coe_lines(graphs: dict, chips: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--iters", type=int, default=200, help="Nelder-Mead iterations per start")
-    ap.add_argument("--loo-iters", type=int, default=100, help="iterations per leave-one-out refit")
+    ap.add_argument("--loo-iters", type=int, default=200, help="iterations per leave-one-out refit")
     ap.add_argument("--group", action="append", default=[],
                     help="extra case group as module:function(builder) -> suite.Group")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))

@@ -350,14 +350,17 @@ def _fmt(value: float | None) -> str:
 def assumptions(chip: ChipSpec | GpuSpec) -> list[str]:
     """Human-readable lines stating every non-public value the model uses for ``chip``.
 
-    Each line: '<chip>: <field> = <value> (assumed[: reason])'. Includes every field of the chip's
-    ``params`` and every chip field listed in ``chip.assumed``; for an RDU also the clock actually
+    Each line: '<chip>: <field> = <value> (assumed[: reason])', with the plausible range of a
+    ``params`` field. Includes every field of the chip's ``params`` and every chip field listed in ``chip.assumed``; for an RDU also the clock actually
     used when it is derived from the peak.
     """
     lines = []
+    target = "rdu" if isinstance(chip, ChipSpec) else "gpu"
     for f in dataclasses.fields(chip.params):
+        r = RANGES.get(f"{target}.{f.name}")
+        span = f"; plausible {_fmt(r.low)}-{_fmt(r.high)}" if r else ""
         lines.append(f"{chip.name}: {f.name} = {_fmt(getattr(chip.params, f.name))} "
-                     "(not public: assumed/fitted)")
+                     f"(not public: assumed/fitted{span})")
     if isinstance(chip, ChipSpec) and chip.params.clock_hz is None:
         lines.append(f"{chip.name}: clock_hz derived = {chip.clock_hz:.4g} Hz "
                      "(peak / (2 x PCUs x lanes x stages); assumed lanes and stages)")

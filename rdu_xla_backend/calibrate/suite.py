@@ -7,8 +7,9 @@ the union of the groups' parameters to the union of their cases at once (``fit.f
 to each parameter's plausible range, weak prior toward the assumed values), then:
 
 - leave-one-out: for every point case i (a published number, not a range), refit without case i
-  (from the full fit, fewer iterations) and predict case i. Its mean and max absolute error are
-  the fidelity figure; the in-sample errors are not.
+  (from the assumed values, as the full fit: starting from the full fit would let case i in
+  through an unconverged search) and predict case i. Its mean and max absolute error are the
+  fidelity figure; the in-sample errors are not.
 - validation: every validation case estimated with the full fit's values, never fitted.
 - bounds: every fitted value within ``fit.BOUND_MARGIN`` of a bound is reported as a missing
   mechanism; ``constraints`` counts the point cases that depend on parameters against the
@@ -108,7 +109,7 @@ def _starts(params: Sequence[fit.Param], assumed: dict[str, float]) -> list[dict
 
 
 def run(groups: Sequence[Group], chips: dict, validation: Sequence[fit.Case] = (),
-        iters: int = 300, loo_iters: int = 150, prior_weight: float = PRIOR_WEIGHT,
+        iters: int = 300, loo_iters: int = 200, prior_weight: float = PRIOR_WEIGHT,
         log: Callable[[str], None] = print) -> SuiteResult:
     """Fit, leave-one-out and validation (see the module docstring).
 
@@ -131,7 +132,7 @@ def run(groups: Sequence[Group], chips: dict, validation: Sequence[fit.Case] = (
     loo = []
     for c in points:
         rest = [x for x in cases if x is not c]
-        r = fit.fit(rest, chips, params, [full.values], iters=loo_iters, prior=assumed,
+        r = fit.fit(rest, chips, params, [assumed], iters=loo_iters, prior=assumed,
                     prior_weight=prior_weight)
         pred = c.estimate(fit.apply(chips, params, r.values))
         loo.append(LooRow(c.name, float(c.published), full.estimates[c.name], pred,
