@@ -182,3 +182,6 @@ def test_case_errors_and_parameter_transform():
     x, fx = fit.nelder_mead(lambda v: float(((v - 3.0) ** 2).sum()), np.zeros(2))
     assert fx < 1e-6 and abs(x - 3.0).max() < 1e-3
     assert math.isclose(suite.assumed_values([p])["hbm_efficiency"], 0.9)
+    # A group may bring a parameter with its own range and assumed value.
+    own = fit.Param("gemm_fraction", "gpu", 0.5, 0.9, "a cited source", 0.7)
+    assert suite.assumed_values([own]) == {"gemm_fraction": 0.7}

@@ -44,12 +44,13 @@ class Param:
     low: float
     high: float
     source: str = ""
+    assumed: float | None = None  # the value before any fit (the start and the prior)
 
     @classmethod
     def of(cls, target: str, name: str) -> "Param":
-        """The parameter with its range and source from ``hardware.RANGES``."""
+        """The parameter with its range, source and assumed value from ``hardware.RANGES``."""
         r = parameter_range(target, name)
-        return cls(name, target, r.low, r.high, r.source)
+        return cls(name, target, r.low, r.high, r.source, r.assumed)
 
     def position(self, value: float) -> float:
         """Where ``value`` lies between the bounds: 0 at ``low``, 1 at ``high`` (log scale)."""

@@ -20,13 +20,12 @@ Units: errors in percent; parameters in their fields' units.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rdu_xla_backend.calibrate import fit
-from rdu_xla_backend.hardware import ChipSpec, ModelParameters, parameter_range
+from rdu_xla_backend.hardware import parameter_range
 
 PRIOR_WEIGHT = 0.02  # a parameter a full range-width from its assumed value costs ~ a case 15% off
 
@@ -75,9 +74,10 @@ class SuiteResult:
 
 
 def assumed_values(params: Sequence[fit.Param]) -> dict[str, float]:
-    """The value of every parameter before any fit (``hardware.RANGES``' ``assumed``; the
-    dataclass defaults carry the fitted values instead)."""
-    return {p.name: float(parameter_range(p.target, p.name).assumed) for p in params}
+    """The value of every parameter before any fit: ``Param.assumed``, else ``hardware.RANGES``'
+    (the dataclass defaults carry the fitted values instead)."""
+    return {p.name: float(p.assumed if p.assumed is not None
+                          else parameter_range(p.target, p.name).assumed) for p in params}
 
 
 def union_params(groups: Sequence[Group]) -> list[fit.Param]:
@@ -153,8 +153,3 @@ def chips_with(result: SuiteResult, chips: dict) -> dict:
     """``chips`` carrying the fitted values."""
     return fit.apply(chips, result.params, result.full.values)
 
-
-def fitted_parameters(result: SuiteResult, chip: ChipSpec) -> ModelParameters:
-    """``chip.params`` with the fitted RDU values applied."""
-    rdu = {p.name: result.full.values[p.name] for p in result.params if p.target == "rdu"}
-    return dataclasses.replace(chip.params, **rdu)
