@@ -102,7 +102,10 @@ def test_leave_one_out_recovers_parameters_and_exposes_an_unconstrained_case(gra
     assert max(well) < 2.0
     assert abs(loo["hops"].error_percent) > 3 * max(max(well), 0.3)
     assert result.constraints == {"point_cases": 5, "point_cases_on_parameters": 5,
-                                  "range_cases": 0, "parameters": 3}
+                                  "range_cases": 0, "parameters": 3,
+                                  "parameters_a_point_case_informs": 3}
+    assert result.informed_by("inter_socket_latency_seconds") == ["hops"]
+    assert "g0_True" in result.informed_by("hbm_efficiency")
     mean, worst = result.loo_summary()
     assert worst == pytest.approx(abs(loo["hops"].error_percent)) and mean < worst
     text = tables.markdown(result)

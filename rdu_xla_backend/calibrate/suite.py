@@ -62,6 +62,15 @@ class SuiteResult:
     loo: list[LooRow]
     validation: list[tuple[fit.Case, float, float]]  # (case, estimate, error %)
     constraints: dict[str, int]
+    # parameter -> case -> elasticity d log(estimate) / d log(parameter) at the fit (nonzero)
+    sensitivity: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def informed_by(self, name: str, threshold: float = 0.05) -> list[str]:
+        """Cases whose estimate moves by at least ``threshold`` x a relative change of ``name``
+        (ranges marked, since they constrain only at their edges)."""
+        kinds = {c.name: c.is_point for c in self.cases}
+        return [c if kinds[c] else f"{c} (range)" for c, e in self.sensitivity.get(name, {}).items()
+                if abs(e) >= threshold]
 
     @property
     def cases(self) -> list[fit.Case]:
@@ -100,6 +109,22 @@ def depends_on_params(case: fit.Case, chips: dict, params: Sequence[fit.Param],
         if not math.isclose(case.estimate(fit.apply(chips, params, moved)), ref, rel_tol=1e-9):
             return True
     return False
+
+
+def sensitivity(cases: Sequence[fit.Case], chips: dict, params: Sequence[fit.Param],
+                values: dict[str, float], step: float = 0.05) -> dict[str, dict[str, float]]:
+    """Elasticity of every case's estimate to every parameter at ``values`` (central difference
+    in log space, each parameter moved by ``step`` relatively, kept inside its range)."""
+    out: dict[str, dict[str, float]] = {}
+    for p in params:
+        up = dict(values, **{p.name: min(p.high, values[p.name] * (1 + step))})
+        down = dict(values, **{p.name: max(p.low, values[p.name] / (1 + step))})
+        span = math.log(up[p.name] / down[p.name])
+        hi, lo = fit.evaluate(cases, chips, params, up), fit.evaluate(cases, chips, params, down)
+        out[p.name] = {c.name: math.log(hi[c.name] / lo[c.name]) / span for c in cases
+                       if hi[c.name] > 0 and lo[c.name] > 0 and span > 0
+                       and not math.isclose(hi[c.name], lo[c.name], rel_tol=1e-9)}
+    return out
 
 
 def _starts(params: Sequence[fit.Param], assumed: dict[str, float]) -> list[dict[str, float]]:
@@ -146,7 +171,11 @@ def run(groups: Sequence[Group], chips: dict, validation: Sequence[fit.Case] = (
         val.append((c, e, fit.error_percent(c, e)))
     constraints = {"point_cases": len(points), "point_cases_on_parameters": len(dependent),
                    "range_cases": len(cases) - len(points), "parameters": len(params)}
-    return SuiteResult(list(groups), params, assumed, full, loo, val, constraints)
+    elastic = sensitivity(cases, chips, params, full.values)
+    names = {c.name for c in points}
+    constraints["parameters_a_point_case_informs"] = sum(
+        any(n in names and abs(e) >= 0.05 for n, e in elastic[p.name].items()) for p in params)
+    return SuiteResult(list(groups), params, assumed, full, loo, val, constraints, elastic)
 
 
 def chips_with(result: SuiteResult, chips: dict) -> dict:

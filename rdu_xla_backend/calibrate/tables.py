@@ -41,12 +41,14 @@ def validation_table(result: SuiteResult) -> list[str]:
 
 
 def params_table(result: SuiteResult) -> list[str]:
-    lines = ["| parameter | of | fitted | assumed | range | at a bound | source of the range |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| parameter | of | fitted | assumed | range | at a bound | informed by (elasticity "
+             ">= 0.05) | source of the range |", "|---|---|---|---|---|---|---|---|"]
     for p in result.params:
         v = result.full.values[p.name]
+        cases = ", ".join(result.informed_by(p.name)) or "none: held by its range and the prior"
         lines.append(f"| {p.name} | {p.target} | {v:.4g} | {result.assumed[p.name]:.4g} | "
-                     f"{p.low:.3g}-{p.high:.3g} | {p.at_bound(v) or 'no'} | {p.source} |")
+                     f"{p.low:.3g}-{p.high:.3g} | {p.at_bound(v) or 'no'} | {cases} | "
+                     f"{p.source} |")
     return lines
 
 
@@ -62,8 +64,8 @@ def summary(result: SuiteResult) -> list[str]:
     return [
         f"- Constraints: {k['point_cases']} point cases ({k['point_cases_on_parameters']} depend "
         f"on a parameter) and {k['range_cases']} ranges or bounds hold {k['parameters']} "
-        "parameters, each bounded to its plausible range, with a weak prior toward its "
-        "assumed value.",
+        f"parameters ({k.get('parameters_a_point_case_informs', 0)} of them move a point case), "
+        "each bounded to its plausible range, with a weak prior toward its assumed value.",
         f"- Leave-one-out over the {len(result.loo)} point cases (the fidelity figure): mean "
         f"|error| {mean:.1f}%, max {worst:.1f}%.",
         f"- In-sample: point cases mean |error| {in_mean:.1f}%; {ranges_in} of "
@@ -100,7 +102,9 @@ def as_json(result: SuiteResult) -> dict:
         "parameters": {p.name: {"target": p.target, "fitted": result.full.values[p.name],
                                 "assumed": result.assumed[p.name], "low": p.low, "high": p.high,
                                 "at_bound": p.at_bound(result.full.values[p.name]),
+                                "informed_by": result.informed_by(p.name),
                                 "source": p.source} for p in result.params},
+        "sensitivity": result.sensitivity,
         "loss": result.full.loss,
         "groups": {g.name: [case(c, result.full.estimates[c.name], result.full.errors[c.name])
                             for c in g.cases] for g in result.groups},
