@@ -66,7 +66,8 @@ class ModelParameters:
     hbm_efficiency: float = 0.898  # not public: fitted [0.9] ([SN40L]: > 85% used in decode)
     ddr_efficiency: float = 0.810  # not public: fitted [0.8] (STREAM-class DDR5 efficiency)
     # [SN40L] gives the DDR bandwidth as a lower bound ("over 200 GB/s"): the true peak is
-    # this factor times the public figure (>= 1 by the paper's wording).
+    # this factor times the figure in ``ChipSpec.ddr_bytes_per_s`` (>= 1 by the paper's
+    # wording; for SN10/SN30, whose figure is itself assumed, it scales the assumption).
     ddr_peak_factor: float = 1.23  # not public: fitted [1.2]
     # Latency of a kernel call's first off-chip access (HBM/DDR latency through the AGCU): a call
     # cannot prefetch before it starts, a pipelined (looped) kernel pays it once.
@@ -351,8 +352,9 @@ def assumptions(chip: ChipSpec | GpuSpec) -> list[str]:
     """Human-readable lines stating every non-public value the model uses for ``chip``.
 
     Each line: '<chip>: <field> = <value> (assumed[: reason])', with the plausible range of a
-    ``params`` field. Includes every field of the chip's ``params`` and every chip field listed in ``chip.assumed``; for an RDU also the clock actually
-    used when it is derived from the peak.
+    ``params`` field. Includes every field of the chip's ``params`` and every chip field listed
+    in ``chip.assumed``; for an RDU also the clock actually used when it is derived from the
+    peak.
     """
     lines = []
     target = "rdu" if isinstance(chip, ChipSpec) else "gpu"
@@ -402,8 +404,9 @@ RANGES: dict[str, Range] = {
         "microbenchmarks); host round trip over PCIe ~1-2 us; [SN40L]: software orchestration "
         "up to 8x slower decode than hardware orchestration"),
     "rdu.launch_seconds_hardware": Range(
-        0.5e-6, 5e-6, 1e-6, "device-side sequencing of the next call: CUDA Graphs kernel-to-kernel "
-        "gaps ~1-2 us (NVIDIA CUDA Graphs blog); at least one on-chip completion round trip"),
+        0.5e-6, 5e-6, 1e-6, "device-side sequencing of the next call: kernel-to-kernel gaps inside "
+        "CUDA Graphs ~1-3 us (NVIDIA, 'Getting Started with CUDA Graphs'); at least one on-chip "
+        "completion round trip"),
     "rdu.host_link_bytes_per_s": Range(16e9, 64e9, 32e9, "PCIe 4 x16 (32 GB/s) or 5 x16 (64 GB/s), "
                                        "PCI-SIG; x8 at the low end"),
     "rdu.hbm_efficiency": Range(
@@ -422,7 +425,8 @@ RANGES: dict[str, Range] = {
                                       "few on-chip network hops per stage"),
     "rdu.inter_socket_latency_seconds": Range(
         0.5e-6, 3e-6, 1e-6, "one hop over a PCIe/NVLink-class peer link: ~0.5-1 us one way "
-        "(PCIe round trips ~1 us; NCCL small-message all-reduce ~5-10 us over 3 hops on 8 GPUs)"),
+        "(PCIe round trips ~1 us); a synchronised step of a collective a few us (nccl-tests: "
+        "small-message all-reduce ~10-20 us on 8 NVLink GPUs)"),
     "gpu.launch_sync_seconds": Range(
         2e-6, 10e-6, 5e-6, "kernel launch ~3 us, 5-7 us with synchronisation (community "
         "microbenchmarks); CUDA Graphs reach ~2 us"),
