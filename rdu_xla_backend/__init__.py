@@ -12,7 +12,8 @@ Usable without ``sparsetrain``; it must never import it. Laid out as Timeloop se
 - ``cost``: ``rdu.program_perf(graph, chip, Options(...))`` (time, bytes per tier, bound, per
   kernel), ``gpu.gpu_perf(graph, gpu)`` (the GPU baseline), ``coe`` (Composition of Experts).
 - ``execute.execute(graph, *args)``: real outputs, counters per kernel.
-- ``calibrate``: the bounded fit to published measurements.
+- ``calibrate``: the bounded fit to published measurements (cases, validation set, suite with
+  leave-one-out; programs come from a builder passed in).
 - ``report``: markdown table, JSON, timeline and roofline PNGs.
 """
 

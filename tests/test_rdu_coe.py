@@ -82,7 +82,8 @@ def test_sram_overflow_spills_and_is_reported():
 
 
 def test_copy_ddr_to_hbm_uses_every_socket():
-    c = dataclasses.replace(hw.SN40L, params=hw.ModelParameters(ddr_efficiency=1.0))
+    c = dataclasses.replace(hw.SN40L, params=hw.ModelParameters(ddr_efficiency=0.8,
+                                                                ddr_peak_factor=1.25))
     assert copy_seconds(16e9, c, 8) == pytest.approx(16e9 / (8 * 200e9))
     assert copy_seconds(16e9, c, 1) == pytest.approx(8 * copy_seconds(16e9, c, 8))
 
@@ -129,3 +130,17 @@ def test_coe_store_overflow_reported_and_switches_counted(graphs):
     r = coe.coe_latency(node, scenario, t)
     assert r.per_request_s == pytest.approx(r.router_s + r.switching_s + r.prefill_s + r.decode_s)
     assert "overflow 38" in r.summary()
+
+
+def test_dgx_copies_over_at_most_one_link_per_pcie_switch():
+    """Two GPUs share a PCIe switch's uplink: 8 GPUs copy over at most 4 links, 2 GPUs over 1;
+    each link at the pinned-copy efficiency of its datasheet rate."""
+    params = dataclasses.replace(hw.A100_80GB.params, host_copy_links=4.0,
+                                 pcie_copy_efficiency=0.75)
+    gpu = dataclasses.replace(hw.A100_80GB, params=params)
+    assert coe.dgx(gpu, 8).copy_bytes_per_s == pytest.approx(4 * 0.75 * 32e9)
+    assert coe.dgx(gpu, 2).copy_bytes_per_s == pytest.approx(1 * 0.75 * 32e9)
+    fewer = dataclasses.replace(gpu, params=dataclasses.replace(params, host_copy_links=1.5))
+    assert coe.dgx(fewer, 8).copy_bytes_per_s == pytest.approx(1.5 * 0.75 * 32e9)
+    h100 = dataclasses.replace(hw.H100, params=params)  # PCIe 5: twice the link rate
+    assert coe.dgx(h100, 8).copy_bytes_per_s == pytest.approx(2 * coe.dgx(gpu, 8).copy_bytes_per_s)

@@ -10,8 +10,11 @@ of parameter values: no per-case constants.
 The estimates run the emulator (Python, not traceable by JAX, so ``jax.scipy.optimize`` does
 not apply), so the search is derivative-free: Nelder-Mead (written here with numpy) on each
 parameter's transformed value (the logit of its log-position between its bounds), from several
-starts; the best result wins. An optional weak prior (squared log distance to the assumed
-values) keeps parameters the cases do not constrain near their assumed values.
+starts; the best result wins. Every parameter is bounded to its physically plausible range
+(``hardware.RANGES``, with the public source of the bounds); a value that ends within
+``BOUND_MARGIN`` of a bound is reported (``FitResult.at_bound``) as a sign of a missing mechanism.
+An optional weak prior (squared log distance to the assumed values, in units of each range's log
+width) keeps parameters the cases do not constrain near their assumed values.
 
 Units: whatever each case reports (tokens/s, a ratio, seconds); parameters in their fields' units.
 """
@@ -25,18 +28,39 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rdu_xla_backend.hardware import ChipSpec
+from rdu_xla_backend.hardware import ChipSpec, parameter_range
+
+# A fitted value within this fraction of its range's log width from a bound is 'at the bound'.
+BOUND_MARGIN = 0.02
 
 
 @dataclass(frozen=True)
 class Param:
     """One fitted parameter: a field of ``ModelParameters`` ('rdu') or ``GpuParameters``
-    ('gpu'), searched between ``low`` and ``high``."""
+    ('gpu'), searched between ``low`` and ``high`` (its plausible range, cited in ``source``)."""
 
     name: str  # field name
     target: str  # 'rdu' or 'gpu'
     low: float
     high: float
+    source: str = ""
+    assumed: float | None = None  # the value before any fit (the start and the prior)
+
+    @classmethod
+    def of(cls, target: str, name: str) -> "Param":
+        """The parameter with its range, source and assumed value from ``hardware.RANGES``."""
+        r = parameter_range(target, name)
+        return cls(name, target, r.low, r.high, r.source, r.assumed)
+
+    def position(self, value: float) -> float:
+        """Where ``value`` lies between the bounds: 0 at ``low``, 1 at ``high`` (log scale)."""
+        lo, hi = math.log(self.low), math.log(self.high)
+        return (math.log(value) - lo) / (hi - lo)
+
+    def at_bound(self, value: float, margin: float = BOUND_MARGIN) -> str:
+        """'low' or 'high' when ``value`` is within ``margin`` of that bound, else ''."""
+        pos = self.position(value)
+        return "low" if pos <= margin else "high" if pos >= 1 - margin else ""
 
     def to_unit(self, value: float) -> float:
         """Value -> unbounded search coordinate (logit of the log-position between bounds)."""
@@ -61,6 +85,11 @@ class Case:
     unit: str
     estimate: Callable[[dict], float]  # chips (name -> chip with candidate params) -> value
     how: str = ""  # how the representative point was chosen
+
+    @property
+    def is_point(self) -> bool:
+        """A published number (not a range or a bound)."""
+        return not isinstance(self.published, tuple)
 
     def error(self, value: float) -> float:
         """log(estimate / published); for a range 0 inside, else log distance to the nearer end."""
@@ -131,6 +160,7 @@ class FitResult:
     estimates: dict[str, float]
     errors: dict[str, float]  # percent
     evaluations: int
+    at_bound: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> 'low'/'high'
 
 
 def evaluate(cases: Sequence[Case], chips: dict, params: Sequence[Param],
@@ -152,9 +182,10 @@ def fit(cases: Sequence[Case], chips: dict, params: Sequence[Param],
         starts: initial values (every param named in each).
         iters: Nelder-Mead iterations per start.
         prior, prior_weight: optional assumed values and the weight of
-            sum(log(value / assumed)^2) added to the loss: where the cases do not pin a
-            parameter down, it stays near its assumed value instead of drifting to a bound.
+            sum((log(value / assumed) / log(high / low))^2) added to the loss: where the cases
+            do not pin a parameter down, it stays near its assumed value instead of drifting.
     """
+    by_name = {p.name: p for p in params}
     count = [0]
 
     def loss_of(x: np.ndarray) -> float:
@@ -163,7 +194,9 @@ def fit(cases: Sequence[Case], chips: dict, params: Sequence[Param],
         est = evaluate(cases, chips, params, values)
         loss = sum(c.error(est[c.name]) ** 2 for c in cases)
         if prior and prior_weight:
-            loss += prior_weight * sum(math.log(values[k] / v) ** 2 for k, v in prior.items())
+            loss += prior_weight * sum(
+                (math.log(values[k] / v) / math.log(by_name[k].high / by_name[k].low)) ** 2
+                for k, v in prior.items() if k in by_name)
         return float(loss)
 
     best_x, best_f = None, math.inf
@@ -175,4 +208,5 @@ def fit(cases: Sequence[Case], chips: dict, params: Sequence[Param],
     values = {p.name: p.from_unit(float(v)) for p, v in zip(params, best_x)}
     est = evaluate(cases, chips, params, values)
     errors = {c.name: error_percent(c, est[c.name]) for c in cases}
-    return FitResult(values, best_f, est, errors, count[0])
+    bounds = {p.name: p.at_bound(values[p.name]) for p in params if p.at_bound(values[p.name])}
+    return FitResult(values, best_f, est, errors, count[0], bounds)

@@ -9,7 +9,9 @@ when an expert is switched in:
 - SN40L node: S sockets, experts in DDR (S x 1.5 TB), copied DDR -> HBM by every socket from
   its own DDR (``placement.copy_seconds``; [SN40L]: over 1 TB/s on 8 sockets).
 - DGX: G GPUs, experts in host memory, copied over the host links (PCIe; 32 GB/s per link on
-  A100, 64 GB/s on H100 [SN40L]; ``GpuParameters.host_copy_links`` links work at once).
+  A100, 64 GB/s on H100 [SN40L]): ``GpuParameters.host_copy_links`` links work at once, at most
+  one per PCIe switch (DGX A100 system architecture: 4 switches, 2 GPUs each, so two GPUs share
+  a switch's uplink), each at ``pcie_copy_efficiency`` of its peak (a pinned copy).
 
 HBM keeps the experts that fit besides the router and the running expert's working set (a
 cache); with uniform routing a needed expert is resident with probability resident / N. An
@@ -70,16 +72,21 @@ def rdu_node(chip: ChipSpec, sockets: int = 8) -> CoESystem:
                      chip.ddr_bytes * sockets, "ddr", rate, chip)
 
 
+GPUS_PER_PCIE_SWITCH = 2  # DGX A100 / DGX H100 system architecture: 4 PCIe switches for 8 GPUs
+
+
 def dgx(gpu: GpuSpec, gpus: int = 8, host_bytes: float = 2 * TB) -> CoESystem:
-    """A DGX: experts in host memory, copied over ``gpu.params.host_copy_links`` host links
-    (PCIe, ``gpu.host_link_bytes_per_s`` each) at once.
+    """A DGX: experts in host memory, copied over ``gpu.params.host_copy_links`` host links at
+    once (at most one per PCIe switch: ``GPUS_PER_PCIE_SWITCH`` GPUs share its uplink), each
+    moving ``pcie_copy_efficiency`` x ``gpu.host_link_bytes_per_s``.
 
     Args:
         host_bytes: host memory (DGX A100 640GB and DGX H100 system memory: 2 TB, datasheets).
     """
-    links = min(gpu.params.host_copy_links, gpus)
-    return CoESystem(f"DGX {gpu.name}", gpus, gpu.hbm_bytes * gpus, host_bytes, "host",
-                     links * gpu.host_link_bytes_per_s, gpu)
+    switches = max(1, gpus // GPUS_PER_PCIE_SWITCH)
+    links = min(gpu.params.host_copy_links, switches)
+    rate = links * gpu.params.pcie_copy_efficiency * gpu.host_link_bytes_per_s
+    return CoESystem(f"DGX {gpu.name}", gpus, gpu.hbm_bytes * gpus, host_bytes, "host", rate, gpu)
 
 
 @dataclass(frozen=True)

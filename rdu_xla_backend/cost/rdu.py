@@ -37,9 +37,11 @@ seconds per call at the achievable bandwidth ``efficiency x peak``):
   before it starts and the next one cannot start before it drains, so each trip takes
   gap x calls_per_trip + latency + max(T1, M / n + D + one collective's latency); the loop carry
   goes through HBM between trips.
-- a call that is not a looped kernel's (looping off, or a single-trip kernel) starts cold: its
-  bytes stream at ``unlooped_stream_efficiency`` x the achievable bandwidth (M above grows by
-  1 / that), so the loss scales with the bytes a call streams, not with the number of calls.
+- a call that is not one looped kernel's call therefore exposes, per call: the launch gap, the
+  first off-chip access latency, the weights it cannot prefetch before it starts (its whole
+  stream M / n follows the call start instead of overlapping the previous call), its drain
+  and the latency of its last collective. No bandwidth derating is applied on top: at batch 1
+  these exposures are what [KL] removes ("synchronization penalties at layer boundaries").
 - gap: ``launch_seconds_software`` (host-orchestrated) or ``launch_seconds_hardware``
   (AGCU-orchestrated); latency: ``offchip_latency_seconds`` (first off-chip access of a call).
 
@@ -181,8 +183,10 @@ class ProgramPerf:
 
 
 def achievable_bytes_per_s(chip: ChipSpec, tier: str) -> float:
-    """Bandwidth a streaming kernel reaches on a tier: peak x the tier's efficiency."""
-    eff = {"hbm": chip.params.hbm_efficiency, "ddr": chip.params.ddr_efficiency}.get(tier, 1.0)
+    """Bandwidth a streaming kernel reaches on a tier (bytes/s): peak x the tier's efficiency;
+    DDR's public figure is a lower bound, so its peak is that x ``ddr_peak_factor``."""
+    p = chip.params
+    eff = {"hbm": p.hbm_efficiency, "ddr": p.ddr_efficiency * p.ddr_peak_factor}.get(tier, 1.0)
     return tiers.tier_bytes_per_s(chip, tier) * eff
 
 
@@ -205,11 +209,7 @@ def kernel_time(w: KernelWork, chip: ChipSpec, options: Options = Options()) -> 
         default = "hbm" if chip.hbm_bytes > 0 else "ddr"
         nbytes[default] = nbytes.get(default, 0.0) + 2 * k.carry_bytes * (n - 1) / w.shards
     latency = chip.params.offchip_latency_seconds if nbytes else 0.0
-    # A call that is not a looped kernel's one call starts cold: it streams at a fraction of
-    # the achievable bandwidth (``unlooped_stream_efficiency``); a looped kernel streams on.
-    cold = 1.0 if looped else chip.params.unlooped_stream_efficiency
-    memory = {tier: b / (achievable_bytes_per_s(chip, tier) * cold)
-              for tier, b in nbytes.items()}
+    memory = {tier: b / achievable_bytes_per_s(chip, tier) for tier, b in nbytes.items()}
     m = sum(memory.values())
     chain = fill + drain + coll_lat  # a tile's way through one trip, collectives included
     trip_pipe = chain + max((t - 1) * interval, coll_bw)
@@ -310,7 +310,8 @@ def assumptions(chip: ChipSpec, options: Options = Options()) -> list[str]:
         "optimizer state), spilling to DDR, overflow reported; tensors broadcast from small "
         "inputs are generated on chip",
         f"mapping: HBM at {p.hbm_efficiency:.3g} and DDR at {p.ddr_efficiency:.3g} of peak "
-        f"(x {p.unlooped_stream_efficiency:.3g} in a call that is not looped); "
+        f"(DDR peak {p.ddr_peak_factor:.3g} x the public figure); an unlooped call exposes its "
+        "launch gap, first access, weight stream, drain and last collective latency; "
         f"first off-chip access of a call {p.offchip_latency_seconds:.3g} s; "
         f"{p.stage_latency_cycles:.3g} cycles per stage added to fill/drain",
         f"mapping: up to {chip.stages_per_pcu} consecutive element-wise ops share one PCU "

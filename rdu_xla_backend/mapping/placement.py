@@ -16,8 +16,8 @@ to HBM and back). The tensors that cross kernel boundaries live off chip, placed
    returns updated lives where the input cache does (an in-place update, no second copy).
 
 DDR -> HBM copies (switching models, [SN40L] Composition of Experts) take
-``copy_seconds``: bytes / (sockets x DDR bandwidth x ``ddr_efficiency``); each socket copies its
-own shard from its own DDR.
+``copy_seconds``: bytes / (sockets x DDR bandwidth x ``ddr_peak_factor`` x ``ddr_efficiency``);
+each socket copies its own shard from its own DDR.
 
 Units: bytes, seconds.
 """
@@ -194,8 +194,11 @@ def place_tensors(graph: Graph, chip, sockets: int = 1) -> tuple[dict[int, str],
 def copy_seconds(nbytes: float, chip, sockets: int = 1, src: str = "ddr",
                  dst: str = "hbm") -> float:
     """Seconds to copy ``nbytes`` from ``src`` to ``dst`` on ``sockets`` sockets of an RDU, each
-    moving its shard at the slower tier's achievable bandwidth (DDR: ``ddr_efficiency`` of the
-    public peak; [SN40L]: an 8-socket node copies DDR -> HBM at over 1 TB/s)."""
-    bw = min(tier_bytes_per_s(chip, src), tier_bytes_per_s(chip, dst))
-    eff = chip.params.ddr_efficiency if "ddr" in (src, dst) else chip.params.hbm_efficiency
-    return nbytes / (sockets * bw * eff)
+    moving its shard at the slower tier's achievable bandwidth (``cost.rdu.
+    achievable_bytes_per_s``: DDR at ``ddr_efficiency`` x ``ddr_peak_factor`` x the public
+    "over 200 GB/s"; [SN40L]: an 8-socket node copies DDR -> HBM at over 1 TB/s)."""
+    p = chip.params
+    rate = {t: tier_bytes_per_s(chip, t) * {"hbm": p.hbm_efficiency,
+                                             "ddr": p.ddr_efficiency * p.ddr_peak_factor
+                                             }.get(t, 1.0) for t in (src, dst)}
+    return nbytes / (sockets * min(rate.values()))
