@@ -183,3 +183,22 @@ def choose_plan(model: Transformer, gpus: int, global_batch: int, gpu: GpuSpec,
                                 f"{gpu.name} fits {gpu.hbm_bytes / 1e9:.0f} GB per GPU")
     return best, [f"{gpu.name} plan: {refused} candidate plans of {gpus} GPUs refused (memory); "
                   f"fastest that fits: {best.plan.describe()}"]
+
+
+def assumptions(step: GpuStep) -> list[str]:
+    """What the GPU training estimate assumes, for printing with it."""
+    g, p = step.gpu, step.gpu.params
+    return [
+        f"{g.name} training: {step.plan.describe()}; Megatron-style kernels per layer "
+        f"(GEMMs by tile/wave quantisation on {g.sms} SMs up to {p.achievable_compute_fraction:.3g} "
+        f"of peak, element-wise at {p.achievable_bandwidth_fraction:.3g} of HBM"
+        + (f", fused attention at {p.flash_attention_fraction:.3g} of peak"
+           if step.plan.attention == "fused" else ", unfused attention") + ")",
+        f"{g.name} training: collectives at {p.collective_bandwidth_fraction:.3g} of NVLink "
+        f"({g.nvlink_bytes_per_s / 2e9:.0f} GB/s per direction) in a node of "
+        f"{g.gpus_per_node}, of one {g.nic_bytes_per_s * 8e-9:.0f} Gb/s NIC per GPU across nodes; "
+        "data-parallel all-reduce and Adam update after the pipeline, not overlapped",
+        f"{g.name} training: memory per GPU {step.memory_bytes / 1e9:.1f} GB of "
+        f"{g.hbm_bytes / 1e9:.0f} GB (16 B per parameter for mixed-precision Adam, activations "
+        f"per [ACT], {p.reserved_bytes / 1e9:.3g} GB reserved)",
+    ]
