@@ -1,6 +1,6 @@
 """The training headline: `sparsetrain emulate recipes/gpt3-13b-sparse.yaml --vs a100`, timed.
 
-    .venv/bin/python benchmarks/emulate_headline.py [--recipe R] [--cores 2] [--out benchmarks/results]
+    .venv/bin/python benchmarks/emulate_headline.py [--recipe R] [--cores 2] [--out DIR]
 
 Runs the command in a child process pinned to ``--cores`` CPUs (where ``taskset`` exists),
 measures its wall time, CPU time and peak resident memory, and writes the headline numbers
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": f"sparsetrain emulate {args.recipe} --vs a100",
         "cores": args.cores, **measured,
-        "within_budget": measured["wall_s"] <= BUDGET_S and measured["max_rss_bytes"] <= BUDGET_BYTES,
+        "within_budget": (measured["wall_s"] <= BUDGET_S
+                          and measured["max_rss_bytes"] <= BUDGET_BYTES),
         "rdu": f"{s['sockets']} x {s['chip']}", "gpu": f"{s['gpus']} x {s['gpu']}",
         "gpu_plan": s.get("gpu_plan"), "gpu_memory_bytes": s.get("gpu_memory_bytes"),
         "headline": s.get("headline"),

@@ -1,14 +1,18 @@
 """`sparsetrain emulate`: time a recipe's step on an emulated RDU against a GPU baseline.
 
-    sparsetrain emulate RECIPE [--chip sn40l] [--sockets N] [--vs a100] [--mode train|prefill|decode]
+    sparsetrain emulate RECIPE [--chip sn40l] [--sockets N] [--vs a100] [--gpus N]
+                               [--mode train|prefill|decode] [--gpu-attention fused|unfused]
                                [--parallel pipeline|tensor] [--micro-batches M] [--unfused]
                                [--orchestration software|hardware] [--no-kernel-looping]
                                [--out DIR] [--json] [--set key=value ...]
 
 The model is built from abstract shapes (`abstract_model`: no weights, block indices are
 placeholders, so sparse gathers use the expected-cost model), the step is traced and lowered by
-`rdu_xla_backend`, timed on the chip, and compared with the same recipe made dense, run kernel by
-kernel on the GPU. Prints the per-kernel table, the end-to-end ratio and every assumption.
+`rdu_xla_backend` and timed on the chip. A training step is compared with the recipe made dense
+and trained Megatron-style on the smallest GPU count (from one 8-GPU node up) that a plan fits
+(`emulate_compare`: both plans, memory vs capacity, ratios per system and per chip, and the
+decomposition of the speedup); inference with the same recipe made dense, run kernel by kernel
+on as many GPUs as sockets. Prints the per-kernel table, the ratios and every assumption.
 """
 
 from __future__ import annotations

@@ -23,6 +23,15 @@ def test_13b_sparse_train_step_vs_a100(tmp_path, capsys):
     s = data["summary"]
     assert s["sockets"] == 8 and 0 < s["rdu_step_s"] < s["gpu_dense_step_s"]
     assert data["schedule"]["bubble_fraction"] > 0
+    # The headline: the dense recipe on GPUs that can hold it, and a decomposition that closes.
+    assert "headline: systems that can each run this step" in text and "(fits)" in text
+    assert s["gpus"] >= 8 and s["gpu_memory_bytes"] <= 80e9 and "TP" in s["gpu_plan"]
+    h = s["headline"]
+    parts = (h["sparsity_flop_reduction"] * h["peak_ratio_per_system"]
+             * h["kernel_efficiency_ratio"] * h["mapping_ratio"])
+    assert parts == pytest.approx(h["speedup_per_system"], rel=1e-6)
+    assert h["speedup_per_system"] == pytest.approx(s["speedup_vs_gpu_dense"])
+    assert 1 / 0.125 >= h["sparsity_flop_reduction"] > 3  # 87.5% sparse linears, dense head
     assert all(k["achieved_flops"] <= 638e12 for k in data["kernels"])
     for name in ("kernels.md", "timeline.png", "roofline.png"):
         assert (out / name).stat().st_size > 1000

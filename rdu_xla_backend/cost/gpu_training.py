@@ -190,8 +190,9 @@ def assumptions(step: GpuStep) -> list[str]:
     g, p = step.gpu, step.gpu.params
     return [
         f"{g.name} training: {step.plan.describe()}; Megatron-style kernels per layer "
-        f"(GEMMs by tile/wave quantisation on {g.sms} SMs up to {p.achievable_compute_fraction:.3g} "
-        f"of peak, element-wise at {p.achievable_bandwidth_fraction:.3g} of HBM"
+        f"(GEMMs by tile/wave quantisation on {g.sms} SMs up to "
+        f"{p.achievable_compute_fraction:.3g} of peak, element-wise at "
+        f"{p.achievable_bandwidth_fraction:.3g} of HBM"
         + (f", fused attention at {p.flash_attention_fraction:.3g} of peak"
            if step.plan.attention == "fused" else ", unfused attention") + ")",
         f"{g.name} training: collectives at {p.collective_bandwidth_fraction:.3g} of NVLink "

@@ -194,7 +194,7 @@ def block_sparse_ops(eqn, ins, count: int, path: str) -> list[Op]:
     return [Op("gather", "gather", 0.0, gathered * passes, gathered * passes, count,
                gathered, gather, f"{path}/gather"),
             Op("dot_general", "matmul", flops, b_in, b_out, count, b_out, None, f"{path}/dot_general",
-               gemm=(nc * passes, tokens, bn, k * bk))]  # per column block: (T x k bk) @ (k bk x bn)
+               gemm=(nc * passes, tokens, bn, k * bk))]  # a GEMM per column block
 
 
 def _call_name(eqn) -> str:
