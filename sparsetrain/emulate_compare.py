@@ -120,32 +120,45 @@ def headline(cfg, graph, rdu: perf.ProgramPerf, gpu, gpus: int | None = None,
              attention: str = "fused") -> Headline:
     """Both systems' plans and the numbers behind the speedup (module docstring)."""
     step, n, notes = gpu_plan(cfg, gpu, gpus, attention)
+    if rdu.memory is not None and rdu.memory.overflow:
+        notes.append(f"{rdu.chip.name} x{rdu.options.sockets}: the plan does NOT fit: "
+                     f"{len(rdu.memory.overflow)} tensors fit in no tier (charged over the host "
+                     "link); compare with more sockets")
     return Headline(step, n, rdu, rdu.options.sockets, model_flops(cfg, {}),
                     model_flops(cfg, densities(cfg)), graph.flops, notes)
+
+
+def rdu_memory_line(r: perf.ProgramPerf, sockets: int) -> str:
+    """Memory per socket of the RDU's placement: resident state, activations placed over the
+    step (the placement keeps the live set of each tier within its capacity), capacity, fit."""
+    plan = r.memory
+    if plan is None:
+        return "memory not planned"
+    per = {c: sum(plan.bytes.get(c, {}).values()) / sockets for c in plan.bytes}
+    resident = sum(v for c, v in per.items() if c != "activations")
+    cap = " + ".join(f"{t.upper()} {c / sockets / 1e9:.4g}" for t, c in plan.capacity.items())
+    fit = (f"OVERFLOW: {len(plan.overflow)} tensors fit no tier" if plan.overflow
+           else "fits")
+    return (f"memory per socket: weights and optimizer state {resident / 1e9:.4g} GB resident, "
+            f"activations {per.get('activations', 0.0) / 1e9:.4g} GB placed over the step, "
+            f"capacity {cap} GB ({fit})")
 
 
 def lines(h: Headline) -> list[str]:
     """The printed headline: both plans, memory vs capacity, ratios, decomposition."""
     x, g, r = h.numbers(), h.gpu, h.rdu
     mem = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in g.memory.items())
-    rmem = r.memory
-    per_socket = {t: sum(c.get(t, 0.0) for c in rmem.bytes.values()) / h.sockets
-                  for t in ("hbm", "ddr", "overflow")} if rmem else {}
-    cap = {t: c / h.sockets for t, c in rmem.capacity.items()} if rmem else {}
-    fits = "fits" if rmem and not rmem.overflow else "DOES NOT FIT (overflow)"
     opt = r.options
     out = [
         "headline: systems that can each run this step",
         f"  GPU: {h.gpus} x {g.gpu.name}, dense recipe, {g.plan.describe()}; memory per GPU "
         f"{g.memory_bytes / 1e9:.1f} GB of {g.gpu.hbm_bytes / 1e9:.0f} GB ({mem} GB); "
         f"step {g.step_s:.4g} s",
-        f"  RDU: {h.sockets} x {r.chip.name}, this recipe, {opt.parallel} parallel"
+        f"  RDU: {h.sockets} x {r.chip.name}, this recipe"
+        + (f", {opt.parallel} parallel" if opt.sockets > 1 else "")
         + (f", {opt.micro_batches or 4 * opt.sockets} micro-batches, {opt.schedule}"
            if opt.sockets > 1 and opt.parallel == "pipeline" else "")
-        + f"; memory per socket "
-        + ", ".join(f"{t} {per_socket.get(t, 0) / 1e9:.4g} of {cap.get(t, 0) / 1e9:.4g} GB"
-                    for t in ("hbm", "ddr"))
-        + f" ({fits}); step {r.step_s:.4g} s",
+        + f"; {rdu_memory_line(r, h.sockets)}; step {r.step_s:.4g} s",
         f"  speedup per system {x['speedup_per_system']:.3g}x, per chip "
         f"{x['speedup_per_chip']:.3g}x",
         f"  = sparsity (model FLOPs dense / sparse) {x['sparsity_flop_reduction']:.3g}"
