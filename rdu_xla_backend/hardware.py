@@ -190,21 +190,21 @@ class GpuParameters:
     launch_sync_seconds: float = 3.88e-6  # not public: fitted [5 us]; community: 3-7 us
     # Fraction of the tensor-core peak the best-shaped large GEMM reaches (one full wave of
     # large tiles, long K): the ceiling of ``gpu_kernels.gemm_efficiency`` [CUBLAS].
-    # Fitted to [MEG] Table 1 (calibrate.megatron; assumed before fitting in brackets).
-    achievable_compute_fraction: float = 0.70  # not public: fitted [0.8], range 0.65-0.90 [CUBLAS]
-    achievable_bandwidth_fraction: float = 0.94  # not public: fitted [0.9], 0.80-0.95 [STREAM]
+    # Fitted to [MEG] Table 1 (calibrate.megatron; the value assumed before fitting in brackets).
+    achievable_compute_fraction: float = 0.69  # not public: fitted [0.8], 0.65-0.90 [CUBLAS]
+    achievable_bandwidth_fraction: float = 0.88  # not public: assumed, 0.80-0.95 [STREAM]
     # Host links a DGX uses at once to copy one model into its GPUs (DGX A100 system
     # architecture: 4 PCIe switches, 2 GPUs each; the DGX H100 topology is taken the same).
     host_copy_links: float = 1.27  # not public: fitted [4], range 1-8 (links in a DGX)
     # Fraction of the per-direction NVLink / NIC bandwidth a NCCL collective reaches (bus
     # bandwidth / link bandwidth) [NCCL].
-    collective_bandwidth_fraction: float = 0.79  # not public: fitted [0.8], 0.65-0.95 [NCCL]
+    collective_bandwidth_fraction: float = 0.85  # not public: fitted [0.8], 0.65-0.95 [NCCL]
     # Fraction of the tensor-core peak a fused (FlashAttention-2-style) attention kernel
     # reaches, forward and backward together [FA2].
     flash_attention_fraction: float = 0.55  # not public: assumed, range 0.40-0.73 [FA2]
     # K-loop iterations' worth of time a GEMM tile spends outside its main loop (prologue:
     # first loads; epilogue: writing the tile): a tile over K takes (K / k_tile + this) steps.
-    gemm_tile_overhead_steps: float = 4.8  # not public: fitted [4], range 1-16 (CUTLASS pipelines
+    gemm_tile_overhead_steps: float = 4.0  # not public: assumed, range 1-16 (CUTLASS pipelines
     # keep 3-5 K-stages in flight; the epilogue writes one tile) [CUBLAS]
     # Memory a GPU cannot give to the model: CUDA context, NCCL buffers, allocator
     # fragmentation (bytes).
