@@ -99,3 +99,30 @@ def test_megatron_cases_and_params_are_fit_ready():
         lo, hi, _ = hw.GPU_RANGES[p.name]
         value = getattr(A100.params, p.name)
         assert (p.low, p.high) == (lo, hi) and lo < value < hi
+
+
+def test_lowered_matmuls_carry_their_gemm_shape():
+    import jax
+    import jax.numpy as jnp
+
+    from rdu_xla_backend.workload.lowering import lower
+
+    def f(x, w, q, k):
+        return jnp.tanh(x @ w).sum() + jnp.einsum("bhsd,bhtd->bhst", q, k).sum()
+
+    g = lower(f, jax.ShapeDtypeStruct((96, 48), jnp.bfloat16),
+              jax.ShapeDtypeStruct((48, 80), jnp.bfloat16),
+              jax.ShapeDtypeStruct((2, 3, 16, 8), jnp.bfloat16),
+              jax.ShapeDtypeStruct((2, 3, 24, 8), jnp.bfloat16))
+    dots = [op for kern in g.kernels for op in kern.ops if op.kind == "matmul"]
+    assert sorted(op.gemm for op in dots) == [(1, 96, 80, 48), (6, 16, 24, 8)]
+    for op in dots:
+        batch, m, n, k = op.gemm
+        assert op.flops == 2 * batch * m * n * k
+
+
+def test_block_sparse_gemms_are_less_efficient_than_dense_ones():
+    # One 64-wide output block per column of a 1/8-dense layer vs the dense GEMM.
+    dense = gk.gemm_efficiency(2048, 4096, 4096, A100)
+    per_block = gk.gemm_efficiency(2048, 64, 4096 // 8, A100, batch=4096 // 64)
+    assert per_block < dense

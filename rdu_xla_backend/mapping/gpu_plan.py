@@ -20,7 +20,8 @@
     activations while it is recomputed [ACT] Sec. 4;
   * micro-batches in flight on the first stage: min(m, p) under 1F1B, times
     1 + (p - 1) / (p v) with v interleaved chunks [ACT] Sec. 4.2.2 / [MEG] Sec. 2.2;
-  * the last stage's FP32 logits and their gradient (b s V / t x 8 bytes);
+  * the last stage's FP32 logits and their gradient (b s V / t x 8 bytes), added to the first
+    stage's needs (an upper bound when they are different GPUs);
   * ``GpuParameters.reserved_bytes`` the model cannot use (context, buffers, fragmentation).
 
 Units: bytes, sequences, tokens.
