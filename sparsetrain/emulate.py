@@ -137,6 +137,9 @@ def estimate(cfg, dense_cfg, args) -> dict:
         raise ValueError(f"--chip: {args.chip!r} is not an RDU; allowed: sn40l, sn30, sn10")
     if not isinstance(gpu, hardware.GpuSpec):
         raise ValueError(f"--vs: {args.vs!r} is not a GPU; allowed: a100, a100-40gb, h100")
+    planned = None
+    if args.mode == "train":  # the dense recipe trained Megatron-style on GPUs that fit it
+        planned = compare.gpu_plan(cfg, gpu, args.gpus, args.gpu_attention)
     fn, abstract = program(cfg, args.mode)
     graph = lower(fn, *abstract, mode="unfused" if args.unfused else "fused", name=args.mode)
     rdu = compare.rdu_plan(graph, chip, args.sockets, args.parallel, args.micro_batches,
@@ -144,8 +147,8 @@ def estimate(cfg, dense_cfg, args) -> dict:
                            kernel_looping=not args.no_kernel_looping)
     gpu_sparse = gpu_model.gpu_perf(graph, gpu, gpus=args.sockets)
     headline = None
-    if args.mode == "train":  # the dense recipe trained Megatron-style on GPUs that fit it
-        headline = compare.headline(cfg, graph, rdu, gpu, args.gpus, args.gpu_attention)
+    if planned:
+        headline = compare.headline(cfg, graph, rdu, planned)
         gpu_dense = headline.gpu
     else:
         dfn, dabstract = program(dense_cfg, args.mode)
@@ -175,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
             args.sockets = 8 if args.mode == "train" else 1
         if args.sockets < 1:
             raise ValueError(f"--sockets: {args.sockets} is not allowed; expected >= 1")
+        if args.gpus is not None and args.gpus < 1:
+            raise ValueError(f"--gpus: {args.gpus} is not allowed; expected >= 1")
         r = estimate(cfg, dense_cfg, args)
     except ValueError as e:
         print(f"sparsetrain emulate: {e}", file=sys.stderr)

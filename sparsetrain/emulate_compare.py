@@ -116,10 +116,15 @@ class Headline:
         return out
 
 
-def headline(cfg, graph, rdu: perf.ProgramPerf, gpu, gpus: int | None = None,
-             attention: str = "fused") -> Headline:
-    """Both systems' plans and the numbers behind the speedup (module docstring)."""
-    step, n, notes = gpu_plan(cfg, gpu, gpus, attention)
+def headline(cfg, graph, rdu: perf.ProgramPerf, planned: tuple) -> Headline:
+    """Both systems' plans and the numbers behind the speedup (module docstring).
+
+    Args:
+        cfg: the recipe; graph: its lowered step; rdu: the step timed on the RDU sockets.
+        planned: ``gpu_plan(cfg, gpu, ...)`` (made before lowering: it fails fast).
+    """
+    step, n, notes = planned
+    notes = list(notes)
     if rdu.memory is not None and rdu.memory.overflow:
         notes.append(f"{rdu.chip.name} x{rdu.options.sockets}: the plan does NOT fit: "
                      f"{len(rdu.memory.overflow)} tensors fit in no tier (charged over the host "

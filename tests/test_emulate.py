@@ -46,6 +46,20 @@ def test_tiny_inference_modes(tmp_path, mode, capsys):
     assert {k["phase"] for k in data["kernels"]} == {"forward"}
 
 
+def test_tiny_train_step_headline_on_one_gpu(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path, tmp_path)
+    assert main(["emulate", str(recipe), "--json", "--gpus", "1", "--sockets", "1"]) == 0
+    s = json.loads(capsys.readouterr().out)["summary"]
+    assert s["gpus"] == 1 and s["gpu_plan"].startswith("TP 1 x PP 1 x DP 1")
+    assert s["headline"]["speedup_per_chip"] == pytest.approx(s["headline"]["speedup_per_system"])
+
+
+def test_a_gpu_count_no_plan_fits_is_refused_before_lowering(capsys):
+    """GPT-3 13B with Adam needs > 200 GB of model state: no plan of 2 A100s holds it."""
+    assert main(["emulate", "recipes/gpt3-13b-sparse.yaml", "--gpus", "2"]) == 2
+    assert "none of the plans of 2 A100_80GB fits 80 GB per GPU" in capsys.readouterr().err
+
+
 def test_bad_arguments_fail_with_exit_2(tmp_path, capsys):
     recipe = tiny_recipe(tmp_path, tmp_path)
     assert main(["emulate", str(recipe), "--chip", "a100"]) == 2
@@ -53,6 +67,7 @@ def test_bad_arguments_fail_with_exit_2(tmp_path, capsys):
     assert main(["emulate", str(recipe), "--vs", "tpu"]) == 2
     assert "allowed" in capsys.readouterr().err
     assert main(["emulate", str(recipe), "--sockets", "0"]) == 2
+    assert main(["emulate", str(recipe), "--gpus", "0"]) == 2
 
 
 def test_llama_8b_decode_reads_weights_and_kv_cache_once(capsys):
