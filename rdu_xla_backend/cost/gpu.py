@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from rdu_xla_backend.cost import gpu_kernels as gk
 from rdu_xla_backend.mapping import banks as mem
 from rdu_xla_backend.workload.graph import GatherInfo, Graph
