@@ -126,3 +126,9 @@ def test_block_sparse_gemms_are_less_efficient_than_dense_ones():
     dense = gk.gemm_efficiency(2048, 4096, 4096, A100)
     per_block = gk.gemm_efficiency(2048, 64, 4096 // 8, A100, batch=4096 // 64)
     assert per_block < dense
+
+
+def test_megatron_validation_row_is_predicted_within_10_percent():
+    (case,) = mg.megatron_cases(rows=mg.VALIDATION_ROWS, source=mg.VALIDATION_SOURCE)
+    assert case.source == mg.VALIDATION_SOURCE
+    assert abs(case.estimate({"a100": A100}) / case.published - 1) <= 0.10

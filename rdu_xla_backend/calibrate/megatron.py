@@ -31,6 +31,7 @@ from rdu_xla_backend.cost import gpu_training
 from rdu_xla_backend.mapping import gpu_plan as gp
 
 SOURCE = "[MEG] Table 1"
+VALIDATION_SOURCE = "[MEG] Sec. 5.1 text"
 SEQ, VOCAB = 2048, 51200  # [MEG] Sec. 5.1
 
 
@@ -76,6 +77,13 @@ ROWS = (
     Row(1008.0, 160, 25600, 128, 8, 64, 3072, 3072, 163),
 )
 
+# Never fitted (a validation row): [MEG] Sec. 5.1 text: GPT-3 175B (96 layers, h 12288, 96
+# heads) on 1024 A100s with batch 1536 "achieves 140 teraFLOP/s per GPU" (training on 300B tokens
+# would take 34 days); the plan t = 8, p = 16 of Megatron-LM's published GPT-3 175B example
+# script (examples/pretrain_gpt3_175B.sh, micro-batch 1).
+VALIDATION_ROWS = (Row(175.0, 96, 12288, 96, 8, 16, 1024, 1536, 140),)
+
+
 # The GPU parameters these cases constrain, searched inside their cited ranges
 # (``hardware.GPU_RANGES``). The table pins one combination of GEMM and collective speed; the
 # HBM fraction (streaming benchmarks) and the tile overhead stay at their assumed values (fitted
@@ -93,9 +101,10 @@ def estimate_tflops(row: Row, gpu: hw.GpuSpec) -> float:
     return gpu_training.megatron_flops(model, row.batch) / (row.gpus * step.step_s) / 1e12
 
 
-def megatron_cases(chip_key: str = "a100", rows=ROWS) -> list[Case]:
-    """One ``fit.Case`` per row: estimate(chips) uses ``chips[chip_key]`` (an A100 80 GB)."""
-    return [Case(f"megatron_{r.params_b:g}b", SOURCE,
+def megatron_cases(chip_key: str = "a100", rows=ROWS, source: str = SOURCE) -> list[Case]:
+    """One ``fit.Case`` per row: estimate(chips) uses ``chips[chip_key]`` (an A100 80 GB).
+    ``megatron_cases(rows=VALIDATION_ROWS, source=VALIDATION_SOURCE)``: the validation set."""
+    return [Case(f"megatron_{r.params_b:g}b", source,
                  f"GPT {r.params_b:g}B: {r.layers} layers, h {r.hidden}, {r.heads} heads; "
                  f"t {r.tp}, p {r.pp}, {r.gpus} A100 80GB, batch {r.batch}x{SEQ}",
                  float(r.tflops), "TFLOP/s per GPU",
