@@ -10,7 +10,8 @@ Usable without ``sparsetrain``; it must never import it. Laid out as Timeloop se
 - ``mapping``: kernel work (stages, units, tiles, bytes), PMU banks and gathers, three-tier
   placement, pipeline stages and schedules, parallel plans across sockets.
 - ``cost``: ``rdu.program_perf(graph, chip, Options(...))`` (time, bytes per tier, bound, per
-  kernel), ``gpu.gpu_perf(graph, gpu)`` (the GPU baseline), ``coe`` (Composition of Experts).
+  kernel), ``gpu.gpu_perf(graph, gpu)`` (the GPU baseline, kernel by kernel), ``gpu_training`` (a
+  GPT training step on GPUs under a plan that fits), ``coe`` (Composition of Experts).
 - ``execute.execute(graph, *args)``: real outputs, counters per kernel.
 - ``calibrate``: the bounded fit to published measurements (cases, validation set, suite with
   leave-one-out; programs come from a builder passed in).

@@ -15,7 +15,11 @@ comment, by a short tag:
 - [PLAST] Prabhakar et al., "Plasticine: A Reconfigurable Architecture for Parallel Patterns",
   ISCA 2017.
 - [SN10]  SN10 RDU, ISSCC 2022 and press.  [SN30] press.
-- [A100], [H100] NVIDIA SXM datasheets.
+- [A100], [H100] NVIDIA SXM datasheets and architecture whitepapers; DGX A100 / DGX H100
+  system datasheets (8 GPUs per node, one 200 / 400 Gb/s InfiniBand NIC per GPU).
+- [ACT] Korthikanti et al., "Reducing Activation
+  Recomputation in Large Transformer Models", arXiv 2205.05198.  [ZERO] Rajbhandari et al.,
+  arXiv 1910.02054 (16 bytes per parameter for mixed-precision Adam).
 
 Values the public record does not give (PCU lanes and stages, PMU banks, exact clock, inter-socket
 bandwidth, launch costs, achievable fractions) live in ``ModelParameters`` / ``GpuParameters``:
@@ -180,18 +184,43 @@ class ChipSpec:
 
 @dataclass(frozen=True)
 class GpuParameters:
-    """GPU-baseline values that are not datasheet numbers: assumed, to be fitted."""
+    """GPU-baseline values that are not datasheet numbers. Each field: its plausible range with
+    a public source (``RANGES``); the calibration searches inside that range only.
+
+    Sources: [CUBLAS] NVIDIA "Matrix Multiplication Background" user's guide (tile and wave
+    quantisation; large BF16/FP16 GEMMs on A100 reach roughly 75-85% of the tensor peak in
+    isolation at the boost clock; the lower end allows for 2021 library versions and the
+    sustained clock of a full node under its 400 W power cap);
+    [FA2] Dao, "FlashAttention-2", arXiv 2307.08691 (50-73% of the A100 peak forward, lower
+    backward); [NCCL] nccl-tests on DGX A100 (all-reduce bus bandwidth about 230 GB/s of the
+    300 GB/s NVLink per direction; about 22-24 GB/s of a 25 GB/s HDR NIC); [STREAM]
+    BabelStream-class copy kernels on A100 reach 85-93% of the HBM peak.
+    """
 
     # Fitted by benchmarks/calibration.py within ``RANGES`` ("gpu.<field>": range, source, the
     # value assumed before fitting, also in brackets).
     launch_sync_seconds: float = 3.79e-6  # not public: fitted [5 us]; community: 3-7 us
-    achievable_compute_fraction: float = 0.740  # not public: fitted [0.75], large dense matmul
+    # Fraction of the tensor-core peak the best-shaped large GEMM reaches (one full wave of
+    # large tiles, long K): the ceiling of ``gpu_kernels.gemm_efficiency`` [CUBLAS].
+    achievable_compute_fraction: float = 0.69  # not public: fitted [0.75]
     achievable_bandwidth_fraction: float = 0.874  # not public: fitted [0.88], streaming HBM
     # Host links a DGX uses at once to copy one model into its GPUs (DGX A100 system
     # architecture: 4 PCIe switches, 2 GPUs each; the DGX H100 topology is taken the same).
     host_copy_links: float = 2.21  # not public: fitted [2]
     # Fraction of a PCIe link's peak a pinned host -> GPU copy reaches (bandwidthTest-class).
     pcie_copy_efficiency: float = 0.798  # not public: fitted [0.8]
+    # Fraction of the per-direction NVLink / NIC bandwidth a NCCL collective reaches (bus
+    # bandwidth / link bandwidth) [NCCL].
+    collective_bandwidth_fraction: float = 0.85  # not public: fitted [0.8]
+    # Fraction of the tensor-core peak a fused (FlashAttention-2-style) attention kernel
+    # reaches, forward and backward together [FA2].
+    flash_attention_fraction: float = 0.55  # not public: assumed
+    # K-loop iterations' worth of time a GEMM tile spends outside its main loop (prologue:
+    # first loads; epilogue: writing the tile): a tile over K takes (K / k_tile + this) steps.
+    gemm_tile_overhead_steps: float = 4.0  # not public: assumed
+    # Memory a GPU cannot give to the model: CUDA context, NCCL buffers, allocator
+    # fragmentation (bytes).
+    reserved_bytes: float = 4e9  # not public: assumed
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -204,17 +233,21 @@ class GpuParameters:
 
 @dataclass(frozen=True)
 class GpuSpec:
-    """One GPU of the kernel-by-kernel baseline."""
+    """One GPU of the baseline, and the node it sits in (a DGX)."""
 
     name: str
     peak_bf16_flops: float  # FLOP/s, dense tensor core BF16
     hbm_bytes: float
     hbm_bytes_per_s: float
     l2_bytes: float
-    nvlink_bytes_per_s: float
+    nvlink_bytes_per_s: float  # both directions together (the datasheet figure)
     host_link_bytes_per_s: float
     sector_bytes: int = 32  # CUDA C++ Best Practices Guide: global memory moves in 32-byte sectors
     peak_fp32_flops: float = 0.0  # FLOP/s of non-tensor-core FP32 (element-wise ops); 0: unknown
+    sms: int = 108  # streaming multiprocessors (A100 whitepaper: 108 SMs on the SXM4 part)
+    l2_bytes_per_s: float = 7.2 * TB  # L2 read bandwidth (A100 whitepaper: 5120 B/clk x 1.41 GHz)
+    gpus_per_node: int = 8  # DGX A100 / DGX H100: 8 GPUs on NVLink/NVSwitch
+    nic_bytes_per_s: float = 25 * GB  # per GPU, each direction (DGX A100: 8 x 200 Gb/s HDR IB)
     params: GpuParameters = field(default_factory=GpuParameters)
     assumed: tuple[tuple[str, str], ...] = ()
 
@@ -224,7 +257,7 @@ class GpuSpec:
 
     @property
     def achievable_flops(self) -> float:
-        """FLOP/s a well-shaped dense kernel reaches: peak x achievable fraction (assumed)."""
+        """FLOP/s the best-shaped large GEMM reaches: peak x achievable fraction."""
         return self.peak_bf16_flops * self.params.achievable_compute_fraction
 
     @property
@@ -237,6 +270,16 @@ class GpuSpec:
     def achievable_hbm_bytes_per_s(self) -> float:
         """HBM bytes/s a streaming kernel reaches: peak x achievable fraction (assumed)."""
         return self.hbm_bytes_per_s * self.params.achievable_bandwidth_fraction
+
+    @property
+    def nvlink_collective_bytes_per_s(self) -> float:
+        """Bus bandwidth of a collective inside a node: NVLink per direction x fraction."""
+        return self.nvlink_bytes_per_s / 2 * self.params.collective_bandwidth_fraction
+
+    @property
+    def nic_collective_bytes_per_s(self) -> float:
+        """Bus bandwidth per GPU of a collective across nodes: its NIC x fraction."""
+        return self.nic_bytes_per_s * self.params.collective_bandwidth_fraction
 
 
 # ----------------------------------------------------------------------------- RDU instances
@@ -319,6 +362,10 @@ H100 = GpuSpec(
     nvlink_bytes_per_s=900 * GB,  # [H100] datasheet: NVLink 900 GB/s
     host_link_bytes_per_s=64 * GB,  # [H100] datasheet: PCIe 5.0, 64 GB/s (as used in [SN40L])
     peak_fp32_flops=67 * TB,  # [H100] datasheet SXM5: FP32 67 TFLOP/s
+    sms=132,  # [H100] whitepaper: 132 SMs on the SXM5 part
+    l2_bytes_per_s=7.2 * TB * 1.6,  # not public as a figure: assumed 1.6 x A100's
+    nic_bytes_per_s=50 * GB,  # DGX H100: 8 x 400 Gb/s ConnectX-7, one per GPU
+    assumed=(("l2_bytes_per_s", "H100 L2 bandwidth not in the datasheet; 1.6 x A100 assumed"),),
 )
 
 # ----------------------------------------------------------------------------- registry
@@ -431,8 +478,10 @@ RANGES: dict[str, Range] = {
         2e-6, 10e-6, 5e-6, "kernel launch ~3 us, 5-7 us with synchronisation (community "
         "microbenchmarks); CUDA Graphs reach ~2 us"),
     "gpu.achievable_compute_fraction": Range(
-        0.6, 0.9, 0.75, "cuBLAS BF16 GEMMs reach ~75-85% of the tensor peak on large shapes "
-        "(NVIDIA cuBLAS/CUTLASS benchmarks); [MEG] Table 1: 44-52% of peak end to end"),
+        0.6, 0.9, 0.75, "the ceiling of the GEMM model: cuBLAS BF16 GEMMs reach ~75-85% of the "
+        "tensor peak on large shapes at the boost clock [CUBLAS]; lower for 2021 library versions "
+        "and the sustained clock of a full node under its power cap; [MEG] Table 1: 44-52% of "
+        "peak end to end"),
     "gpu.achievable_bandwidth_fraction": Range(
         0.80, 0.95, 0.88, "HBM streaming microbenchmarks (BabelStream, bandwidthTest) reach "
         "~85-93% "
@@ -444,6 +493,18 @@ RANGES: dict[str, Range] = {
         0.7, 0.9, 0.8, "pinned host -> device copies: ~25 of 32 GB/s on PCIe 4, ~50-55 of 64 "
         "GB/s on "
         "PCIe 5 (NVIDIA bandwidthTest / nvbandwidth)"),
+    "gpu.collective_bandwidth_fraction": Range(
+        0.65, 0.95, 0.8, "[NCCL] nccl-tests on DGX A100: all-reduce bus bandwidth ~230 of 300 GB/s "
+        "NVLink per direction; ~22-24 of 25 GB/s per HDR NIC"),
+    "gpu.flash_attention_fraction": Range(
+        0.40, 0.73, 0.55, "[FA2] FlashAttention-2 on A100: 50-73% of the tensor peak forward, "
+        "lower backward"),
+    "gpu.gemm_tile_overhead_steps": Range(
+        1.0, 16.0, 4.0, "[CUBLAS] CUTLASS multistage pipelines keep 3-5 K-stages in flight; the "
+        "epilogue writes one tile"),
+    "gpu.reserved_bytes": Range(
+        1e9, 8e9, 4e9, "CUDA context ~0.5-1 GB, NCCL buffers and caching-allocator fragmentation "
+        "a few GB (PyTorch memory reports)"),
 }
 
 

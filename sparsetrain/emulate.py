@@ -1,14 +1,18 @@
 """`sparsetrain emulate`: time a recipe's step on an emulated RDU against a GPU baseline.
 
-    sparsetrain emulate RECIPE [--chip sn40l] [--sockets N] [--vs a100] [--mode train|prefill|decode]
+    sparsetrain emulate RECIPE [--chip sn40l] [--sockets N] [--vs a100] [--gpus N]
+                               [--mode train|prefill|decode] [--gpu-attention fused|unfused]
                                [--parallel pipeline|tensor] [--micro-batches M] [--unfused]
                                [--orchestration software|hardware] [--no-kernel-looping]
                                [--out DIR] [--json] [--set key=value ...]
 
 The model is built from abstract shapes (`abstract_model`: no weights, block indices are
 placeholders, so sparse gathers use the expected-cost model), the step is traced and lowered by
-`rdu_xla_backend`, timed on the chip, and compared with the same recipe made dense, run kernel by
-kernel on the GPU. Prints the per-kernel table, the end-to-end ratio and every assumption.
+`rdu_xla_backend` and timed on the chip. A training step is compared with the recipe made dense
+and trained Megatron-style on the smallest GPU count (from one 8-GPU node up) that a plan fits
+(`emulate_compare`: both plans, memory vs capacity, ratios per system and per chip, and the
+decomposition of the speedup); inference with the same recipe made dense, run kernel by kernel
+on as many GPUs as sockets. Prints the per-kernel table, the ratios and every assumption.
 """
 
 from __future__ import annotations
@@ -31,9 +35,16 @@ def register(subparsers) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set data.batch_size=8 (repeatable)")
     p.add_argument("--chip", default="sn40l", help="RDU: sn40l, sn30, sn10 (default sn40l)")
-    p.add_argument("--sockets", type=int, default=1, help="RDU sockets (default 1)")
+    p.add_argument("--sockets", type=int, default=None, help="RDU sockets (default: one "
+                   "8-socket node for a training step, else 1)")
     p.add_argument("--vs", default="a100", help="GPU baseline: a100, a100-40gb, h100 (default "
-                   "a100 = 80 GB); as many GPUs as sockets")
+                   "a100 = 80 GB)")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs of the training baseline "
+                   "(default: the smallest count from one 8-GPU node up that a plan fits; "
+                   "inference: as many as sockets)")
+    p.add_argument("--gpu-attention", default="fused", choices=("fused", "unfused"),
+                   help="GPU training baseline attention: fused (FlashAttention-style, default) "
+                   "or unfused (scores through HBM)")
     p.add_argument("--mode", default="train", choices=MODES,
                    help="train step, prefill (forward over the sequence, filling a KV cache) or "
                    "decode (one new token per sequence over a KV cache of data.seq_len positions)")
@@ -131,35 +142,47 @@ def estimate(cfg, dense_cfg, args) -> dict:
     from rdu_xla_backend import get_chip, hardware, report
     from rdu_xla_backend.cost import rdu as perf
     from rdu_xla_backend.cost import gpu as gpu_model
+    from rdu_xla_backend.cost import gpu_training
     from rdu_xla_backend.workload.lowering import lower
+    from sparsetrain import emulate_compare as compare
 
     chip, gpu = get_chip(args.chip), get_chip(args.vs)
     if not isinstance(chip, hardware.ChipSpec):
         raise ValueError(f"--chip: {args.chip!r} is not an RDU; allowed: sn40l, sn30, sn10")
     if not isinstance(gpu, hardware.GpuSpec):
         raise ValueError(f"--vs: {args.vs!r} is not a GPU; allowed: a100, a100-40gb, h100")
-    options = perf.Options(sockets=args.sockets, parallel=args.parallel,
-                           micro_batches=args.micro_batches, orchestration=args.orchestration,
-                           kernel_looping=not args.no_kernel_looping)
+    planned = None
+    if args.mode == "train":  # the dense recipe trained Megatron-style on GPUs that fit it
+        planned = compare.gpu_plan(cfg, gpu, args.gpus, args.gpu_attention)
     fn, abstract = program(cfg, args.mode)
     roles = program_roles(args.mode)
     graph = lower(fn, *abstract, mode="unfused" if args.unfused else "fused", name=args.mode,
                   roles=roles)
-    rdu = perf.program_perf(graph, chip, options)
+    rdu = compare.rdu_plan(graph, chip, args.sockets, args.parallel, args.micro_batches,
+                           orchestration=args.orchestration,
+                           kernel_looping=not args.no_kernel_looping)
     gpu_sparse = gpu_model.gpu_perf(graph, gpu, gpus=args.sockets)
-    dfn, dabstract = program(dense_cfg, args.mode)
-    gpu_dense = gpu_model.gpu_perf(lower(dfn, *dabstract, name=args.mode, roles=roles), gpu, gpus=args.sockets)
-    assumptions = (hardware.assumptions(chip) + perf.assumptions(chip, options)
+    headline = None
+    if planned:
+        headline = compare.headline(cfg, graph, rdu, planned)
+        gpu_dense = headline.gpu
+    else:
+        dfn, dabstract = program(dense_cfg, args.mode)
+        gpu_dense = gpu_model.gpu_perf(lower(dfn, *dabstract, name=args.mode, roles=roles), gpu,
+                                       gpus=args.sockets)
+    assumptions = (hardware.assumptions(chip) + perf.assumptions(chip, rdu.options)
                    + hardware.assumptions(gpu) + gpu_model.assumptions(gpu, args.sockets)
+                   + (gpu_training.assumptions(headline.gpu) if headline else [])
                    + ["model: block indices are placeholders (abstract shapes): sparse gathers "
                       "use the expected-cost model (seeded random draw of the same shape)"]
                    + mode_assumptions(cfg, args.mode))
     return {"rdu": rdu, "graph": graph, "gpu_dense": gpu_dense, "gpu_sparse": gpu_sparse,
-            "assumptions": assumptions, "report": report,
-            "mechanisms": report.mechanisms(graph, chip, options)}
+            "assumptions": assumptions, "report": report, "headline": headline,
+            "mechanisms": report.mechanisms(graph, chip, rdu.options)}
 
 
 def run(args: argparse.Namespace) -> int:
+    from sparsetrain import emulate_compare as compare
     from sparsetrain.config import load_recipe
 
     t0 = time.perf_counter()
@@ -167,25 +190,36 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_recipe(args.recipe, args.overrides, check_data=False)
         dense_cfg = load_recipe(args.recipe, args.overrides + ["sparsity.pattern=dense"],
                                 check_data=False)
+        if args.sockets is None:  # a training step: one node; inference: one socket
+            args.sockets = 8 if args.mode == "train" else 1
         if args.sockets < 1:
             raise ValueError(f"--sockets: {args.sockets} is not allowed; expected >= 1")
+        if args.gpus is not None and args.gpus < 1:
+            raise ValueError(f"--gpus: {args.gpus} is not allowed; expected >= 1")
         r = estimate(cfg, dense_cfg, args)
     except ValueError as e:
         print(f"sparsetrain emulate: {e}", file=sys.stderr)
         return 2
     rdu, report = r["rdu"], r["report"]
-    dense, sparse = r["gpu_dense"], r["gpu_sparse"]
+    dense, sparse, headline = r["gpu_dense"], r["gpu_sparse"], r["headline"]
     n = args.sockets
+    gpus = headline.gpus if headline else n
     summary = {
         "recipe": args.recipe, "mode": args.mode, "chip": rdu.chip.name, "sockets": n,
-        "gpu": dense.gpu.name, "gpus": n,
+        "gpu": dense.gpu.name, "gpus": gpus,
         "rdu_step_s": rdu.step_s, "gpu_dense_step_s": dense.step_s,
         "gpu_sparse_step_s": sparse.step_s,
         "speedup_vs_gpu_dense": dense.step_s / rdu.step_s,
         "speedup_vs_gpu_sparse": sparse.step_s / rdu.step_s,
-        "gpu_dense_bound": dense.bound, "gpu_sparse_bound": sparse.bound,
+        "gpu_sparse_bound": sparse.bound,
         "mechanisms": r["mechanisms"], "assumptions": r["assumptions"],
     }
+    if headline:
+        summary["gpu_plan"] = headline.gpu.plan.describe()
+        summary["gpu_memory_bytes"] = headline.gpu.memory_bytes
+        summary["headline"] = headline.numbers()
+    else:
+        summary["gpu_dense_bound"] = dense.bound
     data = report.to_json(rdu, summary=summary)
     if args.out:
         out = Path(args.out)
@@ -212,13 +246,20 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     print(f"{rdu.chip.name} x{n}: {rdu.step_s:.4g} s per step (one socket: "
           f"{rdu.single_socket_s:.4g} s), bound: {rdu.bound}")
-    print(f"{dense.gpu.name} x{n}, dense recipe, kernel by kernel: {dense.step_s:.4g} s "
-          f"({dense.launches:.4g} launches, bound: {dense.bound})")
+    if headline:
+        print(f"{dense.gpu.name} x{gpus}, dense recipe, {headline.gpu.plan.describe()}: "
+              f"{dense.step_s:.4g} s")
+    else:
+        print(f"{dense.gpu.name} x{n}, dense recipe, kernel by kernel: {dense.step_s:.4g} s "
+              f"({dense.launches:.4g} launches, bound: {dense.bound})")
     print(f"{sparse.gpu.name} x{n}, this recipe, kernel by kernel: {sparse.step_s:.4g} s "
           f"(bound: {sparse.bound})")
-    print(f"speedup of {rdu.chip.name} x{n} over dense {dense.gpu.name} x{n}: "
-          f"{summary['speedup_vs_gpu_dense']:.3g}x (over this recipe on the GPU: "
-          f"{summary['speedup_vs_gpu_sparse']:.3g}x)")
+    print(f"speedup of {rdu.chip.name} x{n} over dense {dense.gpu.name} x{gpus}: "
+          f"{summary['speedup_vs_gpu_dense']:.3g}x (over this recipe on {n} GPUs kernel by "
+          f"kernel: {summary['speedup_vs_gpu_sparse']:.3g}x)")
+    if headline:
+        for line in compare.lines(headline):
+            print(line)
     print("assumptions:")
     for line in r["assumptions"]:
         print(f"  - {line}")

@@ -7,4 +7,5 @@ sources (``hardware.RANGES``), to published measurements.
 - ``validation``: published measurements that are never fitted.
 - ``suite``: groups of cases, one joint fit, leave-one-out over the point cases, validation.
 - ``tables``: markdown and JSON of a suite's result.
+- ``megatron``: Megatron-LM's measured GPU training table (A100) as a group of cases.
 """

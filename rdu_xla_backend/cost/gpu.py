@@ -1,34 +1,34 @@
-"""GPU baseline: the same program run kernel by kernel on an A100/H100.
+"""GPU baseline, per operator: the same lowered program run kernel by kernel on an A100/H100.
 
 One kernel launch per *operator* (``operators.operator_groups``): every matmul, gather and cache
 update, and each run of element-wise ops and reductions between them (a softmax, a norm, an
 activation: what a framework's element-wise fusion makes one kernel). Wiring and views launch
 nothing. A kernel reads its inputs from HBM and writes its outputs to HBM, and takes
 
-    max(FLOPs / achievable FLOP/s, bytes / achievable HBM bandwidth) + launch and sync
+    max(compute, bytes / achievable HBM bandwidth) + launch and sync
 
-with tensor-core FLOP/s for matmuls and FP32 FLOP/s for element-wise work (``GpuSpec``). A
-gather pays the 32-byte sectors its addresses touch (``memory.sector_bytes_moved``): whole
-64-wide block rows waste nothing, scattered elements waste most of each sector. No
-FlashAttention-style kernels and no CUDA graphs: this is the per-operator baseline the issue
-asks for, stated with every estimate. ``gpus`` > 1 splits every kernel's work ideally (tensor
-parallel) and adds the layer all-reduces over NVLink (``parallel.gpu_collective_seconds``), each
-a kernel of its own.
+where compute is, for a matmul, its GEMM shape's time (``gpu_kernels.gemm_seconds``: tile and
+wave quantisation; a block-sparse matmul is one GEMM per column block) and, for element-wise
+work, its FLOPs at the FP32 rate. A gather pays the 32-byte sectors its addresses touch
+(``banks.sector_bytes_moved``): whole 64-wide block rows waste nothing, scattered elements
+waste most of each sector. No FlashAttention-style kernels and no CUDA graphs: this prices any
+program as written; a GPT training step planned over many GPUs (Megatron-style, fused
+attention, memory checked) is ``gpu_training``. ``gpus`` > 1 splits every kernel's work
+ideally (tensor parallel) and adds the layer all-reduces (``gpu_kernels.all_reduce_seconds``),
+each a kernel of its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
+from rdu_xla_backend.cost import gpu_kernels as gk
 from rdu_xla_backend.mapping import banks as mem
 from rdu_xla_backend.workload.graph import GatherInfo, Graph
 from rdu_xla_backend.hardware import GpuSpec
 from rdu_xla_backend.mapping.gathers import MAX_GATHER_FEATURES
 from rdu_xla_backend.mapping.gathers import index_lists as _index_lists
 from rdu_xla_backend.workload.operators import operator_groups
-from rdu_xla_backend.mapping.parallel import gpu_collective_seconds
 
 
 @dataclass
@@ -77,6 +77,15 @@ def _sector_bytes(info: GatherInfo, graph: Graph, sector: int, cache: dict) -> f
     return cache[info]
 
 
+def _matmul_seconds(op, gpu: GpuSpec) -> float:
+    """One execution of a matmul op: by its GEMM shape (``gpu_kernels.gemm_seconds``), or at
+    the achievable large-GEMM rate when the shape is unknown."""
+    if op.gemm:
+        batch, m, n, k = op.gemm
+        return gk.gemm_seconds(m, n, k, gpu, batch)
+    return op.flops / gpu.achievable_flops
+
+
 def _groups(graph: Graph) -> list[list]:
     """Operator groups of every kernel (cached on the graph: they depend on nothing else)."""
     cache = graph.__dict__.setdefault("_operator_groups", {})
@@ -101,13 +110,14 @@ def gpu_perf(graph: Graph, gpu: GpuSpec, gpus: int = 1) -> GpuPerf:
                 nbytes = grp.out_bytes + sum(op.bytes_out + _sector_bytes(
                     op.gather, graph, gpu.sector_bytes, cache) for op in gathers)
             mm = sum(op.flops for op in grp.ops if op.kind == "matmul")
-            c = mm / gpu.achievable_flops + (grp.flops - mm) / gpu.achievable_vector_flops
+            c = sum(_matmul_seconds(op, gpu) for op in grp.ops if op.kind == "matmul") + \
+                (grp.flops - mm) / gpu.achievable_vector_flops
             m = nbytes / gpu.achievable_hbm_bytes_per_s
             _add(groups, grp.name, n, grp.flops, nbytes, c / gpus, m / gpus,
                  gpu.launch_sync_seconds)
         if gpus > 1 and kernel.collectives:
             n = kernel.collectives * runs
-            each = gpu_collective_seconds(kernel.carry_bytes, gpus, gpu)
+            each = gk.all_reduce_seconds(kernel.carry_bytes, gpus, gpu)
             _add(groups, "all_reduce", n, 0.0, 0.0, 0.0, 0.0, each)
     ordered = sorted(groups.values(), key=lambda g: -g.time_s)
     return GpuPerf(gpu, gpus, ordered, float(sum(g.time_s for g in ordered)),

@@ -6,4 +6,5 @@
 - ``pipeline``: stage balancing inside a fused kernel; micro-batch schedules across sockets.
 - ``placement``: three-tier memory (SRAM/HBM/DDR) by tensor role.
 - ``parallel``: tensor/pipeline/data-parallel plans across sockets.
+- ``gpu_plan``: a GPT training job on GPUs: TP/PP/DP plan, memory per GPU, plans that fit.
 """

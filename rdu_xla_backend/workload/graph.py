@@ -74,6 +74,9 @@ class Op:
     # loops; ``operators`` uses them to find the bytes crossing an operator-kernel boundary).
     ins: tuple = ()
     outs: tuple = ()
+    # A matmul's GEMM shape (batch, m, n, k): ``batch`` products of (m x k) @ (k x n); () if
+    # not a matmul. The GPU baseline prices a GEMM by its shape (tile and wave quantisation).
+    gemm: tuple = ()
 
     @property
     def total_flops(self) -> float:

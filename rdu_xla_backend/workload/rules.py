@@ -83,6 +83,17 @@ def _dot_flops(eqn) -> float:
     return 2.0 * math.prod(lhs.shape) * math.prod(rhs_free)
 
 
+def _dot_dims(eqn) -> tuple[int, int, int, int]:
+    """(batch, m, n, k) of a dot_general: batch products of (m x k) @ (k x n)."""
+    lhs, rhs = (v.aval for v in eqn.invars)
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    batch = math.prod(lhs.shape[i] for i in lb)
+    k = math.prod(lhs.shape[i] for i in lc)
+    m = math.prod(d for i, d in enumerate(lhs.shape) if i not in lc and i not in lb)
+    n = math.prod(d for i, d in enumerate(rhs.shape) if i not in rc and i not in rb)
+    return int(batch), int(m), int(n), int(k)
+
+
 def _gather_info(eqn, origin) -> GatherInfo | None:
     """Block-row view of a gather reading whole slices along one axis, else None."""
     operand, indices = eqn.invars[0].aval, eqn.invars[1].aval
@@ -143,7 +154,8 @@ def op_of_eqn(eqn, index_origin: int | None = None, path: str = "") -> Op:
         raise UnsupportedPrimitiveError(
             f"no lowering rule for primitive '{name}' (in {path or 'top level'}); add one to "
             "rdu_xla_backend/lowering.py so its FLOPs and bytes are counted")
-    return Op(name, kind, flops, b_in, b_out, 1, b_out, gather, f"{path}/{name}".lstrip("/"))
+    return Op(name, kind, flops, b_in, b_out, 1, b_out, gather, f"{path}/{name}".lstrip("/"),
+              gemm=_dot_dims(eqn) if name == "dot_general" else ())
 
 
 def _sub_jaxpr(eqn) -> tuple[Jaxpr, list]:
@@ -181,7 +193,8 @@ def block_sparse_ops(eqn, ins, count: int, path: str) -> list[Op]:
     flops = float(2 * tokens * nc * k * bk * bn * passes)
     return [Op("gather", "gather", 0.0, gathered * passes, gathered * passes, count,
                gathered, gather, f"{path}/gather"),
-            Op("dot_general", "matmul", flops, b_in, b_out, count, b_out, None, f"{path}/dot_general")]
+            Op("dot_general", "matmul", flops, b_in, b_out, count, b_out, None, f"{path}/dot_general",
+               gemm=(nc * passes, tokens, bn, k * bk))]  # a GEMM per column block
 
 
 def _call_name(eqn) -> str:
