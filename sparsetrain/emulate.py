@@ -3,12 +3,15 @@
     sparsetrain emulate RECIPE [--chip sn40l] [--sockets N] [--vs a100] [--mode train|prefill|decode]
                                [--parallel pipeline|tensor] [--micro-batches M] [--unfused]
                                [--orchestration software|hardware] [--no-kernel-looping]
-                               [--out DIR] [--json] [--set key=value ...]
+                               [--out DIR] [--json] [--from-run RUN] [--set key=value ...]
 
-The model is built from abstract shapes (`abstract_model`: no weights, block indices are
-placeholders, so sparse gathers use the expected-cost model), the step is traced and lowered by
-`rdu_xla_backend`, timed on the chip, and compared with the same recipe made dense, run kernel by
-kernel on the GPU. Prints the per-kernel table, the end-to-end ratio and every assumption.
+The model is built from abstract shapes (`abstract_model`: no weights allocated) with CONCRETE
+block indices: the recipe's own layout (pattern and seed, `sparsetrain.rdu.layouts`) or those of
+a run's newest checkpoint (`--from-run`), so sparse kernels are priced from their real gathers
+and balance. The step is traced and lowered by `rdu_xla_backend` (block-sparse calls costed by
+the rules of `sparsetrain.rdu.rules`), timed on the chip, and compared with the same recipe made
+dense, run kernel by kernel on the GPU. Prints the per-kernel table, the end-to-end ratio and
+every assumption.
 """
 
 from __future__ import annotations
@@ -49,14 +52,19 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="write report.json, kernels.md, timeline.png and "
                    "roofline.png to this directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--from-run", default=None, metavar="RUN", help="price the sparse kernels "
+                   "with the block indices of this run directory's newest checkpoint (default: "
+                   "the recipe's initial layout from its pattern and seed)")
     p.set_defaults(run=run)
 
 
-def program(cfg, mode: str):
-    """(function, abstract args) of one step of the recipe's model (GPT or Llama) in ``mode``.
+def program(cfg, mode: str, indices: dict | None = None):
+    """(function, args) of one step of the recipe's model (GPT or Llama) in ``mode``.
 
-    Nothing is allocated: every argument is a ShapeDtypeStruct. With B = data.batch_size and
-    T = data.seq_len:
+    Nothing is allocated but the block indices: every other argument is a ShapeDtypeStruct; the
+    sparse linears' ``row_indices`` are concrete, ``indices`` (kind -> int (L, nc, k), e.g. a
+    run's, ``layouts.run_indices``) or else the recipe's initial layout
+    (``layouts.recipe_indices``). With B = data.batch_size and T = data.seq_len:
 
     - train: ``step(state, {tokens, targets: (B, T)}) -> (state, metrics)``, float32 params.
     - prefill: ``(params, indices, tokens (B, T)) -> (logits (B, vocab), KV cache)``: the prompt's
@@ -70,7 +78,12 @@ def program(cfg, mode: str):
     from sparsetrain.models.family import abstract_model, model_spec
     from sparsetrain.models.kv_cache import CachedDecoder, abstract_cache
 
-    model = abstract_model(model_spec(cfg))
+    from sparsetrain.rdu.layouts import recipe_indices, with_indices
+
+    spec = model_spec(cfg)
+    model = abstract_model(spec)
+    sparse = any(lin.sparse for _, lin in spec.linears)
+    by_kind = (indices if indices is not None else recipe_indices(spec)) if sparse else {}
     B, T = cfg.data.batch_size, cfg.data.seq_len
     if mode == "train":
         from sparsetrain.optim import make_optimizer
@@ -80,11 +93,13 @@ def program(cfg, mode: str):
         tokens = jax.ShapeDtypeStruct((B, T), jnp.int32)
         tx, schedule = make_optimizer(cfg.optimizer, cfg.run.steps)
         state = jax.eval_shape(lambda: init_state(fns, tx, 0))
+        state["indices"] = with_indices(state["indices"], by_kind)
         return make_train_step(fns, tx, schedule), (state, {"tokens": tokens, "targets": tokens})
     if mode not in MODES:
         raise ValueError(f"--mode: {mode!r} is not allowed; allowed: {', '.join(MODES)}")
     dec = CachedDecoder(model)
-    params, indices = dec.initial()
+    params, idx = dec.initial()
+    idx = with_indices(idx, by_kind)
     dtype = jnp.dtype(cfg.model.dtype)
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
         x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype), params)
@@ -92,8 +107,8 @@ def program(cfg, mode: str):
         def prefill(params, indices, tokens):
             return dec.prefill(params, indices, tokens, max_len=T, last_logits_only=True)
 
-        return prefill, (params, indices, jax.ShapeDtypeStruct((B, T), jnp.int32))
-    return dec.decode, (params, indices, abstract_cache(model, B, T),
+        return prefill, (params, idx, jax.ShapeDtypeStruct((B, T), jnp.int32))
+    return dec.decode, (params, idx, abstract_cache(model, B, T),
                         jax.ShapeDtypeStruct((B,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32))
 
 
@@ -118,6 +133,8 @@ def estimate(cfg, dense_cfg, args) -> dict:
     from rdu_xla_backend.cost import rdu as perf
     from rdu_xla_backend.cost import gpu as gpu_model
     from rdu_xla_backend.workload.lowering import lower
+    from sparsetrain.rdu import rules  # noqa: F401  (registers the block-sparse call rules)
+    from sparsetrain.rdu.layouts import run_indices
 
     chip, gpu = get_chip(args.chip), get_chip(args.vs)
     if not isinstance(chip, hardware.ChipSpec):
@@ -127,7 +144,12 @@ def estimate(cfg, dense_cfg, args) -> dict:
     options = perf.Options(sockets=args.sockets, parallel=args.parallel,
                            micro_batches=args.micro_batches, orchestration=args.orchestration,
                            kernel_looping=not args.no_kernel_looping)
-    fn, abstract = program(cfg, args.mode)
+    indices, source = None, (f"the recipe's initial layout (pattern {cfg.sparsity.pattern}, "
+                             f"seed {cfg.sparsity.seed})")
+    if getattr(args, "from_run", None):
+        _, indices = run_indices(args.from_run)
+        source = f"the newest checkpoint of run {args.from_run}"
+    fn, abstract = program(cfg, args.mode, indices)
     graph = lower(fn, *abstract, mode="unfused" if args.unfused else "fused", name=args.mode)
     rdu = perf.program_perf(graph, chip, options)
     gpu_sparse = gpu_model.gpu_perf(graph, gpu, gpus=args.sockets)
@@ -135,8 +157,7 @@ def estimate(cfg, dense_cfg, args) -> dict:
     gpu_dense = gpu_model.gpu_perf(lower(dfn, *dabstract, name=args.mode), gpu, gpus=args.sockets)
     assumptions = (hardware.assumptions(chip) + perf.assumptions(chip, options)
                    + hardware.assumptions(gpu) + gpu_model.assumptions(gpu, args.sockets)
-                   + ["model: block indices are placeholders (abstract shapes): sparse gathers "
-                      "use the expected-cost model (seeded random draw of the same shape)"]
+                   + [f"model: block indices (concrete) from {source}; weights are abstract"]
                    + mode_assumptions(cfg, args.mode))
     return {"rdu": rdu, "graph": graph, "gpu_dense": gpu_dense, "gpu_sparse": gpu_sparse,
             "assumptions": assumptions, "report": report,

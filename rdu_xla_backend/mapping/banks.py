@@ -203,10 +203,7 @@ def _cost_over_tokens(features: np.ndarray, tokens: int, row_stride: int,
     p = min(tokens, pmu.period // math.gcd(row_stride, pmu.period))
     addr = _token_addresses(vectors, p, row_stride)  # (p, groups_per_token, lanes)
     flat = addr.reshape(-1, pmu.lanes)
-    # Pad with idle groups (cost 0) to a power of two: one compile serves many gather shapes.
-    padded = np.full((1 << max(flat.shape[0] - 1, 1).bit_length(), pmu.lanes), -1, np.int32)
-    padded[: flat.shape[0]] = flat
-    g = group_cycles(jnp.asarray(padded), pmu)
+    g = group_cycles(jnp.asarray(_pad_groups(flat, pmu.lanes)), pmu)
     g = GroupCycles(*(x[: flat.shape[0]] for x in g))
     per_token = np.stack([np.asarray(x).reshape(p, -1).sum(axis=1)
                           for x in (g.cycles, g.bank_cycles, g.ag_cycles, g.conflicts)], axis=1)
@@ -269,6 +266,58 @@ def element_gather_cost(feature_indices: np.ndarray, in_features: int, tokens: i
     if f.ndim != 2 or f.size and (f.min() < 0 or f.max() >= in_features):
         raise ValueError(f"feature_indices must be (n_out, nnz) in [0, {in_features})")
     return _cost_over_tokens(f, tokens, row_stride or in_features, pmu)
+
+
+def column_read_cost(columns: np.ndarray, tokens: int, row_stride: int,
+                     pmu: PmuConfig) -> GatherCost:
+    """PMU cycles for reading columns of a ROW-MAJOR X (column access).
+
+    X (tokens, row_stride) row-major: element (t, c) at ``t * row_stride + c``. Column c is read
+    as vectors of ``pmu.lanes`` consecutive tokens: lane i reads ``(t0 + i) * row_stride + c``.
+    No two lanes are consecutive, so every lane is an address of its own for the address
+    generator (``lanes / addresses_per_cycle`` cycles at best), and when ``row_stride`` is a
+    multiple of the bank period every lane hits the same bank (``lanes`` cycles). Exact for any
+    ``tokens``: vectors with the same bank pattern are simulated once and counted.
+
+    Args:
+        columns: (n,) int column indices read (each over all tokens; repeats are read again).
+        tokens: rows of X.
+        row_stride: elements between consecutive rows (>= every column + 1).
+        pmu: bank geometry.
+    Returns:
+        GatherCost totals.
+    """
+    c = np.asarray(columns, np.int64).reshape(-1)
+    if tokens < 1 or (c.size and (c.min() < 0 or c.max() >= row_stride)):
+        raise ValueError(f"need tokens >= 1 and 0 <= columns < row_stride={row_stride}")
+    residues, per_residue = np.unique(c % pmu.period, return_counts=True)
+    lanes = pmu.lanes
+    q = pmu.period // math.gcd(lanes * row_stride, pmu.period)  # distinct vector phases
+    full, rem = divmod(tokens, lanes)
+    shapes = [(v, lanes, full // q + (v < full % q)) for v in range(min(q, full))]
+    if rem:
+        shapes.append((full % q, rem, 1))
+    groups, weights = [], []
+    for v, n_lanes, times in shapes:
+        t = v * lanes + np.arange(lanes)
+        addr = np.where(np.arange(lanes) < n_lanes, t[None, :] * row_stride + residues[:, None],
+                        -1)
+        groups.append(addr)
+        weights.append(per_residue * times)
+    addr = np.concatenate(groups).astype(np.int32)
+    w = np.concatenate(weights)
+    g = group_cycles(jnp.asarray(_pad_groups(addr, lanes)), pmu)
+    sums = [int((np.asarray(x)[: addr.shape[0]] * w).sum())
+            for x in (g.cycles, g.bank_cycles, g.ag_cycles, g.conflicts)]
+    elements = int(((addr >= 0).sum(axis=1) * w).sum())
+    return GatherCost(*sums, int(w.sum()), elements)
+
+
+def _pad_groups(addr: np.ndarray, lanes: int) -> np.ndarray:
+    """Pad request groups with idle ones (cost 0) to a power of two: one compile, many shapes."""
+    padded = np.full((1 << max(addr.shape[0] - 1, 1).bit_length(), lanes), -1, np.int32)
+    padded[: addr.shape[0]] = addr
+    return padded
 
 
 def sector_bytes_moved(features: np.ndarray, in_features: int, tokens: int, element_bytes: int,
