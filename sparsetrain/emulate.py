@@ -170,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         cfg = load_recipe(args.recipe, args.overrides, check_data=False)
-        dense_cfg = load_recipe(args.recipe, args.overrides + ["sparsity.pattern=dense"],
+        dense_cfg = load_recipe(args.recipe, args.overrides + ["sparsity.pattern=dense",
+                                                               "sparsity.flow=static"],
                                 check_data=False)
         if args.sockets < 1:
             raise ValueError(f"--sockets: {args.sockets} is not allowed; expected >= 1")

@@ -4,6 +4,7 @@ a prune/regrow update (`--backend rdu`)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import jax
@@ -18,6 +19,7 @@ from rdu_xla_backend.mapping import block_sparse as bs
 from rdu_xla_backend.workload import rules
 from rdu_xla_backend.workload.graph import BlockSparseInfo
 from rdu_xla_backend.workload.lowering import lower
+from sparsetrain.cli import main
 from sparsetrain.config import load_recipe
 from sparsetrain.rdu import rules as rdu_rules
 from sparsetrain.rdu_step import EmulatedTrainStep
@@ -162,7 +164,7 @@ def test_lowering_without_the_rule_inlines_the_call():
     assert any(op.sparse for k in _sparse_step(0.25).kernels for op in k.ops)
 
 
-def test_reprice_after_prune_regrow_on_the_rdu_backend(text_corpus, tmp_path):
+def test_reprice_after_prune_regrow_on_the_rdu_backend(text_corpus, tmp_path, capsys):
     flow = {"flow": "prune_regrow", "update_every": 2, "drop_fraction": 0.5,
             "end_fraction": 1.0, "regrow": "random"}
     recipe = tiny_recipe(tmp_path, text_corpus, sparsity={"pattern": "random_balanced",
@@ -173,6 +175,13 @@ def test_reprice_after_prune_regrow_on_the_rdu_backend(text_corpus, tmp_path):
     times = [r["rdu_step_time_s"] for r in read_jsonl(cfg.out_dir / "metrics.jsonl")]
     # Step 2 is an update step: its row (and step 3's) carry the time repriced after it.
     assert times[0] != times[1] == times[2], times
+    # `emulate --from-run` prices the run's final indices, not the recipe's initial layout.
+    steps = []
+    for extra in ([], ["--from-run", str(cfg.out_dir)]):
+        capsys.readouterr()
+        assert main(["emulate", str(recipe), "--json", *extra]) == 0
+        steps.append(json.loads(capsys.readouterr().out)["summary"]["rdu_step_s"])
+    assert steps[0] != steps[1]
 
 
 def test_reprice_equals_a_fresh_lowering_with_the_new_indices(text_corpus, tmp_path):

@@ -203,8 +203,7 @@ def _cost_over_tokens(features: np.ndarray, tokens: int, row_stride: int,
     p = min(tokens, pmu.period // math.gcd(row_stride, pmu.period))
     addr = _token_addresses(vectors, p, row_stride)  # (p, groups_per_token, lanes)
     flat = addr.reshape(-1, pmu.lanes)
-    g = group_cycles(jnp.asarray(_pad_groups(flat, pmu.lanes)), pmu)
-    g = GroupCycles(*(x[: flat.shape[0]] for x in g))
+    g = _chunked_group_cycles(flat, pmu)
     per_token = np.stack([np.asarray(x).reshape(p, -1).sum(axis=1)
                           for x in (g.cycles, g.bank_cycles, g.ag_cycles, g.conflicts)], axis=1)
     groups_per_token = addr.shape[1]
@@ -306,18 +305,26 @@ def column_read_cost(columns: np.ndarray, tokens: int, row_stride: int,
         weights.append(per_residue * times)
     addr = np.concatenate(groups).astype(np.int32)
     w = np.concatenate(weights)
-    g = group_cycles(jnp.asarray(_pad_groups(addr, lanes)), pmu)
-    sums = [int((np.asarray(x)[: addr.shape[0]] * w).sum())
+    g = _chunked_group_cycles(addr, pmu)
+    sums = [int((x * w).sum())
             for x in (g.cycles, g.bank_cycles, g.ag_cycles, g.conflicts)]
     elements = int(((addr >= 0).sum(axis=1) * w).sum())
     return GatherCost(*sums, int(w.sum()), elements)
 
 
-def _pad_groups(addr: np.ndarray, lanes: int) -> np.ndarray:
-    """Pad request groups with idle ones (cost 0) to a power of two: one compile, many shapes."""
-    padded = np.full((1 << max(addr.shape[0] - 1, 1).bit_length(), lanes), -1, np.int32)
-    padded[: addr.shape[0]] = addr
-    return padded
+GROUP_CHUNK = 2048  # request groups per group_cycles call: one compiled shape serves every gather
+
+
+def _chunked_group_cycles(addr: np.ndarray, pmu: PmuConfig) -> GroupCycles:
+    """``group_cycles`` of (n, lanes) groups in fixed chunks (idle groups pad the last, cost 0),
+    so one compilation serves gathers of every size. Returns numpy arrays of shape (n,)."""
+    n = addr.shape[0]
+    padded = np.full((max(-(-n // GROUP_CHUNK), 1) * GROUP_CHUNK, addr.shape[1]), -1, np.int32)
+    padded[:n] = addr
+    parts = [group_cycles(jnp.asarray(padded[i: i + GROUP_CHUNK]), pmu)
+             for i in range(0, padded.shape[0], GROUP_CHUNK)]
+    return GroupCycles(*(np.concatenate([np.asarray(p[f]) for p in parts])[:n]
+                         for f in range(len(GroupCycles._fields))))
 
 
 def sector_bytes_moved(features: np.ndarray, in_features: int, tokens: int, element_bytes: int,
