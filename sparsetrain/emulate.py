@@ -132,6 +132,7 @@ def estimate(cfg, dense_cfg, args) -> dict:
     from rdu_xla_backend import get_chip, hardware, report
     from rdu_xla_backend.cost import rdu as perf
     from rdu_xla_backend.cost import gpu as gpu_model
+    from rdu_xla_backend.mapping import block_sparse
     from rdu_xla_backend.workload.lowering import lower
     from sparsetrain.rdu import rules  # noqa: F401  (registers the block-sparse call rules)
     from sparsetrain.rdu.layouts import run_indices
@@ -158,6 +159,7 @@ def estimate(cfg, dense_cfg, args) -> dict:
     assumptions = (hardware.assumptions(chip) + perf.assumptions(chip, options)
                    + hardware.assumptions(gpu) + gpu_model.assumptions(gpu, args.sockets)
                    + [f"model: block indices (concrete) from {source}; weights are abstract"]
+                   + [f"mapping: {line}" for line in block_sparse.summary(graph, chip)]
                    + mode_assumptions(cfg, args.mode))
     return {"rdu": rdu, "graph": graph, "gpu_dense": gpu_dense, "gpu_sparse": gpu_sparse,
             "assumptions": assumptions, "report": report,

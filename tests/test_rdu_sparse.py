@@ -141,7 +141,10 @@ def _sparse_step(density, block=16, seed=0, rows=None):
 
 def test_sparser_never_more_flops_bytes_or_time_and_no_kernel_above_peak():
     assert rules.call_rule is not None and rdu_rules.FORWARD in rules.CALL_RULES
-    perfs = [perf.program_perf(_sparse_step(d), hw.SN40L) for d in (1.0, 0.5, 0.25, 0.125)]
+    graphs = [_sparse_step(d) for d in (1.0, 0.5, 0.25, 0.125)]
+    perfs = [perf.program_perf(g, hw.SN40L) for g in graphs]
+    lines = bs.summary(graphs[-1], hw.SN40L)
+    assert len(lines) == 2 and "forward" in lines[0] and "dx + dvalues" in lines[1]
     flops = [p.flops for p in perfs]
     off = [sum(k.offchip_bytes for k in p.kernels) for p in perfs]
     work = [sum(k.pipeline_s for k in p.kernels) for p in perfs]

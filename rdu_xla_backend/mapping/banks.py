@@ -17,9 +17,18 @@ costs one generated address is an assumption of this model; the public record gi
 
 Bank mapping: low-order interleave (bank = address mod banks), or programmable bank bits
 (bank = the address bits at ``bank_bits``, least significant first), as SN40L's PMUs allow.
-Addresses are in elements of one PMU's scratchpad; a bank serves one element per cycle.
+Addresses are in elements of one PMU's scratchpad; a bank serves one element per cycle (an
+element takes one bank word: BF16 values are not modelled as packed two per 4-byte word).
 
-Everything per group is vectorised in JAX over groups; gathers are built from the real index arrays.
+Access patterns: ROW access of a row-major X (``block_gather_cost``, ``element_gather_cost``,
+``feature_lists_cost``: each token's features as lane vectors, so contiguous block rows are one
+generated address and distinct banks, small blocks share vectors and conflict by their
+indices) and COLUMN access (``column_read_cost``: a vector of consecutive tokens of one feature,
+every lane its own address, all lanes in one bank when the row length is a multiple of the
+bank period).
+
+Everything per group is vectorised in JAX over groups (fixed chunks of groups: one compilation);
+gathers are built from the real index arrays.
 """
 
 from __future__ import annotations
@@ -188,9 +197,11 @@ def _token_addresses(vectors: np.ndarray, tokens: int, row_stride: int) -> np.nd
     return addr.reshape(tokens, -1, vectors.shape[-1]).astype(np.int32)
 
 
-def _cost_over_tokens(features: np.ndarray, tokens: int, row_stride: int,
-                      pmu: PmuConfig) -> GatherCost:
-    """Cost of reading X[t, features[i]] for every token t and feature list i (row-major X).
+def feature_lists_cost(features: np.ndarray, tokens: int, row_stride: int,
+                       pmu: PmuConfig) -> GatherCost:
+    """Cost of reading X[t, features[i]] for every token t and feature list i (row-major X):
+    ROW access, each list read as vectors of ``pmu.lanes`` lanes; a feature of -1 is an idle
+    lane (ragged lists padded at their end).
 
     Token t + p has the same bank pattern as token t when p * row_stride is a multiple of the
     bank period, so only p = period / gcd(row_stride, period) tokens are simulated; the total is
@@ -236,7 +247,7 @@ def block_gather_cost(row_indices: np.ndarray, block: tuple[int, int], in_featur
         GatherCost totals in cycles and counts.
     """
     features = block_feature_lists(row_indices, block[0], in_features)
-    return _cost_over_tokens(features, tokens, row_stride or in_features, pmu)
+    return feature_lists_cost(features, tokens, row_stride or in_features, pmu)
 
 
 def block_feature_lists(row_indices: np.ndarray, bk: int, in_features: int) -> np.ndarray:
@@ -264,7 +275,7 @@ def element_gather_cost(feature_indices: np.ndarray, in_features: int, tokens: i
     f = np.asarray(feature_indices, np.int64)
     if f.ndim != 2 or f.size and (f.min() < 0 or f.max() >= in_features):
         raise ValueError(f"feature_indices must be (n_out, nnz) in [0, {in_features})")
-    return _cost_over_tokens(f, tokens, row_stride or in_features, pmu)
+    return feature_lists_cost(f, tokens, row_stride or in_features, pmu)
 
 
 def column_read_cost(columns: np.ndarray, tokens: int, row_stride: int,

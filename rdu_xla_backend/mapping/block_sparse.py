@@ -132,7 +132,7 @@ def _dx_pmu(rows: np.ndarray, info: BlockSparseInfo, pmu: mem.PmuConfig):
     nr = info.in_features // info.block[0]
     feats, counts = transposed_features(rows, nr, info.block[1])
     lists = _sample(feats, MAX_LISTS)
-    cost = mem._cost_over_tokens(lists, info.tokens, info.out_features, pmu)
+    cost = mem.feature_lists_cost(lists, info.tokens, info.out_features, pmu)
     return _scaled(cost, nr / lists.shape[0]), counts
 
 
@@ -189,3 +189,30 @@ def sparse_cycles(info: BlockSparseInfo, graph: Graph, chip: ChipSpec,
 def _fingerprint(a: np.ndarray) -> tuple:
     """A key that changes when the index values change (shape plus a hash of the bytes)."""
     return (a.shape, hash(np.ascontiguousarray(a).tobytes()))
+
+
+def summary(graph: Graph, chip: ChipSpec, cache: dict | None = None) -> list[str]:
+    """One line per distinct block-sparse matmul of ``graph``: what its mechanisms cost.
+
+    Each line: shape and blocks, the PCU cycles at the systolic peak over the priced ones
+    (rounding to lanes x stages, dx's imbalance), the imbalance, the PMU cycles over the PCU
+    cycles (a gather stage above 1 needs more PMUs than the matmul has PCUs) and the conflicts
+    per PMU cycle.
+    """
+    cache = graph.__dict__.setdefault("_gather_cache", {}) if cache is None else cache
+    seen, lines = set(), []
+    for kernel in graph.kernels:
+        for op in kernel.ops:
+            info = op.sparse
+            if info is None or op.kind != "matmul" or info in seen:
+                continue
+            seen.add(info)
+            c = sparse_cycles(info, graph, chip, cache)
+            what = "dx + dvalues" if info.backward else "forward"
+            lines.append(
+                f"block-sparse {info.in_features}x{info.out_features} ({info.block[0]}x"
+                f"{info.block[1]} blocks, {info.blocks_per_col} per column, {info.tokens} tokens) "
+                f"{what}: PCU work at {c.ideal_pcu / c.pcu:.1%} of the systolic peak, "
+                f"dx imbalance {c.imbalance:.3g}, PMU/PCU cycles {c.pmu / c.pcu:.3g}, "
+                f"bank conflicts {c.conflicts / max(c.pmu, 1):.1%} of PMU cycles")
+    return lines
