@@ -132,7 +132,7 @@ def estimate(cfg, dense_cfg, args) -> dict:
     from rdu_xla_backend import get_chip, hardware, report
     from rdu_xla_backend.cost import rdu as perf
     from rdu_xla_backend.cost import gpu as gpu_model
-    from rdu_xla_backend.mapping import block_sparse
+    from rdu_xla_backend.mapping import banks, block_sparse, gathers
     from rdu_xla_backend.workload.lowering import lower
     from sparsetrain.rdu import rules  # noqa: F401  (registers the block-sparse call rules)
     from sparsetrain.rdu.layouts import run_indices
@@ -160,6 +160,8 @@ def estimate(cfg, dense_cfg, args) -> dict:
                    + hardware.assumptions(gpu) + gpu_model.assumptions(gpu, args.sockets)
                    + [f"model: block indices (concrete) from {source}; weights are abstract"]
                    + [f"mapping: {line}" for line in block_sparse.summary(graph, chip)]
+                   + [f"mapping: {line}" for line in gathers.assumed_gathers(
+                       graph, banks.PmuConfig.from_chip(chip).period)]
                    + mode_assumptions(cfg, args.mode))
     return {"rdu": rdu, "graph": graph, "gpu_dense": gpu_dense, "gpu_sparse": gpu_sparse,
             "assumptions": assumptions, "report": report,

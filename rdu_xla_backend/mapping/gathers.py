@@ -64,3 +64,24 @@ def gather_cost(info: GatherInfo, graph: Graph, pmu: mem.PmuConfig,
     if cache is not None:
         cache[key] = out
     return out
+
+
+def assumed_gathers(graph: Graph, period: int) -> list[str]:
+    """A line per gather of ``graph`` priced without its real indices (data-dependent ones),
+    saying whether the price is exact anyway (rows a whole number of bank ``period``s)."""
+    lines, seen = [], set()
+    for kernel in graph.kernels:
+        for op in kernel.ops:
+            info = op.gather
+            if info is None or op.sparse is not None or info in seen:
+                continue
+            seen.add(info)
+            if index_lists(info, graph)[1]:
+                continue
+            exact = info.run % period == 0
+            lines.append(f"gather {op.path or op.primitive} ({info.indices} indices of "
+                         f"{info.rows} rows x {info.run} elements): indices not known when "
+                         "lowered, priced as distinct rows spread evenly ("
+                         + ("exact: every row is whole bank periods)" if exact
+                            else "an assumption: the bank pattern depends on the values)"))
+    return lines
