@@ -78,6 +78,7 @@ def program(cfg, mode: str, indices: dict | None = None):
     from sparsetrain.models.family import abstract_model, model_spec
     from sparsetrain.models.kv_cache import CachedDecoder, abstract_cache
 
+    from sparsetrain.rdu import rules  # noqa: F401  (block-sparse calls lowered by their rules)
     from sparsetrain.rdu.layouts import recipe_indices, with_indices
 
     spec = model_spec(cfg)
@@ -134,7 +135,6 @@ def estimate(cfg, dense_cfg, args) -> dict:
     from rdu_xla_backend.cost import gpu as gpu_model
     from rdu_xla_backend.mapping import banks, block_sparse, gathers
     from rdu_xla_backend.workload.lowering import lower
-    from sparsetrain.rdu import rules  # noqa: F401  (registers the block-sparse call rules)
     from sparsetrain.rdu.layouts import run_indices
 
     chip, gpu = get_chip(args.chip), get_chip(args.vs)
