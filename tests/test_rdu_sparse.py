@@ -117,6 +117,10 @@ def test_pcu_rounding_by_block_size_against_closed_form():
         assert c.pcu == 4096 * nc * 2 * math.ceil(b / L) * math.ceil(b / S)
         eff.append(c.ideal_pcu / c.pcu)
     assert eff == sorted(eff) and eff[0] < 0.5 < 0.95 < eff[-1] <= 1.0
+    # Fewer tokens than stages (decode): each weight sub-tile waits for its S-vector load.
+    rows = np.stack([(np.arange(2) + j) % 8 for j in range(8)])
+    one = bs.sparse_cycles(_info(8, 8, 2, tokens=1, backward=False), _G(rows), hw.SN40L)
+    assert one.pcu == S * 8 * 2 * math.ceil(64 / L) * math.ceil(64 / S)
 
 
 def test_missing_indices_are_refused():

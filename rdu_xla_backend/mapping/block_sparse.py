@@ -9,7 +9,11 @@ stage, over S consecutive reduction indices; [SN40L] describes the PCU body as a
 or a SIMD pipeline). A block is a tile of its own, so its sizes are rounded up to the unit:
 
 - forward, per token and stored block: ceil(bn / L) x ceil(bk / S) cycles (ideal bk bn / (L S));
-- dx, per token and stored block: ceil(bk / L) x ceil(bn / S); dx is accumulated per input
+  each of those S x L weight sub-tiles is held in the stages while the tokens stream through,
+  and the next one (S lane vectors, one per cycle) loads behind them: a sub-tile takes
+  max(T, S) cycles, so a call of fewer than S tokens (decode) waits on weight loads;
+- dx, per token and stored block: ceil(bk / L) x ceil(bn / S) (same sub-tiles of W^T, same
+  max(T, S)); dx is accumulated per input
   block-row r over the blocks the TRANSPOSED layout holds in that row. The program is compiled
   once for the shapes while the indices change in place (prune/regrow), so every row gets the
   same share of PCUs and the fullest row sets the time: x (nr max_r count_r / nb);
@@ -168,13 +172,14 @@ def sparse_cycles(info: BlockSparseInfo, graph: Graph, chip: ChipSpec,
     ceil = math.ceil
     priced = _sample(rows_all, MAX_PRICED_LAYERS)
     counts_max = np.mean([np.bincount(r.reshape(-1), minlength=nr).max() for r in rows_all])
+    stream = max(T, S)  # cycles a weight sub-tile stays: its tokens, or the next one's load
     if not info.backward:
-        pcu = T * nb * ceil(bn / L) * ceil(bk / S)
+        pcu = stream * nb * ceil(bn / L) * ceil(bk / S)
         ideal = T * nb * bk * bn / (L * S)
         g = np.mean([_forward_pmu(r, info, pmu) for r in priced], axis=0)
         out = SparseCycles(float(pcu), ideal, float(g[0]), float(g[1]), 1.0, 0.0)
     else:
-        dx = T * nr * counts_max * ceil(bk / L) * ceil(bn / S)
+        dx = stream * nr * counts_max * ceil(bk / L) * ceil(bn / S)
         dw = nb * bk * ceil(bn / L) * ceil(T / S)
         ideal = 2 * T * nb * bk * bn / (L * S)
         g = np.mean([_dx_pmu(r, info, pmu)[0] for r in priced], axis=0)
