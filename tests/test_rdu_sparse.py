@@ -4,6 +4,7 @@ a prune/regrow update (`--backend rdu`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -21,7 +22,10 @@ from rdu_xla_backend.workload.graph import BlockSparseInfo
 from rdu_xla_backend.workload.lowering import lower
 from sparsetrain.cli import main
 from sparsetrain.config import load_recipe
+from sparsetrain.models.family import model_spec
+from sparsetrain.models.gpt import make_layouts
 from sparsetrain.rdu import rules as rdu_rules
+from sparsetrain.rdu.layouts import recipe_indices, with_indices
 from sparsetrain.rdu_step import EmulatedTrainStep
 from sparsetrain.sparsity import block_sparse_matmul, make_layout
 from sparsetrain.sparsity.ops import use_kernel_backend
@@ -210,3 +214,22 @@ def test_reprice_equals_a_fresh_lowering_with_the_new_indices(text_corpus, tmp_p
     fresh.graph = lower(fn, moved, batch)
     assert after > before and after == pytest.approx(fresh.reprice(moved, batch), rel=1e-12)
     assert step.reprice(setup.state, batch) == pytest.approx(before, rel=1e-12)
+
+
+def test_recipe_indices_are_the_layouts_a_run_starts_from(tmp_path):
+    cfg = load_recipe("recipes/tiny-prune-regrow.yaml", check_data=False)
+    spec = model_spec(cfg)
+    got = recipe_indices(spec)
+    want = make_layouts(spec)
+    assert set(got) == set(want)
+    for kind, layouts in want.items():
+        np.testing.assert_array_equal(got[kind], np.stack([np.asarray(l.row_indices)
+                                                           for l in layouts]))
+    tree = {"layers": {k: {"row_indices": jax.ShapeDtypeStruct(v.shape, jnp.int32)}
+                       for k, v in got.items()}}
+    put = with_indices(tree, got)
+    assert isinstance(put["layers"]["qkv"]["row_indices"], np.ndarray)
+    with pytest.raises(ValueError, match="expected shape"):
+        with_indices(tree, {**got, "qkv": got["qkv"][:, :1]})
+    with pytest.raises(ValueError, match="--from-run"):  # its blocks come from trained weights
+        recipe_indices(dataclasses.replace(spec, pattern="magnitude"))
