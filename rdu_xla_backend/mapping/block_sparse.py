@@ -201,8 +201,8 @@ def summary(graph: Graph, chip: ChipSpec, cache: dict | None = None) -> list[str
 
     Each line: shape and blocks, the PCU cycles at the systolic peak over the priced ones
     (rounding to lanes x stages, dx's imbalance), the imbalance, the PMU cycles over the PCU
-    cycles (a gather stage above 1 needs more PMUs than the matmul has PCUs) and the conflicts
-    per PMU cycle.
+    cycles (a gather stage above 1 needs more PMUs than the matmul has PCUs) and the reads
+    serialised behind another read of their bank, per PMU cycle.
     """
     cache = graph.__dict__.setdefault("_gather_cache", {}) if cache is None else cache
     seen, lines = set(), []
@@ -219,5 +219,5 @@ def summary(graph: Graph, chip: ChipSpec, cache: dict | None = None) -> list[str
                 f"{info.block[1]} blocks, {info.blocks_per_col} per column, {info.tokens} tokens) "
                 f"{what}: PCU work at {c.ideal_pcu / c.pcu:.1%} of the systolic peak, "
                 f"dx imbalance {c.imbalance:.3g}, PMU/PCU cycles {c.pmu / c.pcu:.3g}, "
-                f"bank conflicts {c.conflicts / max(c.pmu, 1):.1%} of PMU cycles")
+                f"{c.conflicts / max(c.pmu, 1):.3g} bank-conflicted reads per PMU cycle")
     return lines
