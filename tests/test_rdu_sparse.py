@@ -77,6 +77,13 @@ def test_column_access_of_a_row_major_tensor_costs_more_than_row_access():
     padded = mem.column_read_cost(np.arange(128), tokens, n_in + 1, PMU)
     assert padded.conflicts == 0 and padded.cycles == padded.groups * PMU.lanes // 4
     assert row.cycles < padded.cycles < col.cycles
+    # The period shortcut against every vector spelled out (odd sizes, repeated columns).
+    small = mem.PmuConfig(8, 8, 2)
+    cols, tokens, stride = [3, 7, 7, 40], 77, 48
+    vectors = [[(t0 + i) * stride + c if t0 + i < tokens else -1 for i in range(8)]
+               for c in cols for t0 in range(0, tokens, 8)]
+    assert (mem.column_read_cost(np.array(cols), tokens, stride, small)
+            == mem.gather_cost(np.array(vectors, np.int32), small))
 
 
 def _info(nr, nc, k, bk=64, tokens=4096, backward=True):
