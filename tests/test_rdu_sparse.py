@@ -106,6 +106,11 @@ def test_unbalanced_layout_slower_than_balanced_of_same_density():
         assert rows.shape == (nc, k) and all(len(set(r)) == k for r in rows)
     counts = [np.bincount(r.reshape(-1), minlength=nr) for r in (balanced, skewed)]
     assert counts[0].max() == counts[0].min() == 4 and counts[1].max() == nc  # row 0 in all
+    feats, c = bs.transposed_features(skewed, nr, 2)  # against a direct listing
+    for r in range(nr):
+        cols = [j for j in range(nc) if r in skewed[j]]
+        want = [2 * j + e for j in cols for e in range(2)]
+        assert feats[r].tolist() == want + [-1] * (feats.shape[1] - len(want)) and c[r] == len(cols)
     info = _info(nr, nc, k)
     fast = bs.sparse_cycles(info, _G(balanced), hw.SN40L)
     slow = bs.sparse_cycles(info, _G(skewed), hw.SN40L)
