@@ -4,15 +4,18 @@
                                [--mode train|prefill|decode] [--gpu-attention fused|unfused]
                                [--parallel pipeline|tensor] [--micro-batches M] [--unfused]
                                [--orchestration software|hardware] [--no-kernel-looping]
-                               [--out DIR] [--json] [--set key=value ...]
+                               [--out DIR] [--json] [--from-run RUN] [--set key=value ...]
 
-The model is built from abstract shapes (`abstract_model`: no weights, block indices are
-placeholders, so sparse gathers use the expected-cost model), the step is traced and lowered by
-`rdu_xla_backend` and timed on the chip. A training step is compared with the recipe made dense
-and trained Megatron-style on the smallest GPU count (from one 8-GPU node up) that a plan fits
-(`emulate_compare`: both plans, memory vs capacity, ratios per system and per chip, and the
-decomposition of the speedup); inference with the same recipe made dense, run kernel by kernel
-on as many GPUs as sockets. Prints the per-kernel table, the ratios and every assumption.
+The model is built from abstract shapes (`abstract_model`: no weights allocated) with CONCRETE
+block indices: the recipe's own layout (pattern and seed, `sparsetrain.rdu.layouts`) or those of
+a run's newest checkpoint (`--from-run`), so sparse kernels are priced from their real gathers
+and balance. The step is traced and lowered by `rdu_xla_backend` (block-sparse calls costed by
+the rules of `sparsetrain.rdu.rules`) and timed on the chip. A training step is compared with the
+recipe made dense and trained Megatron-style on the smallest GPU count (from one 8-GPU node up)
+that a plan fits (`emulate_compare`: both plans, memory vs capacity, ratios per system and per
+chip, and the decomposition of the speedup); inference with the same recipe made dense, run
+kernel by kernel on as many GPUs as sockets. Prints the per-kernel table, the ratios and every
+assumption.
 """
 
 from __future__ import annotations
@@ -60,14 +63,19 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="write report.json, kernels.md, timeline.png and "
                    "roofline.png to this directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--from-run", default=None, metavar="RUN", help="price the sparse kernels "
+                   "with the block indices of this run directory's newest checkpoint (default: "
+                   "the recipe's initial layout from its pattern and seed)")
     p.set_defaults(run=run)
 
 
-def program(cfg, mode: str):
-    """(function, abstract args) of one step of the recipe's model (GPT or Llama) in ``mode``.
+def program(cfg, mode: str, indices: dict | None = None):
+    """(function, args) of one step of the recipe's model (GPT or Llama) in ``mode``.
 
-    Nothing is allocated: every argument is a ShapeDtypeStruct. With B = data.batch_size and
-    T = data.seq_len:
+    Nothing is allocated but the block indices: every other argument is a ShapeDtypeStruct; the
+    sparse linears' ``row_indices`` are concrete, ``indices`` (kind -> int (L, nc, k), e.g. a
+    run's, ``layouts.run_indices``) or else the recipe's initial layout
+    (``layouts.recipe_indices``). With B = data.batch_size and T = data.seq_len:
 
     - train: ``step(state, {tokens, targets: (B, T)}) -> (state, metrics)``, float32 params.
     - prefill: ``(params, indices, tokens (B, T)) -> (logits (B, vocab), KV cache)``: the prompt's
@@ -81,7 +89,13 @@ def program(cfg, mode: str):
     from sparsetrain.models.family import abstract_model, model_spec
     from sparsetrain.models.kv_cache import CachedDecoder, abstract_cache
 
-    model = abstract_model(model_spec(cfg))
+    from sparsetrain.rdu import rules  # noqa: F401  (block-sparse calls lowered by their rules)
+    from sparsetrain.rdu.layouts import recipe_indices, with_indices
+
+    spec = model_spec(cfg)
+    model = abstract_model(spec)
+    sparse = any(lin.sparse for _, lin in spec.linears)
+    by_kind = (indices if indices is not None else recipe_indices(spec)) if sparse else {}
     B, T = cfg.data.batch_size, cfg.data.seq_len
     if mode == "train":
         from sparsetrain.optim import make_optimizer
@@ -91,11 +105,13 @@ def program(cfg, mode: str):
         tokens = jax.ShapeDtypeStruct((B, T), jnp.int32)
         tx, schedule = make_optimizer(cfg.optimizer, cfg.run.steps)
         state = jax.eval_shape(lambda: init_state(fns, tx, 0))
+        state["indices"] = with_indices(state["indices"], by_kind)
         return make_train_step(fns, tx, schedule), (state, {"tokens": tokens, "targets": tokens})
     if mode not in MODES:
         raise ValueError(f"--mode: {mode!r} is not allowed; allowed: {', '.join(MODES)}")
     dec = CachedDecoder(model)
-    params, indices = dec.initial()
+    params, idx = dec.initial()
+    idx = with_indices(idx, by_kind)
     dtype = jnp.dtype(cfg.model.dtype)
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
         x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype), params)
@@ -103,8 +119,8 @@ def program(cfg, mode: str):
         def prefill(params, indices, tokens):
             return dec.prefill(params, indices, tokens, max_len=T, last_logits_only=True)
 
-        return prefill, (params, indices, jax.ShapeDtypeStruct((B, T), jnp.int32))
-    return dec.decode, (params, indices, abstract_cache(model, B, T),
+        return prefill, (params, idx, jax.ShapeDtypeStruct((B, T), jnp.int32))
+    return dec.decode, (params, idx, abstract_cache(model, B, T),
                         jax.ShapeDtypeStruct((B,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32))
 
 
@@ -143,8 +159,10 @@ def estimate(cfg, dense_cfg, args) -> dict:
     from rdu_xla_backend.cost import rdu as perf
     from rdu_xla_backend.cost import gpu as gpu_model
     from rdu_xla_backend.cost import gpu_training
+    from rdu_xla_backend.mapping import banks, block_sparse, gathers
     from rdu_xla_backend.workload.lowering import lower
     from sparsetrain import emulate_compare as compare
+    from sparsetrain.rdu.layouts import run_indices
 
     chip, gpu = get_chip(args.chip), get_chip(args.vs)
     if not isinstance(chip, hardware.ChipSpec):
@@ -154,7 +172,12 @@ def estimate(cfg, dense_cfg, args) -> dict:
     planned = None
     if args.mode == "train":  # the dense recipe trained Megatron-style on GPUs that fit it
         planned = compare.gpu_plan(cfg, gpu, args.gpus, args.gpu_attention)
-    fn, abstract = program(cfg, args.mode)
+    indices, source = None, (f"the recipe's initial layout (pattern {cfg.sparsity.pattern}, "
+                             f"seed {cfg.sparsity.seed})")
+    if getattr(args, "from_run", None):
+        _, indices = run_indices(args.from_run)
+        source = f"the newest checkpoint of run {args.from_run}"
+    fn, abstract = program(cfg, args.mode, indices)
     roles = program_roles(args.mode)
     graph = lower(fn, *abstract, mode="unfused" if args.unfused else "fused", name=args.mode,
                   roles=roles)
@@ -173,8 +196,10 @@ def estimate(cfg, dense_cfg, args) -> dict:
     assumptions = (hardware.assumptions(chip) + perf.assumptions(chip, rdu.options)
                    + hardware.assumptions(gpu) + gpu_model.assumptions(gpu, args.sockets)
                    + (gpu_training.assumptions(headline.gpu) if headline else [])
-                   + ["model: block indices are placeholders (abstract shapes): sparse gathers "
-                      "use the expected-cost model (seeded random draw of the same shape)"]
+                   + [f"model: block indices (concrete) from {source}; weights are abstract"]
+                   + [f"mapping: {line}" for line in block_sparse.summary(graph, chip)]
+                   + [f"mapping: {line}" for line in gathers.assumed_gathers(
+                       graph, banks.PmuConfig.from_chip(chip).period)]
                    + mode_assumptions(cfg, args.mode))
     return {"rdu": rdu, "graph": graph, "gpu_dense": gpu_dense, "gpu_sparse": gpu_sparse,
             "assumptions": assumptions, "report": report, "headline": headline,
@@ -188,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         cfg = load_recipe(args.recipe, args.overrides, check_data=False)
-        dense_cfg = load_recipe(args.recipe, args.overrides + ["sparsity.pattern=dense"],
+        dense_cfg = load_recipe(args.recipe, args.overrides + ["sparsity.pattern=dense",
+                                                               "sparsity.flow=static"],
                                 check_data=False)
         if args.sockets is None:  # a training step: one node; inference: one socket
             args.sockets = 8 if args.mode == "train" else 1

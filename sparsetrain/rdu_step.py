@@ -17,6 +17,7 @@ import numpy as np
 
 from rdu_xla_backend import Options, get_chip, lower, program_perf
 from rdu_xla_backend.execute import execute
+from sparsetrain.rdu import rules as _block_sparse_rules  # noqa: F401  (registers the call rules)
 
 from sparsetrain.emulate import program_roles
 

@@ -17,7 +17,8 @@ def test_13b_sparse_train_step_vs_a100(tmp_path, capsys):
     assert "speedup of SN40L x8 over dense A100_80GB x8" in text
     assert "pipeline parallel over 8 sockets" in text
     for needle in ("simd_lanes_per_pcu", "launch_seconds_software", "inter_socket_bytes_per_s",
-                   "achievable_compute_fraction", "expected-cost model"):
+                   "achievable_compute_fraction",
+                   "block indices (concrete) from the recipe's initial layout"):
         assert needle in text
     data = json.loads((out / "report.json").read_text())
     s = data["summary"]

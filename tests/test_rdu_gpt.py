@@ -13,6 +13,7 @@ from rdu_xla_backend.workload.lowering import lower
 from sparsetrain.config import load_recipe
 from sparsetrain.models.gpt import GPTSpec, build_model
 from sparsetrain.optim import make_optimizer
+from sparsetrain.rdu import rules as _block_sparse_rules  # noqa: F401  (registers the call rules)
 from sparsetrain.sparsity import block_sparse_matmul, make_layout
 from sparsetrain.train import ModelFunctions, init_state, make_train_step
 from tests.conftest import tiny_recipe

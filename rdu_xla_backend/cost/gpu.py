@@ -27,6 +27,7 @@ from rdu_xla_backend.mapping import banks as mem
 from rdu_xla_backend.workload.graph import GatherInfo, Graph
 from rdu_xla_backend.hardware import GpuSpec
 from rdu_xla_backend.mapping.gathers import MAX_GATHER_FEATURES
+from rdu_xla_backend.mapping.gathers import index_fingerprint
 from rdu_xla_backend.mapping.gathers import index_lists as _index_lists
 from rdu_xla_backend.workload.operators import operator_groups
 
@@ -66,15 +67,16 @@ class GpuPerf:
 
 def _sector_bytes(info: GatherInfo, graph: Graph, sector: int, cache: dict) -> float:
     """HBM bytes of ONE execution of a gather, by sectors touched."""
-    if info in cache:
-        return cache[info]
+    key = (info, index_fingerprint(info, graph))  # the values too: prune/regrow changes them
+    if key in cache:
+        return cache[key]
     lists, _ = _index_lists(info, graph)
     keep = max(1, min(info.indices, MAX_GATHER_FEATURES // max(info.run, 1)))
     features = mem.block_feature_lists(lists[:, :keep], info.run, info.rows * info.run)
     moved = sum(mem.sector_bytes_moved(f[None], info.rows * info.run, info.tokens, info.itemsize,
                                        sector) for f in features)
-    cache[info] = moved / lists.shape[0] * info.indices / keep
-    return cache[info]
+    cache[key] = moved / lists.shape[0] * info.indices / keep
+    return cache[key]
 
 
 def _matmul_seconds(op, gpu: GpuSpec) -> float:

@@ -13,8 +13,10 @@ Per kernel, ``kernel_work``:
   by ``pipeline.balance_stages``. Work of a stage on ONE unit, in cycles: matmul FLOPs /
   (2 x lanes x stages) (systolic mode: the public peak per PCU); vector and reduce FLOPs /
   (lanes x stages); transcendental FLOPs / lanes (one tail stage); memory bytes / (banks x bank
-  word); a gather's cycles from ``memory.block_gather_cost`` on the real ``row_indices`` when the
-  graph has them, else on a seeded random draw of the same shape.
+  word); a gather's cycles from ``banks.block_gather_cost`` on its real indices when the graph
+  has them (``gathers``: data-dependent indices as distinct rows, flagged); a block-sparse
+  matmul from its mechanisms and real indices (``block_sparse``: PCU lanes and stages per
+  block, the transposed layout's balance, PMU gathers with row and column access).
 - Fill and drain: a stage that reduces over its tile (matmul, reduction, gather) passes the tile
   on when it is done with it (its per-tile cycles add to the fill, or the drain after the slowest
   stage); an element-wise stage streams vectors on; every stage adds ``stage_latency_cycles``.
@@ -54,6 +56,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from rdu_xla_backend.mapping import parallel as par
 from rdu_xla_backend.mapping import tiers
@@ -247,10 +251,20 @@ def _structure(chip: ChipSpec) -> tuple:
             p.clock_hz, p.stage_latency_cycles)
 
 
+def _concrete_key(graph: Graph) -> tuple:
+    """The graph's concrete index values as a hashable key (shapes and a hash of the bytes)."""
+    return tuple((pos, a.shape, hash(np.ascontiguousarray(a).tobytes()))
+                 for pos, a in sorted(graph.concrete.items()))
+
+
 def program_work(graph: Graph, chip: ChipSpec, shards: int, placement_sockets: int):
-    """(memory plan, per-kernel work) of ``graph``, cached on the graph for refits."""
+    """(memory plan, per-kernel work) of ``graph``, cached on the graph for refits.
+
+    The key holds the concrete index values: a prune/regrow update that replaces them
+    (``graph.concrete``) reprices the gathers and the sparse matmuls.
+    """
     cache = graph.__dict__.setdefault("_work_cache", {})
-    key = (_structure(chip), shards, placement_sockets)
+    key = (_structure(chip), shards, placement_sockets, _concrete_key(graph))
     if key not in cache:
         plan = plan_memory(graph, chip, placement_sockets)
         gathers = graph.__dict__.setdefault("_gather_cache", {})
@@ -303,7 +317,9 @@ def assumptions(chip: ChipSpec, options: Options = Options()) -> list[str]:
         "cycle (systolic); vector/reduce at lanes x stages; transcendental at lanes (tail stage)",
         f"mapping: memory stages move banks x word = "
         f"{chip.banks_per_pmu * p.bank_word_bytes} B per PMU cycle; gathers priced by "
-        "PMU bank conflicts (real row_indices when concrete, else a seeded random draw)",
+        "PMU bank conflicts and address-generation rate on the real indices; block-sparse "
+        "matmuls per stored block (lanes x stages rounding, dx through the transposed layout's "
+        "fullest row, dvalues' column access of x)",
         f"mapping: tile = half a PMU ({chip.sram_bytes_per_pmu / 2 / 2**10:.0f} KiB, double "
         "buffered); intermediates stay in SRAM while the working set per tile fits",
         "mapping: kernel-boundary tensors in HBM by priority (activations, KV cache, weights, "

@@ -17,9 +17,18 @@ costs one generated address is an assumption of this model; the public record gi
 
 Bank mapping: low-order interleave (bank = address mod banks), or programmable bank bits
 (bank = the address bits at ``bank_bits``, least significant first), as SN40L's PMUs allow.
-Addresses are in elements of one PMU's scratchpad; a bank serves one element per cycle.
+Addresses are in elements of one PMU's scratchpad; a bank serves one element per cycle (an
+element takes one bank word: BF16 values are not modelled as packed two per 4-byte word).
 
-Everything per group is vectorised in JAX over groups; gathers are built from the real index arrays.
+Access patterns: ROW access of a row-major X (``block_gather_cost``, ``element_gather_cost``,
+``feature_lists_cost``: each token's features as lane vectors, so contiguous block rows are one
+generated address and distinct banks, small blocks share vectors and conflict by their
+indices) and COLUMN access (``column_read_cost``: a vector of consecutive tokens of one feature,
+every lane its own address, all lanes in one bank when the row length is a multiple of the
+bank period).
+
+Everything per group is vectorised in JAX over groups (fixed chunks of groups: one compilation);
+gathers are built from the real index arrays.
 """
 
 from __future__ import annotations
@@ -188,9 +197,11 @@ def _token_addresses(vectors: np.ndarray, tokens: int, row_stride: int) -> np.nd
     return addr.reshape(tokens, -1, vectors.shape[-1]).astype(np.int32)
 
 
-def _cost_over_tokens(features: np.ndarray, tokens: int, row_stride: int,
-                      pmu: PmuConfig) -> GatherCost:
-    """Cost of reading X[t, features[i]] for every token t and feature list i (row-major X).
+def feature_lists_cost(features: np.ndarray, tokens: int, row_stride: int,
+                       pmu: PmuConfig) -> GatherCost:
+    """Cost of reading X[t, features[i]] for every token t and feature list i (row-major X):
+    ROW access, each list read as vectors of ``pmu.lanes`` lanes; a feature of -1 is an idle
+    lane (ragged lists padded at their end).
 
     Token t + p has the same bank pattern as token t when p * row_stride is a multiple of the
     bank period, so only p = period / gcd(row_stride, period) tokens are simulated; the total is
@@ -203,11 +214,7 @@ def _cost_over_tokens(features: np.ndarray, tokens: int, row_stride: int,
     p = min(tokens, pmu.period // math.gcd(row_stride, pmu.period))
     addr = _token_addresses(vectors, p, row_stride)  # (p, groups_per_token, lanes)
     flat = addr.reshape(-1, pmu.lanes)
-    # Pad with idle groups (cost 0) to a power of two: one compile serves many gather shapes.
-    padded = np.full((1 << max(flat.shape[0] - 1, 1).bit_length(), pmu.lanes), -1, np.int32)
-    padded[: flat.shape[0]] = flat
-    g = group_cycles(jnp.asarray(padded), pmu)
-    g = GroupCycles(*(x[: flat.shape[0]] for x in g))
+    g = _chunked_group_cycles(flat, pmu)
     per_token = np.stack([np.asarray(x).reshape(p, -1).sum(axis=1)
                           for x in (g.cycles, g.bank_cycles, g.ag_cycles, g.conflicts)], axis=1)
     groups_per_token = addr.shape[1]
@@ -240,7 +247,7 @@ def block_gather_cost(row_indices: np.ndarray, block: tuple[int, int], in_featur
         GatherCost totals in cycles and counts.
     """
     features = block_feature_lists(row_indices, block[0], in_features)
-    return _cost_over_tokens(features, tokens, row_stride or in_features, pmu)
+    return feature_lists_cost(features, tokens, row_stride or in_features, pmu)
 
 
 def block_feature_lists(row_indices: np.ndarray, bk: int, in_features: int) -> np.ndarray:
@@ -268,7 +275,67 @@ def element_gather_cost(feature_indices: np.ndarray, in_features: int, tokens: i
     f = np.asarray(feature_indices, np.int64)
     if f.ndim != 2 or f.size and (f.min() < 0 or f.max() >= in_features):
         raise ValueError(f"feature_indices must be (n_out, nnz) in [0, {in_features})")
-    return _cost_over_tokens(f, tokens, row_stride or in_features, pmu)
+    return feature_lists_cost(f, tokens, row_stride or in_features, pmu)
+
+
+def column_read_cost(columns: np.ndarray, tokens: int, row_stride: int,
+                     pmu: PmuConfig) -> GatherCost:
+    """PMU cycles for reading columns of a ROW-MAJOR X (column access).
+
+    X (tokens, row_stride) row-major: element (t, c) at ``t * row_stride + c``. Column c is read
+    as vectors of ``pmu.lanes`` consecutive tokens: lane i reads ``(t0 + i) * row_stride + c``.
+    No two lanes are consecutive, so every lane is an address of its own for the address
+    generator (``lanes / addresses_per_cycle`` cycles at best), and when ``row_stride`` is a
+    multiple of the bank period every lane hits the same bank (``lanes`` cycles). Exact for any
+    ``tokens``: vectors with the same bank pattern are simulated once and counted.
+
+    Args:
+        columns: (n,) int column indices read (each over all tokens; repeats are read again).
+        tokens: rows of X.
+        row_stride: elements between consecutive rows (>= every column + 1).
+        pmu: bank geometry.
+    Returns:
+        GatherCost totals.
+    """
+    c = np.asarray(columns, np.int64).reshape(-1)
+    if tokens < 1 or (c.size and (c.min() < 0 or c.max() >= row_stride)):
+        raise ValueError(f"need tokens >= 1 and 0 <= columns < row_stride={row_stride}")
+    residues, per_residue = np.unique(c % pmu.period, return_counts=True)
+    lanes = pmu.lanes
+    q = pmu.period // math.gcd(lanes * row_stride, pmu.period)  # distinct vector phases
+    full, rem = divmod(tokens, lanes)
+    shapes = [(v, lanes, full // q + (v < full % q)) for v in range(min(q, full))]
+    if rem:
+        shapes.append((full % q, rem, 1))
+    groups, weights = [], []
+    for v, n_lanes, times in shapes:
+        t = v * lanes + np.arange(lanes)
+        addr = np.where(np.arange(lanes) < n_lanes, t[None, :] * row_stride + residues[:, None],
+                        -1)
+        groups.append(addr)
+        weights.append(per_residue * times)
+    addr = np.concatenate(groups).astype(np.int32)
+    w = np.concatenate(weights)
+    g = _chunked_group_cycles(addr, pmu)
+    sums = [int((x * w).sum())
+            for x in (g.cycles, g.bank_cycles, g.ag_cycles, g.conflicts)]
+    elements = int(((addr >= 0).sum(axis=1) * w).sum())
+    return GatherCost(*sums, int(w.sum()), elements)
+
+
+GROUP_CHUNK = 2048  # request groups per group_cycles call: one compiled shape serves every gather
+
+
+def _chunked_group_cycles(addr: np.ndarray, pmu: PmuConfig) -> GroupCycles:
+    """``group_cycles`` of (n, lanes) groups in fixed chunks (idle groups pad the last, cost 0),
+    so one compilation serves gathers of every size. Returns numpy arrays of shape (n,)."""
+    n = addr.shape[0]
+    padded = np.full((max(-(-n // GROUP_CHUNK), 1) * GROUP_CHUNK, addr.shape[1]), -1, np.int32)
+    padded[:n] = addr
+    parts = [group_cycles(jnp.asarray(padded[i: i + GROUP_CHUNK]), pmu)
+             for i in range(0, padded.shape[0], GROUP_CHUNK)]
+    return GroupCycles(*(np.concatenate([np.asarray(p[f]) for p in parts])[:n]
+                         for f in range(len(GroupCycles._fields))))
 
 
 def sector_bytes_moved(features: np.ndarray, in_features: int, tokens: int, element_bytes: int,

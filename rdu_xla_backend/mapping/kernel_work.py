@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rdu_xla_backend.mapping import banks as mem
+from rdu_xla_backend.mapping import block_sparse
 from rdu_xla_backend.mapping import pipeline as pl
 from rdu_xla_backend.mapping.gathers import gather_cost
 from rdu_xla_backend.workload.graph import PCU_KINDS, Graph, Kernel
@@ -36,7 +37,16 @@ def _stage_work(kernel: Kernel, chip: ChipSpec, graph: Graph, cache: dict, shard
     for op in kernel.ops:
         if op.kind == "free":
             continue
-        if op.kind == "matmul":
+        if op.sparse is not None:  # a block-sparse matmul call: its mechanisms, real indices
+            sc = block_sparse.sparse_cycles(op.sparse, graph, chip, cache)
+            if op.kind == "matmul":
+                w = sc.pcu * op.count
+            else:
+                w = sc.pmu * op.count
+                g_cycles += w / shards
+                g_conf += sc.conflicts * op.count / shards
+                sram += op.total_bytes
+        elif op.kind == "matmul":
             w = op.total_flops / systolic
         elif op.kind in ("vector", "reduce"):
             w = op.total_flops / simd

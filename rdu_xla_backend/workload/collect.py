@@ -16,7 +16,6 @@ from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 
 from rdu_xla_backend.workload.graph import Op
 from rdu_xla_backend.workload.rules import (
-    BLOCK_SPARSE_CALLS,
     CALLS,
     KERNEL_PREFIX,
     PASS_THROUGH,
@@ -24,7 +23,7 @@ from rdu_xla_backend.workload.rules import (
     _call_name,
     _sub_jaxpr,
     aval_bytes,
-    block_sparse_ops,
+    call_rule,
     op_of_eqn,
 )
 
@@ -116,11 +115,17 @@ def collect_eqn(eqn, ins: list, count: int, path: str, body: _Body,
         body.working += costs[i].working
         body.largest = max(body.largest, costs[i].largest)
         return [(None, k) for k in outs[i]]
-    if name in CALLS and _call_name(eqn) in BLOCK_SPARSE_CALLS and len(eqn.invars) >= 3:
-        ops = block_sparse_ops(eqn, ins, count, here)
+    rule = call_rule(eqn)
+    if rule is not None:  # a named call with a registered rule: its ops, not its body's
+        ops = rule(eqn, ins, count, here)
         out_keys = [new_key() for _ in eqn.outvars]
-        _attach(ops[0], eqn.invars[:1] + eqn.invars[2:3], in_keys[:1] + in_keys[2:3], [], [])
-        _attach(ops[1], eqn.invars, in_keys, eqn.outvars, out_keys)
+        for i, op in enumerate(ops):
+            # A rule names the operand positions an op reads in ``op.ins`` (default: all); the
+            # last op writes the call's results.
+            at = op.ins or tuple(range(len(eqn.invars)))
+            last = i == len(ops) - 1
+            _attach(op, [eqn.invars[a] for a in at], [in_keys[a] for a in at],
+                    eqn.outvars if last else [], out_keys if last else [])
         body.ops += ops
         body.largest = max(body.largest, max(o.out_bytes_each for o in ops))
         return [(None, k) for k in out_keys]
@@ -169,7 +174,7 @@ def is_loop_kernel(eqn) -> bool:
 
 
 def is_marked_kernel(eqn) -> bool:
-    """A call wrapped by ``kernels.fused`` or a named block-sparse matmul: a kernel of its own."""
+    """A call wrapped by ``kernels.fused`` or a named call with a registered rule: a kernel of its
+    own."""
     return eqn.primitive.name in ("jit", "pjit") and (
-        _call_name(eqn).startswith(KERNEL_PREFIX)
-        or (_call_name(eqn) in BLOCK_SPARSE_CALLS and len(eqn.invars) >= 3))
+        _call_name(eqn).startswith(KERNEL_PREFIX) or call_rule(eqn) is not None)

@@ -56,6 +56,31 @@ class GatherInfo:
     origin: int | None = None
 
 
+@dataclass(frozen=True)
+class BlockSparseInfo:
+    """One block-sparse matmul call: y (T, out) = x (T, in) @ W, W stored as blocks.
+
+    Attributes:
+        tokens: T, rows of x.
+        in_features, out_features: W's shape.
+        block: (bk, bn) block shape in elements.
+        blocks_per_col: k, stored blocks per output block-column (nc = out / bn columns).
+        backward: False for y = x W; True for dx = dy W^T plus dvalues = x_r^T dy_j.
+        itemsize: bytes per element of x.
+        origin: flat position of the top-level argument holding the block-row indices
+            ((nc, k), or stacked (..., nc, k) for a layer loop), or None if unknown.
+    """
+
+    tokens: int
+    in_features: int
+    out_features: int
+    block: tuple[int, int]
+    blocks_per_col: int
+    backward: bool
+    itemsize: int
+    origin: int | None = None
+
+
 @dataclass
 class Op:
     """One primitive inside a kernel. FLOPs and bytes are per execution; ``count`` executions
@@ -77,6 +102,7 @@ class Op:
     # A matmul's GEMM shape (batch, m, n, k): ``batch`` products of (m x k) @ (k x n); () if
     # not a matmul. The GPU baseline prices a GEMM by its shape (tile and wave quantisation).
     gemm: tuple = ()
+    sparse: BlockSparseInfo | None = None  # set on the ops of a block-sparse matmul call
 
     @property
     def total_flops(self) -> float:

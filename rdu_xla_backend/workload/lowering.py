@@ -50,7 +50,6 @@ from rdu_xla_backend.workload.collect import (
 from rdu_xla_backend.workload.operators import charged_reads, charged_writes, operator_kernels
 from rdu_xla_backend.mapping.parallel import ALL_REDUCES_PER_LAYER
 from rdu_xla_backend.workload.rules import (  # noqa: F401  (re-exported: the lowering's public names)
-    BLOCK_SPARSE_CALLS,
     FREE,
     GENERATED_FROM_BYTES,
     KERNEL_PREFIX,

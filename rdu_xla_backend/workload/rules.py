@@ -3,8 +3,9 @@
 Every primitive needs a rule (``op_of_eqn``): which unit runs it (``graph.KINDS``), its FLOPs and
 the bytes it reads and writes per execution. An op without a rule raises
 ``UnsupportedPrimitiveError`` naming it: silently skipping work would make every estimate wrong.
-Named block-sparse matmul calls get their own rule (``block_sparse_ops``): the block gather priced
-from the real indices plus the FLOPs of the stored blocks only.
+A named call (a jit's name) may have a rule registered by a library (``register_call_rule``): it is
+then costed by that rule as one fused kernel; ``block_sparse_ops`` is the building block for a
+block-sparse matmul (stored blocks, real indices) such a rule returns.
 
 Units: bytes, FLOPs (a multiply-add counts 2).
 """
@@ -12,12 +13,14 @@ Units: bytes, FLOPs (a multiply-add counts 2).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 from jax.extend.core import ClosedJaxpr, Jaxpr
 
-from rdu_xla_backend.workload.graph import GatherInfo, Op
+from rdu_xla_backend.workload.graph import BlockSparseInfo, GatherInfo, Op
 
 KERNEL_PREFIX = "rdu_kernel:"  # jit names of functions wrapped by rdu_xla_backend.workload.kernels
 
@@ -169,31 +172,67 @@ def _sub_jaxpr(eqn) -> tuple[Jaxpr, list]:
     raise UnsupportedPrimitiveError(f"call primitive '{eqn.primitive.name}' has no jaxpr param")
 
 
-# Named calls that are one block-sparse matmul (forward, or backward giving dx and dvalues), with
-# operands (x (T, in), values (n_col_blocks, k, bk, bn), row_indices (n_col_blocks, k)[, dy]).
-# They are costed as a fused kernel would run them, from their operands and the real indices:
-# the block gather (x tiles read by index, priced by PMU bank conflicts) and the matmul (FLOPs of
-# the stored blocks only; off-chip bytes = operands + results), not from the host formulation.
-BLOCK_SPARSE_CALLS = ("block_sparse_matmul_forward", "block_sparse_matmul_backward")
+# ----------------------------------------------------------------------------- named-call rules
+
+# A rule for a named call: ``rule(eqn, ins, count, path) -> list[Op]`` where ``eqn`` is the call
+# equation, ``ins`` the index origin of each operand (flat argument position or None), ``count``
+# executions per kernel call and ``path`` where it sits. A named call with a rule is costed by
+# its rule (as ONE fused kernel of its own) instead of by the primitives of its body: a library
+# registers rules for the calls whose host formulation is not how a dataflow chip runs them.
+CallRule = Callable[[Any, list, int, str], list[Op]]
+CALL_RULES: dict[str, tuple[CallRule, Callable[[Any], bool]]] = {}
 
 
-def block_sparse_ops(eqn, ins, count: int, path: str) -> list[Op]:
-    """The gather and matmul Ops of one named block-sparse matmul call."""
-    x, values = eqn.invars[0].aval, eqn.invars[1].aval
-    tokens, n_in = x.shape
-    nc, k, bk, bn = values.shape
-    backward = _call_name(eqn).endswith("backward")
+def register_call_rule(name: str, rule: CallRule,
+                       accepts: Callable[[Any], bool] | None = None) -> None:
+    """Cost every call named ``name`` (a jit's ``name`` parameter) with ``rule``.
+
+    ``accepts(eqn)`` (default: always) says whether a call of that name has the operands the
+    rule expects; a call it refuses is inlined like any jit. Registering the same name again
+    replaces the rule (re-importing a module is harmless).
+    """
+    if not name or not callable(rule):
+        raise ValueError(f"register_call_rule needs a name and a callable, got {name!r}, {rule!r}")
+    CALL_RULES[name] = (rule, accepts or (lambda eqn: True))
+
+
+def call_rule(eqn) -> CallRule | None:
+    """The registered rule of a call equation, or None (a jit without a rule is inlined)."""
+    if eqn.primitive.name not in CALLS:
+        return None
+    rule, accepts = CALL_RULES.get(_call_name(eqn), (None, None))
+    return rule if rule is not None and accepts(eqn) else None
+
+
+def block_sparse_ops(eqn, ins, count: int, path: str, *, backward: bool, x: int = 0,
+                     values: int = 1, rows: int = 2) -> list[Op]:
+    """The gather and matmul Ops of one block-sparse matmul call (a building block for rules).
+
+    Operands (positions in ``eqn.invars``): ``x`` (T, in), ``values`` (nc, k, bk, bn) and the
+    block-row ``rows`` (nc, k) int of every stored block; forward y = x W, backward dx = dy W^T
+    and dvalues = x_r^T dy_j per stored block. The matmul is priced from the stored blocks and
+    the real indices (``mapping.block_sparse``: PCU lanes and stages per block, the transposed
+    layout's balance, PMU gathers with their address pattern); its FLOPs are those of the stored
+    blocks only; its off-chip bytes are operands + results, not the host formulation's.
+    """
+    xa, va = eqn.invars[x].aval, eqn.invars[values].aval
+    tokens, n_in = xa.shape
+    nc, k, bk, bn = va.shape
     passes = 2 if backward else 1  # backward: dx = dy W^T and dW = x^T dy
-    itemsize = int(aval_bytes(x) // max(_size(x), 1))
+    itemsize = int(aval_bytes(xa) // max(_size(xa), 1))
     gathered = float(tokens * bk * nc * k * itemsize)
+    info = BlockSparseInfo(tokens=tokens, in_features=n_in, out_features=nc * bn, block=(bk, bn),
+                           blocks_per_col=k, backward=backward, itemsize=itemsize,
+                           origin=ins[rows])
     gather = GatherInfo(tokens=tokens, rows=n_in // bk, run=bk, indices=nc * k * passes,
-                        itemsize=itemsize, origin=ins[2])
+                        itemsize=itemsize, origin=ins[rows])
     b_in = sum(aval_bytes(v.aval) for v in eqn.invars)
     b_out = sum(aval_bytes(v.aval) for v in eqn.outvars)
     flops = float(2 * tokens * nc * k * bk * bn * passes)
     return [Op("gather", "gather", 0.0, gathered * passes, gathered * passes, count,
-               gathered, gather, f"{path}/gather"),
-            Op("dot_general", "matmul", flops, b_in, b_out, count, b_out, None, f"{path}/dot_general",
+               gathered, gather, f"{path}/gather", ins=(x, rows), sparse=info),
+            Op("dot_general", "matmul", flops, b_in, b_out, count, b_out, None,
+               f"{path}/dot_general", sparse=info,
                gemm=(nc * passes, tokens, bn, k * bk))]  # a GEMM per column block
 
 
