@@ -1,7 +1,8 @@
 """`sparsetrain emulate`: time a recipe's step on an emulated RDU against a GPU baseline.
 
     sparsetrain emulate RECIPE [--chip sn40l] [--sockets N] [--vs a100] [--mode train|prefill|decode]
-                               [--parallel pipeline|tensor] [--micro-batches M] [--unfused]
+                               [--parallel auto|pipeline|tensor|data] [--micro-batches M]
+                               [--schedule 1f1b|gpipe] [--unfused]
                                [--orchestration software|hardware] [--no-kernel-looping]
                                [--out DIR] [--json] [--set key=value ...]
 
@@ -37,10 +38,13 @@ def register(subparsers) -> None:
     p.add_argument("--mode", default="train", choices=MODES,
                    help="train step, prefill (forward over the sequence, filling a KV cache) or "
                    "decode (one new token per sequence over a KV cache of data.seq_len positions)")
-    p.add_argument("--parallel", default="pipeline", choices=("pipeline", "tensor"),
-                   help="how sockets split the model (default pipeline)")
-    p.add_argument("--micro-batches", type=int, default=None, help="pipeline micro-batches "
-                   "(default 4 x sockets)")
+    p.add_argument("--parallel", default="auto", choices=("auto", "pipeline", "tensor", "data"),
+                   help="how sockets split the step: auto (default: the fastest tensor x "
+                   "pipeline x data plan that fits memory), or one split only")
+    p.add_argument("--micro-batches", type=int, default=None, help="micro-batches per data-"
+                   "parallel replica (default: chosen; decode at batch 1 is never cut)")
+    p.add_argument("--schedule", default="1f1b", choices=("1f1b", "gpipe"),
+                   help="pipeline schedule (default 1f1b: at most P micro-batches in flight)")
     p.add_argument("--unfused", action="store_true", help="one kernel per operator")
     p.add_argument("--orchestration", default="software", choices=("software", "hardware"),
                    help="kernel launches sequenced by the host or by the chip")
@@ -125,7 +129,9 @@ def estimate(cfg, dense_cfg, args) -> dict:
     if not isinstance(gpu, hardware.GpuSpec):
         raise ValueError(f"--vs: {args.vs!r} is not a GPU; allowed: a100, a100-40gb, h100")
     options = perf.Options(sockets=args.sockets, parallel=args.parallel,
-                           micro_batches=args.micro_batches, orchestration=args.orchestration,
+                           micro_batches=args.micro_batches, schedule=args.schedule,
+                           batch=cfg.data.batch_size, heads=cfg.shape().n_heads,
+                           orchestration=args.orchestration,
                            kernel_looping=not args.no_kernel_looping)
     fn, abstract = program(cfg, args.mode)
     graph = lower(fn, *abstract, mode="unfused" if args.unfused else "fused", name=args.mode)

@@ -56,13 +56,14 @@ from dataclasses import dataclass, field
 from rdu_xla_backend.mapping import parallel as par
 from rdu_xla_backend.mapping import tiers
 from rdu_xla_backend.mapping import pipeline as pl
+from rdu_xla_backend.cost import rdu_plan
 from rdu_xla_backend.workload.graph import Graph, Kernel
 from rdu_xla_backend.hardware import ChipSpec
 from rdu_xla_backend.mapping.kernel_work import KernelWork, kernel_work
 from rdu_xla_backend.mapping.placement import MemoryPlan, plan_memory
 
 BOUNDS = ("compute", "sram", "hbm", "ddr", "network", "launch")
-PARALLEL = ("pipeline", "tensor")
+PARALLEL = ("auto", "pipeline", "tensor", "data")
 ORCHESTRATION = ("software", "hardware")
 
 
@@ -72,24 +73,39 @@ class Options:
 
     Attributes:
         sockets: RDU sockets.
-        parallel: 'pipeline' (layers split, micro-batches) or 'tensor' (every matrix split).
-        micro_batches: M for pipeline parallelism (default 4 x sockets).
+        parallel: 'auto' (the fastest tensor x pipeline x data plan that fits, ``rdu_plan``),
+            'pipeline', 'data' (plans of that split only; re-planned when none fits) or
+            'tensor' (every matrix split over all sockets).
+        micro_batches: M per replica (None: chosen; inference at one sequence per replica is
+            never cut).
         schedule: 'gpipe' or '1f1b'.
+        virtual_stages: chunks of layers per pipeline socket (interleaved schedule when > 1).
+        recompute: activation recomputation in the backward (None: chosen when needed to fit).
+        batch: sequences in the step (None: the leading axis of the layer carry).
+        heads: attention heads, which a tensor-parallel degree must divide (None: unchecked).
         orchestration: 'software' (host launches) or 'hardware' (AGCU-sequenced launches).
         kernel_looping: a looped kernel's outer loop is pipelined (launch, sync, fill and drain
             paid once per call) when True, else every trip is a kernel call of its own.
     """
 
     sockets: int = 1
-    parallel: str = "pipeline"
+    parallel: str = "auto"
     micro_batches: int | None = None
     schedule: str = "1f1b"
+    virtual_stages: int = 1
+    recompute: bool | None = None
+    batch: int | None = None
+    heads: int | None = None
     orchestration: str = "software"
     kernel_looping: bool = True
 
     def __post_init__(self) -> None:
-        if self.sockets < 1:
-            raise ValueError(f"sockets must be >= 1, got {self.sockets}")
+        for name in ("sockets", "virtual_stages"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("micro_batches", "batch", "heads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
         if self.parallel not in PARALLEL:
             raise ValueError(f"parallel {self.parallel!r} unknown; allowed: {', '.join(PARALLEL)}")
         if self.orchestration not in ORCHESTRATION:
@@ -161,6 +177,8 @@ class ProgramPerf:
     overflow: list[int]  # tensors that fit no tier (reported, never hidden)
     notes: list[str]
     memory: MemoryPlan | None = None
+    works: list[KernelWork] = field(default_factory=list)  # what ``kernels`` were timed from
+    plan: rdu_plan.PlanTiming | None = None  # the multi-socket plan (None: one socket, tensor)
 
     @property
     def flops(self) -> float:
@@ -261,7 +279,16 @@ def program_work(graph: Graph, chip: ChipSpec, shards: int, placement_sockets: i
 
 
 def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> ProgramPerf:
-    """Time a lowered program on ``options.sockets`` sockets of ``chip``."""
+    """Time a lowered program on ``options.sockets`` sockets of ``chip``.
+
+    One socket: the kernels in order. ``parallel='tensor'``: every kernel split over all
+    sockets with the layer all-reduces. Otherwise a tensor x pipeline x data plan
+    (``rdu_plan.choose_plan``); ``kernels`` are then those of one tensor-parallel group over the
+    whole step (the table), the step time comes from the plan's schedule.
+
+    Raises:
+        ValueError: not an RDU, or no plan of the sockets fits their memory.
+    """
     if not isinstance(chip, ChipSpec):
         raise ValueError(f"{chip.name} is not an RDU; use cost.gpu for GPU baselines")
     P = options.sockets
@@ -269,17 +296,12 @@ def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> 
     kernels = [kernel_time(w, chip, options) for w in works]
     single = sum(k.time_s for k in kernels)
     notes = plan.notes()
-    spills = [k for k in kernels if k.spill_bytes > 0]
-    if spills:
-        notes.append(f"memory: SRAM overflow: {len(spills)} kernels' working set per tile "
-                     f"exceeds SRAM; {sum(k.spill_bytes for k in spills) / 1e9:.4g} GB spilled "
-                     "to HBM and back")
-    schedule = None
+    schedule, timing = None, None
     if P == 1:
         step = single
     elif options.parallel == "tensor":
-        _, tp_works = program_work(graph, chip, P, P)
-        kernels = [kernel_time(w, chip, options) for w in tp_works]
+        _, works = program_work(graph, chip, P, P)
+        kernels = [kernel_time(w, chip, options) for w in works]
         step = sum(k.time_s for k in kernels)
         hop = chip.params.inter_socket_latency_seconds
         notes.append(f"tensor parallel over {P} sockets: work / {P}; per layer per pass "
@@ -287,10 +309,66 @@ def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> 
                      f"({math.ceil(math.log2(P))} hops x {hop:.3g} s on each layer's dependency "
                      "chain, ring bytes streamed with the pipeline)")
     else:
-        step, schedule, note = par.pipeline_parallel(graph, kernels, chip, options)
-        notes.append(note)
+        timing, plan_notes = rdu_plan.choose_plan(
+            graph, chip, options, lambda t: program_work(graph, chip, t, P)[1],
+            lambda w: kernel_time(w, chip, options))
+        works = program_work(graph, chip, timing.plan.tensor, P)[1]
+        kernels = timing.kernels()
+        step = timing.step_s
+        schedule = timing.schedule if timing.plan.pipeline > 1 else None
+        notes += plan_notes + plan_lines(timing, chip)
+    notes += sram_notes(kernels, chip)
+    spills = [k for k in kernels if k.spill_bytes > 0]
+    if spills:
+        notes.append(f"memory: SRAM overflow: {len(spills)} kernels' working set per tile "
+                     f"exceeds SRAM; {sum(k.spill_bytes for k in spills) / 1e9:.4g} GB spilled "
+                     "to HBM and back")
     return ProgramPerf(chip, options, kernels, single, step, schedule, plan.tier_of,
-                       plan.overflow, notes, plan)
+                       plan.overflow, notes, plan, works, timing)
+
+
+def sram_notes(kernels: list[KernelPerf], chip: ChipSpec) -> list[str]:
+    """Kernels whose working set per tile is larger than one tile buffer: it is the sum of
+    every stage's output buffer for one tile (each stage writes its own PMUs), so it is held
+    over several PMUs; only more than the chip's SRAM spills."""
+    tile = chip.sram_bytes_per_pmu / 2
+    lines = []
+    for k in kernels:
+        if k.sram_per_tile <= tile:
+            continue
+        buffers = math.ceil(k.sram_per_tile / tile)
+        verdict = ("fits the chip's SRAM" if k.sram_per_tile <= chip.sram_bytes
+                   else "exceeds the chip's SRAM: the excess spills to HBM and back (charged)")
+        lines.append(f"sram: {k.name}: {k.sram_per_tile / 2**10:,.0f} KiB per tile is the sum "
+                     f"of its stages' output buffers, {buffers} tile buffers of "
+                     f"{tile / 2**10:.0f} KiB over its {k.pmus} PMUs; {verdict}")
+    return lines
+
+
+def plan_lines(t: rdu_plan.PlanTiming, chip: ChipSpec) -> list[str]:
+    """Notes on a multi-socket plan: schedule, bubble, memory of the busiest socket, all-reduce."""
+    p, s = t.plan, t.schedule
+    lines = []
+    if p.pipeline > 1:
+        lines.append(f"pipeline over {p.pipeline} sockets: {p.micro_batches} micro-batches, "
+                     f"{s.schedule}{f' interleaved x{p.virtual_stages}' if p.virtual_stages > 1 else ''}"
+                     f", bubble {100 * s.bubble_fraction:.1f}% (equal stages: "
+                     f"{100 * pl.gpipe_bubble(p.pipeline, p.micro_batches, p.virtual_stages):.1f}%)"
+                     f", per micro-batch forward {max(t.forward_s) * 1e3:.4g} ms"
+                     + (f", backward {max(t.backward_s) * 1e3:.4g} ms"
+                        if t.backward_s else "")
+                     + f" on the slowest stage, stage transfer {t.transfer_s * 1e3:.3g} ms")
+    busiest = max(t.memory, key=lambda m: sum(m.values()))
+    held = ", ".join(f"{k} {v / 1e9:.4g} GB" for k, v in busiest.items() if v)
+    lines.append(f"memory per socket (busiest): {sum(busiest.values()) / 1e9:.4g} GB of "
+                 f"{chip.hbm_bytes / 1e9:.4g} GB HBM + {chip.ddr_bytes / 1e9:.4g} GB DDR ({held})")
+    if p.data > 1 and t.allreduce_s:
+        lines.append(f"data parallel over {p.data} replicas: gradient all-reduce of "
+                     f"{busiest['gradients'] / 1e9:.4g} GB per socket, {t.allreduce_s * 1e3:.4g} ms "
+                     "(after the backward, not overlapped)")
+    if t.update_s:
+        lines.append(f"optimizer update of the largest parameter share {t.update_s * 1e3:.4g} ms")
+    return lines
 
 
 def assumptions(chip: ChipSpec, options: Options = Options()) -> list[str]:

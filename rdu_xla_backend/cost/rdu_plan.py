@@ -1,0 +1,358 @@
+"""A training or inference step on many RDU sockets under a ``mapping.parallel.ParallelPlan``.
+
+Each pipeline chunk runs its whole layers (``parallel.assign_layers``) for one micro-batch of
+batch / (D M) sequences; its kernels are re-timed at that size by ``cost.rdu.kernel_time`` (passed
+in as ``time_fn``), so a micro-batch pays its own launch, fill and drain, streams fewer tiles and
+reads its stage's weights again (micro-batch efficiency):
+
+- tiles per trip: ceil(tiles / (D M)); loop trips: the chunk's layers; layer carry / (D M).
+- bytes: weights and optimizer state x (chunk's share of the layers) / T; activations and KV
+  cache also / (D M); a socket's tensors live in HBM by priority (activations, KV cache,
+  weights, optimizer state) up to its capacity, the rest in DDR.
+- backward of a chunk: its backward kernels, plus its layers' forward again with recomputation.
+- between chunks: one hop (``inter_socket_latency_seconds``) + the micro-batch's layer input /
+  T over the inter-socket link, each way.
+
+Step = simulated schedule (``pipeline.pipeline_schedule``) + optimizer update of the largest
+parameter share + the data-parallel gradient all-reduce (not overlapped with the backward).
+
+``choose_plan`` enumerates the plans the socket count, the batch and the layer widths allow
+(``parallel.candidate_plans``), refuses those whose busiest socket does not fit HBM + DDR
+(``parallel.socket_bytes``), ranks the rest by the closed-form pipeline time
+sum(f + b) + (M - 1) max(f + b) and simulates the best few.
+
+Units: seconds, bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from rdu_xla_backend.mapping import parallel as par
+from rdu_xla_backend.mapping import pipeline as pl
+from rdu_xla_backend.mapping.placement import CATEGORIES, categorize
+
+SIMULATED = 3  # plans simulated after ranking by the closed form
+
+
+@dataclass
+class Structure:
+    """Where a program's kernels go in a pipeline, and its byte totals (see ``structure``).
+
+    Attributes:
+        groups: kernel index -> 'first', 'layers', 'last' or 'update'.
+        layers: L, trips of the layer loop (1 when there is none).
+        training: the program has a backward.
+        cat_bytes: kernel index -> category -> bytes one call moves (unsharded, whole batch).
+        shares: the totals ``parallel.socket_bytes`` takes.
+        recomputes: the traced program already recomputes (holds only layer inputs).
+    """
+
+    groups: dict[int, str]
+    layers: int
+    training: bool
+    cat_bytes: dict[int, dict[str, float]]
+    shares: dict[str, float]
+    recomputes: bool
+
+
+def structure(graph) -> Structure:
+    """Classify the kernels of ``graph`` and total its bytes (cached on the graph)."""
+    if "_plan_structure" in graph.__dict__:
+        return graph.__dict__["_plan_structure"]
+    cat = categorize(graph)
+    loops = [i for i, k in enumerate(graph.kernels) if k.trips > 1 and k.phase != "update"]
+    fwd = next((i for i in loops if graph.kernels[i].phase == "forward"), None)
+    bwd = next((i for i in loops if graph.kernels[i].phase == "backward"), None)
+    groups = {}
+    for i, k in enumerate(graph.kernels):
+        if k.phase == "update":
+            groups[i] = "update"
+        elif i in (fwd, bwd):
+            groups[i] = "layers"
+        elif k.phase == "forward":
+            groups[i] = "first" if fwd is None or i < fwd else "last"
+        else:  # head backward before the layers' backward, embedding backward after
+            groups[i] = "last" if bwd is not None and i < bwd else "first"
+    cat_bytes = {}
+    for i, k in enumerate(graph.kernels):
+        per = dict.fromkeys(CATEGORIES, 0.0)
+        if k.local_bytes:
+            per["activations"] = k.local_bytes
+        for key in k.reads + k.writes:
+            t = graph.tensors[key]
+            if t.generated or key not in cat:
+                continue
+            per[cat[key]] += (k.read_charge(key, t.nbytes) if key in k.reads
+                              else k.write_charge(key, t.nbytes))
+        cat_bytes[i] = per
+    saved = {"first": 0.0, "layers": 0.0, "last": 0.0}
+    for t in graph.tensors.values():
+        if (t.producer >= 0 and graph.kernels[t.producer].phase == "forward"
+                and any(graph.kernels[c].phase == "backward" for c in t.consumers)):
+            saved[groups[t.producer]] += t.nbytes
+    params = {"first": set(), "layers": set(), "last": set()}
+    for i, k in enumerate(graph.kernels):
+        if groups[i] != "update":
+            params[groups[i]].update(x for x in k.reads if cat.get(x) == "weights")
+    params["first"] -= params["layers"]
+    params["last"] -= params["layers"] | params["first"]
+    pbytes = {g: sum(graph.tensors[x].nbytes for x in s) for g, s in params.items()}
+    psum = sum(pbytes.values()) or 1.0
+    total = {c: sum(graph.tensors[x].nbytes for x, c2 in cat.items()
+                    if c2 == c and graph.tensors[x].producer < 0) for c in CATEGORIES}
+    L = graph.kernels[fwd].trips if fwd is not None else 1
+    carry = graph.kernels[fwd].carry_bytes if fwd is not None else 0.0
+    shares = {"params": total["weights"], "optimizer": total["optimizer_state"],
+              "kv_cache": total["kv_cache"], "saved_layers": saved["layers"],
+              "saved_first": saved["first"], "saved_last": saved["last"], "carry": carry,
+              "param_layers": pbytes["layers"] / psum, "param_first": pbytes["first"] / psum,
+              "param_last": pbytes["last"] / psum}
+    training = bwd is not None or any(k.phase == "backward" for k in graph.kernels)
+    recomputes = training and carry > 0 and saved["layers"] <= 1.5 * carry * L
+    out = Structure(groups, L, training, cat_bytes, shares, recomputes)
+    graph.__dict__["_plan_structure"] = out
+    return out
+
+
+def hbm_fractions(held: dict[str, float], hbm_bytes: float) -> dict[str, float]:
+    """Share of each category a socket keeps in HBM, filled by priority (activations, KV cache,
+    weights and gradients, optimizer state); the rest is in DDR."""
+    left, frac = hbm_bytes, {}
+    order = (("activations", ("activations",)), ("kv_cache", ("kv_cache",)),
+             ("weights", ("weights", "gradients")), ("optimizer_state", ("optimizer_state",)))
+    for cat, parts in order:
+        need = sum(held.get(p, 0.0) for p in parts)
+        take = min(need, max(left, 0.0))
+        frac[cat] = take / need if need else 1.0
+        left -= take
+    return frac
+
+
+def stage_work(w, cat_bytes: dict, layer_frac: float, trips: int, batch_div: float,
+               tensor: int, frac: dict, chip):
+    """``KernelWork`` of one micro-batch of a kernel on one chunk (see the module docstring)."""
+    default = "hbm" if chip.hbm_bytes > 0 else "ddr"
+    nbytes = {"hbm": 0.0, "ddr": 0.0}
+    for c, b in cat_bytes.items():
+        b *= layer_frac / tensor / (1.0 if c in par.PARAMETER_CATEGORIES else batch_div)
+        if default == "ddr":
+            nbytes["ddr"] += b
+        else:
+            nbytes["hbm"] += b * frac[c]
+            nbytes["ddr"] += b * (1 - frac[c])
+    scale = layer_frac / batch_div
+    nbytes[default] += w.spill_bytes * scale
+    k = dataclasses.replace(w.kernel, trips=trips, carry_bytes=w.kernel.carry_bytes / batch_div)
+    return dataclasses.replace(
+        w, kernel=k, tiles=max(1, math.ceil(w.tiles / batch_div)),
+        bytes={t: b for t, b in nbytes.items() if b > 0}, sram_bytes=w.sram_bytes * scale,
+        spill_bytes=w.spill_bytes * scale, gather_cycles=w.gather_cycles * scale,
+        gather_conflicts=w.gather_conflicts * scale)
+
+
+@dataclass
+class PlanTiming:
+    """A plan's step: schedule, per-chunk micro-batch times, memory per socket, verdict."""
+
+    plan: par.ParallelPlan
+    forward_s: list[float]  # (P v,) one micro-batch per chunk
+    backward_s: list[float] | None
+    transfer_s: float
+    update_s: float
+    allreduce_s: float
+    memory: list[dict[str, float]]  # per pipeline socket, by category
+    fits: bool
+    estimate_s: float  # closed-form step (ranking)
+    schedule: pl.PipelineSchedule | None = None
+    parts: dict = dataclasses.field(default_factory=dict)
+
+    def kernels(self) -> list:
+        """Per kernel (graph order), one ``KernelPerf`` of one data-parallel replica: every
+        micro-batch on every pipeline chunk added up (per tensor-parallel socket)."""
+        return [combine(self.parts[i]) for i in sorted(self.parts)]
+
+    @property
+    def step_s(self) -> float:
+        pipe = self.schedule.total if self.schedule is not None else self.estimate_s - (
+            self.update_s + self.allreduce_s)
+        return pipe + self.update_s + self.allreduce_s
+
+    def simulate(self) -> PlanTiming:
+        self.schedule = pl.pipeline_schedule(self.forward_s, self.plan.micro_batches,
+                                             self.backward_s, self.transfer_s,
+                                             self.plan.schedule, self.plan.virtual_stages)
+        return self
+
+
+def group_seconds(works, st: Structure, time_fn) -> dict[str, float]:
+    """Seconds of each kernel group over the whole batch on one tensor-parallel group (the
+    costs ``assign_layers`` balances)."""
+    out = {"first": 0.0, "layers": 0.0, "last": 0.0, "update": 0.0}
+    for i, w in enumerate(works):
+        out[st.groups[i]] += time_fn(w).time_s
+    return out
+
+
+def time_plan(plan: par.ParallelPlan, works, st: Structure, chip, time_fn) -> PlanTiming:
+    """Per-chunk micro-batch times, memory per socket and the closed-form step of ``plan``
+    (``works``: the program's ``KernelWork`` split ``plan.tensor`` ways)."""
+    P, V, T = plan.pipeline, plan.chunks, plan.tensor
+    div = plan.data * plan.micro_batches
+    held = par.in_flight(plan, st.training)
+    memory = [par.socket_bytes(plan, s, st.shares, st.training, held[s]) for s in range(P)]
+    fits = all(sum(m.values()) <= chip.hbm_bytes + chip.ddr_bytes for m in memory)
+    fracs = [hbm_fractions(m, chip.hbm_bytes) for m in memory]
+    f, b, again = [0.0] * V, [0.0] * V, [0.0] * V
+    parts: dict[int, list] = {}  # kernel -> [(KernelPerf of one run, runs per step)]
+    for i, w in enumerate(works):
+        g, k = st.groups[i], w.kernel
+        if g == "update":
+            continue
+        for j in (range(V) if g == "layers" else [0] if g == "first" else [V - 1]):
+            n = plan.layers[j] if g == "layers" else k.trips
+            if n == 0:
+                continue
+            share = n / k.trips if g == "layers" else 1.0
+            kp = time_fn(stage_work(w, st.cat_bytes[i], share, n, div, T, fracs[j % P], chip))
+            kp.flops /= div
+            parts.setdefault(i, []).append((kp, plan.micro_batches))
+            t = kp.time_s
+            if k.phase == "forward":
+                f[j] += t
+                again[j] += t if g == "layers" else 0.0
+            else:
+                b[j] += t
+    if plan.recompute:
+        b = [x + y for x, y in zip(b, again)]
+    hop = chip.params.inter_socket_latency_seconds if P > 1 else 0.0
+    transfer = hop + st.shares["carry"] / (div * T) / chip.inter_socket_bytes_per_s
+    update = 0.0
+    for i, w in enumerate(works):  # each socket updates its own parameters
+        if st.groups[i] != "update":
+            continue
+        parts[i] = []
+        for s in range(P):
+            share = memory[s]["weights"] * T / (st.shares["params"] or 1.0)
+            kp = time_fn(stage_work(w, st.cat_bytes[i], share, w.kernel.trips, 1.0, T,
+                                    fracs[s], chip))
+            kp.flops *= share
+            parts[i].append((kp, 1))
+            update = max(update, kp.time_s)
+    grads = max(s["gradients"] for s in memory)
+    allreduce = par.collective_seconds(grads, plan.data, chip) if st.training else 0.0
+    load = [sum(f[j] + b[j] for j in range(s, V, P)) for s in range(P)]
+    top = max(load)
+    pipe = (plan.micro_batches * top + (sum(f) + sum(b) - top) / plan.virtual_stages
+            + (V - 1) * transfer * (2 if st.training else 1))
+    return PlanTiming(plan, f, b if st.training else None, transfer, update, allreduce, memory,
+                      fits, pipe + update + allreduce, parts=parts)
+
+
+def carry_shape(graph) -> tuple[int, ...] | None:
+    """Shape of the layer loop's carry (batch first, width last), or None without a loop."""
+    st = structure(graph)
+    loop = next((i for i, g in st.groups.items() if g == "layers"), None)
+    if loop is None:
+        return None
+    k = graph.kernels[loop]
+    for key in k.reads:
+        t = graph.tensors[key]
+        if t.nbytes == k.carry_bytes and len(t.shape) >= 2:
+            return t.shape
+    return None
+
+
+def choose_plan(graph, chip, options, works_for, time_fn) -> tuple[PlanTiming, list[str]]:
+    """The fastest plan of ``options.sockets`` sockets that fits (see the module docstring).
+
+    Args:
+        graph: the lowered program.
+        chip: the RDU.
+        options: ``cost.rdu.Options`` (sockets, parallel, micro_batches, schedule,
+            virtual_stages, recompute, batch, heads).
+        works_for: tensor degree T -> the program's ``KernelWork`` split T ways.
+        time_fn: ``KernelWork`` -> ``KernelPerf`` (``cost.rdu.kernel_time`` with the options).
+    Returns:
+        (the chosen plan's timing, simulated; notes on what was refused or re-planned).
+    Raises:
+        ValueError: no plan fits HBM + DDR of the sockets.
+    """
+    st = structure(graph)
+    shape = carry_shape(graph)
+    batch = options.batch or (shape[0] if shape else 1)
+    width = shape[-1] if shape else None
+    kinds = {"auto": ("tensor", "pipeline", "data")}.get(options.parallel, (options.parallel,))
+    if st.recomputes or not st.training:
+        recompute = (False,)
+    else:
+        recompute = (False, True) if options.recompute is None else (options.recompute,)
+    notes = []
+
+    def evaluate(kinds, micro_batches):
+        plans = par.candidate_plans(options.sockets, st.layers, batch, st.training,
+                                    par.tensor_degrees(options.sockets, width, options.heads),
+                                    kinds, options.schedule, micro_batches, recompute)
+        out = []
+        for plan in plans:
+            v = options.virtual_stages
+            if plan.pipeline == 1 or st.layers < plan.pipeline * v or plan.micro_batches % (
+                    plan.pipeline if v > 1 else 1):
+                v = 1
+            works = works_for(plan.tensor)
+            c = group_seconds(works, st, time_fn)
+            layers = (par.assign_layers(st.layers, plan.pipeline * v, c["layers"] / st.layers,
+                                        c["first"], c["last"])
+                      if st.layers > 1 else (1,) * plan.pipeline)
+            plan = dataclasses.replace(plan, virtual_stages=v, layers=layers)
+            out.append(time_plan(plan, works, st, chip, time_fn))
+        return out
+
+    timed = evaluate(kinds, options.micro_batches)
+    fitting = [t for t in timed if t.fits]
+    if not fitting and (options.parallel != "auto" or options.micro_batches):
+        notes.append(f"plan: no {options.parallel}-parallel plan of {options.sockets} sockets "
+                     f"with {options.micro_batches or 'any'} micro-batches fits HBM + DDR (or "
+                     "the split is not possible); re-planned over all splits")
+        timed = evaluate(("tensor", "pipeline", "data"), None)
+        fitting = [t for t in timed if t.fits]
+    if not fitting:
+        need = min((max(sum(m.values()) for m in t.memory) for t in timed), default=0.0)
+        raise ValueError(f"no parallel plan of {options.sockets} {chip.name} sockets fits: the "
+                         f"smallest needs {need / 1e9:.4g} GB on one socket, which has "
+                         f"{(chip.hbm_bytes + chip.ddr_bytes) / 1e9:.4g} GB (HBM + DDR)")
+    refused = len(timed) - sum(t.fits for t in timed)
+    if refused:
+        notes.append(f"plan: {refused} of {len(timed)} candidate plans refused: a socket's "
+                     "parameters, gradients, optimizer state and held activations exceed its "
+                     "HBM + DDR")
+    best = sorted(fitting, key=lambda t: t.estimate_s)[:SIMULATED]
+    chosen = min((t.simulate() for t in best), key=lambda t: t.step_s)
+    if st.recomputes:
+        notes.append("plan: the traced program already recomputes activations (remat): only "
+                     "layer inputs are held for the backward")
+    return chosen, notes + [f"plan: batch {batch}, {len(fitting)} of {len(timed)} candidate "
+                            f"plans fit; chose {chosen.plan.describe(batch)}"]
+
+
+SUMMED = ("calls", "trips", "flops", "pipeline_s", "network_s", "launch_s", "time_s",
+          "spill_bytes", "gather_cycles", "gather_conflicts", "launches")
+
+
+def combine(parts: list) -> object:
+    """One ``KernelPerf`` from ``[(KernelPerf, runs)]``: times, bytes, FLOPs and calls added
+    (trips once per chunk), the rest (tiles, units, bound) from the part that takes longest."""
+    main = max(parts, key=lambda p: p[0].time_s * p[1])[0]
+    out = {}
+    for name in SUMMED:
+        out[name] = sum(getattr(kp, name) * (1 if name == "trips" else runs)
+                        for kp, runs in parts)
+    for name in ("bytes", "memory_s"):
+        d: dict[str, float] = {}
+        for kp, runs in parts:
+            for key, v in getattr(kp, name).items():
+                d[key] = d.get(key, 0.0) + v * runs
+        out[name] = d
+    return dataclasses.replace(main, **out)
