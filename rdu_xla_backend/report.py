@@ -214,8 +214,9 @@ def plot_timeline(pp: ProgramPerf, path: str | Path) -> Path:
                         rotation=90 if k.time_s < 0.15 * total else 0)
             start += k.time_s
         ax.set_yticks([0], [pp.chip.name])
-        what = ("one replica's kernels, all micro-batches" if pp.plan is not None
-                else "kernels in order on one socket")
+        what = "kernels in order on one socket"
+        if pp.plan is not None and pp.plan.plan.micro_batches > 1:
+            what += f", each summed over {pp.plan.plan.micro_batches} micro-batches"
         ax.set_title(f"{_title(pp)}: {what}", fontsize=9)
         _phase_legend(ax, {k.phase for k in pp.kernels})
     ax.set_xlabel("time (s)")
@@ -225,20 +226,25 @@ def plot_timeline(pp: ProgramPerf, path: str | Path) -> Path:
     return Path(path)
 
 
-def place_labels(points_px: np.ndarray, sizes_px: np.ndarray,
-                 offsets: tuple = ((4, 4), (4, -12), (-4, 4), (-4, -12), (4, 16), (4, -24),
-                                   (-4, 16), (-4, -24), (4, 28), (4, -36))) -> list:
-    """Greedy label placement: for each point (pixels), the first offset whose label box (width,
-    height in pixels; left-anchored for a positive x offset, right-anchored otherwise) overlaps
-    no box placed before; the last offset when none is free. Returns [(dx, dy, ha)]."""
-    boxes, out = [], []
+def place_labels(points_px: np.ndarray, sizes_px: np.ndarray, bounds: tuple | None = None,
+                 offsets: tuple = ((5, 3), (5, -12), (-5, 3), (-5, -12), (5, 16), (5, -24),
+                                   (-5, 16), (-5, -24), (5, 28), (5, -36))) -> list:
+    """Greedy label placement: for each point (in points), the first offset whose label box
+    (width, height; left-anchored for a positive x offset, right-anchored otherwise) overlaps no
+    marker and no label placed before and lies inside ``bounds`` (x0, y0, x1, y1: the axes);
+    the last offset when none is free.
+    Returns [(dx, dy, ha)]."""
+    boxes = [(x - 4, y - 4, x + 4, y + 4) for x, y in points_px]  # the markers themselves
+    out = []
     for (x, y), (w, h) in zip(points_px, sizes_px):
         choice = None
         for dx, dy in offsets:
             x0 = x + dx if dx >= 0 else x + dx - w
             box = (x0, y + dy, x0 + w, y + dy + h)
-            if all(box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3]
-                   for b in boxes):
+            inside = bounds is None or (box[0] >= bounds[0] and box[1] >= bounds[1]
+                                        and box[2] <= bounds[2] and box[3] <= bounds[3])
+            if inside and all(box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1]
+                              or box[1] >= b[3] for b in boxes):
                 choice = (dx, dy, box)
                 break
         if choice is None:
@@ -263,7 +269,7 @@ def plot_roofline(pp: ProgramPerf, path: str | Path) -> Path:
     pts = [(k.flops / max(k.offchip_bytes, 1.0), max(k.achieved_flops, 1.0), k)
            for k in pp.kernels if k.flops > 0]
     xs = np.array([p[0] for p in pts] or [1.0])
-    lo, hi = max(xs.min() / 10, 1e-2), max(xs.max() * 10, 1e4)
+    lo, hi = max(xs.min() / 10, 1e-6), max(xs.max() * 10, 1e4)
     grid = np.logspace(np.log10(lo), np.log10(hi), 200)
     ax.loglog(grid, np.full_like(grid, chip.peak_bf16_flops), "k-", label="peak BF16")
     for tier, bw, style in (("HBM", chip.hbm_bytes_per_s, "k--"), ("DDR", chip.ddr_bytes_per_s, "k:")):
@@ -280,7 +286,9 @@ def plot_roofline(pp: ProgramPerf, path: str | Path) -> Path:
         order = sorted(range(len(pts)), key=lambda i: -pts[i][1])
         px = ax.transData.transform([(pts[i][0], pts[i][1]) for i in order]) * 72 / fig.dpi
         sizes = np.array([(4.2 * len(pts[i][2].name) + 2, 9.0) for i in order])
-        for i, (dx, dy, ha) in zip(order, place_labels(px, sizes)):
+        frame = ax.get_window_extent()
+        bounds = tuple(np.array([frame.x0, frame.y0, frame.x1, frame.y1]) * 72 / fig.dpi)
+        for i, (dx, dy, ha) in zip(order, place_labels(px, sizes, bounds)):
             x, y, k = pts[i]
             ax.annotate(k.name, (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points",
                         ha=ha, va="bottom",

@@ -15,14 +15,16 @@ def test_13b_sparse_train_step_vs_a100(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| kernel | phase |" in text and "layers.backward" in text
     assert "speedup of SN40L x8 over dense A100_80GB x8" in text
-    assert "pipeline parallel over 8 sockets" in text
+    assert "plan: batch 1024" in text and "chose TP" in text
     for needle in ("simd_lanes_per_pcu", "launch_seconds_software", "inter_socket_bytes_per_s",
                    "achievable_compute_fraction", "expected-cost model"):
         assert needle in text
     data = json.loads((out / "report.json").read_text())
     s = data["summary"]
     assert s["sockets"] == 8 and 0 < s["rdu_step_s"] < s["gpu_dense_step_s"]
-    assert data["schedule"]["bubble_fraction"] > 0
+    plan = data["plan"]
+    assert plan["tensor"] * plan["pipeline"] * plan["data"] == 8
+    assert max(sum(m.values()) for m in plan["memory_per_socket"]) <= 64e9 + 1.5e12
     assert all(k["achieved_flops"] <= 638e12 for k in data["kernels"])
     for name in ("kernels.md", "timeline.png", "roofline.png"):
         assert (out / name).stat().st_size > 1000
@@ -44,6 +46,14 @@ def test_bad_arguments_fail_with_exit_2(tmp_path, capsys):
     assert main(["emulate", str(recipe), "--vs", "tpu"]) == 2
     assert "allowed" in capsys.readouterr().err
     assert main(["emulate", str(recipe), "--sockets", "0"]) == 2
+
+
+def test_llama_8b_decode_on_16_sockets_is_not_cut_into_micro_batches(capsys):
+    assert main(["emulate", "recipes/llama3.1-8b.yaml", "--mode", "decode", "--sockets", "16",
+                 "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["plan"]["micro_batches"] == 1 and data["plan"]["data"] == 1
+    assert data["options"]["parallel"] == "auto" and "schedule" not in data
 
 
 def test_llama_8b_decode_reads_weights_and_kv_cache_once(capsys):

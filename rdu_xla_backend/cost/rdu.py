@@ -328,21 +328,21 @@ def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> 
 
 
 def sram_notes(kernels: list[KernelPerf], chip: ChipSpec) -> list[str]:
-    """Kernels whose working set per tile is larger than one tile buffer: it is the sum of
-    every stage's output buffer for one tile (each stage writes its own PMUs), so it is held
-    over several PMUs; only more than the chip's SRAM spills."""
+    """A note on kernels whose working set per tile is larger than one tile buffer: it is the
+    sum of every stage's output buffer for one tile (each stage writes its own PMUs), held over
+    the kernel's PMUs; only what exceeds the chip's SRAM spills (charged, see the spill note)."""
     tile = chip.sram_bytes_per_pmu / 2
-    lines = []
-    for k in kernels:
-        if k.sram_per_tile <= tile:
-            continue
-        buffers = math.ceil(k.sram_per_tile / tile)
-        verdict = ("fits the chip's SRAM" if k.sram_per_tile <= chip.sram_bytes
-                   else "exceeds the chip's SRAM: the excess spills to HBM and back (charged)")
-        lines.append(f"sram: {k.name}: {k.sram_per_tile / 2**10:,.0f} KiB per tile is the sum "
-                     f"of its stages' output buffers, {buffers} tile buffers of "
-                     f"{tile / 2**10:.0f} KiB over its {k.pmus} PMUs; {verdict}")
-    return lines
+    big = sorted((k for k in kernels if k.sram_per_tile > tile), key=lambda k: -k.sram_per_tile)
+    if not big:
+        return []
+    over = [k.name for k in big if k.sram_per_tile > chip.sram_bytes]
+    worst = ", ".join(f"{k.name} {k.sram_per_tile / 2**10:,.0f} KiB = "
+                      f"{math.ceil(k.sram_per_tile / tile)} buffers on {k.pmus} PMUs"
+                      for k in big[:3])
+    return [f"sram: {len(big)} kernels hold more than one {tile / 2**10:.0f} KiB tile per tile: "
+            f"the sum of their stages' output buffers, one per stage ({worst}); "
+            + (f"{', '.join(over)} exceed the chip's SRAM and spill" if over
+               else "all fit the chip's SRAM")]
 
 
 def plan_lines(t: rdu_plan.PlanTiming, chip: ChipSpec) -> list[str]:
