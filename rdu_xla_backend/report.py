@@ -226,33 +226,39 @@ def plot_timeline(pp: ProgramPerf, path: str | Path) -> Path:
     return Path(path)
 
 
-def place_labels(points_px: np.ndarray, sizes_px: np.ndarray, bounds: tuple | None = None,
-                 offsets: tuple = ((5, 3), (5, -12), (-5, 3), (-5, -12), (5, 16), (5, -24),
-                                   (-5, 16), (-5, -24), (5, 28), (5, -36))) -> list:
+LABEL_OFFSETS = tuple((dx, dy) for dy in (3, -12, 16, -24, 28, -36, 40, -48, 52, -60, 64, -72)
+                      for dx in (5, -5))  # points, nearest first
+
+
+def _overlap(a: tuple, b: tuple) -> float:
+    """Area shared by two boxes (x0, y0, x1, y1)."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def place_labels(points: np.ndarray, sizes: np.ndarray, bounds: tuple | None = None,
+                 offsets: tuple = LABEL_OFFSETS) -> list:
     """Greedy label placement: for each point (in points), the first offset whose label box
     (width, height; left-anchored for a positive x offset, right-anchored otherwise) overlaps no
     marker and no label placed before and lies inside ``bounds`` (x0, y0, x1, y1: the axes);
-    the last offset when none is free.
-    Returns [(dx, dy, ha)]."""
-    boxes = [(x - 4, y - 4, x + 4, y + 4) for x, y in points_px]  # the markers themselves
+    when none is free, the one overlapping least. Returns [(dx, dy, ha)]."""
+    boxes = [(x - 4, y - 4, x + 4, y + 4) for x, y in points]  # the markers themselves
     out = []
-    for (x, y), (w, h) in zip(points_px, sizes_px):
-        choice = None
+    for (x, y), (w, h) in zip(points, sizes):
+        best = None
         for dx, dy in offsets:
             x0 = x + dx if dx >= 0 else x + dx - w
             box = (x0, y + dy, x0 + w, y + dy + h)
-            inside = bounds is None or (box[0] >= bounds[0] and box[1] >= bounds[1]
-                                        and box[2] <= bounds[2] and box[3] <= bounds[3])
-            if inside and all(box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1]
-                              or box[1] >= b[3] for b in boxes):
-                choice = (dx, dy, box)
+            cost = sum(_overlap(box, b) for b in boxes)
+            if bounds is not None:
+                inside = (max(box[0], bounds[0]), max(box[1], bounds[1]),
+                          min(box[2], bounds[2]), min(box[3], bounds[3]))
+                cost += w * h - max(0.0, inside[2] - inside[0]) * max(0.0, inside[3] - inside[1])
+            if best is None or cost < best[0]:
+                best = (cost, dx, dy, box)
+            if cost == 0:
                 break
-        if choice is None:
-            dx, dy = offsets[-1]
-            x0 = x + dx if dx >= 0 else x + dx - w
-            choice = (dx, dy, (x0, y + dy, x0 + w, y + dy + h))
-        boxes.append(choice[2])
-        out.append((choice[0], choice[1], "left" if choice[0] >= 0 else "right"))
+        boxes.append(best[3])
+        out.append((best[1], best[2], "left" if best[1] >= 0 else "right"))
     return out
 
 
@@ -281,11 +287,12 @@ def plot_roofline(pp: ProgramPerf, path: str | Path) -> Path:
     ax.set_ylabel("achieved FLOP/s")
     ax.set_title(f"{_title(pp)} roofline, one point per kernel", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()  # before placing labels: it moves the axes, hence the points
     if 0 < len(pts) <= 24:
         fig.canvas.draw()  # fixes the limits, so data -> pixel transforms are final
         order = sorted(range(len(pts)), key=lambda i: -pts[i][1])
         px = ax.transData.transform([(pts[i][0], pts[i][1]) for i in order]) * 72 / fig.dpi
-        sizes = np.array([(4.2 * len(pts[i][2].name) + 2, 9.0) for i in order])
+        sizes = np.array([(4.6 * len(pts[i][2].name) + 2, 9.0) for i in order])
         frame = ax.get_window_extent()
         bounds = tuple(np.array([frame.x0, frame.y0, frame.x1, frame.y1]) * 72 / fig.dpi)
         for i, (dx, dy, ha) in zip(order, place_labels(px, sizes, bounds)):
@@ -294,7 +301,6 @@ def plot_roofline(pp: ProgramPerf, path: str | Path) -> Path:
                         ha=ha, va="bottom",
                         arrowprops=dict(arrowstyle="-", lw=0.4, color="0.5")
                         if abs(dy) > 12 else None)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
