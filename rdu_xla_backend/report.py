@@ -278,9 +278,11 @@ def plot_roofline(pp: ProgramPerf, path: str | Path) -> Path:
     lo, hi = max(xs.min() / 10, 1e-6), max(xs.max() * 10, 1e4)
     grid = np.logspace(np.log10(lo), np.log10(hi), 200)
     ax.loglog(grid, np.full_like(grid, chip.peak_bf16_flops), "k-", label="peak BF16")
-    for tier, bw, style in (("HBM", chip.hbm_bytes_per_s, "k--"), ("DDR", chip.ddr_bytes_per_s, "k:")):
+    for tier, bw, style in (("HBM", chip.hbm_bytes_per_s, "k--"),
+                            ("DDR", chip.ddr_bytes_per_s, "k:")):
         if bw:
-            ax.loglog(grid, np.minimum(grid * bw, chip.peak_bf16_flops), style, label=f"{tier} roof")
+            ax.loglog(grid, np.minimum(grid * bw, chip.peak_bf16_flops), style,
+                      label=f"{tier} roof")
     for x, y, k in pts:
         ax.scatter(x, y, color=PHASE_COLORS.get(k.phase, "tab:gray"), s=25, zorder=3)
     ax.set_xlabel("FLOPs per off-chip byte")

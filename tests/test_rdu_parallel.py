@@ -142,6 +142,19 @@ def test_recomputation_holds_layer_inputs_and_charges_a_forward(train_graph):
     # The backward of each stage grows by its layers' forward (the recomputation).
     extra = np.array(b.backward_s) - np.array(a.backward_s)
     assert (extra > 0).all() and (extra <= np.array(a.forward_s) * (1 + 1e-9)).all()
+    # ... and its FLOPs are in the step's: one more forward of the layers.
+    fwd = next(k.flops for k in plain.kernels if k.name.startswith("layers.forward"))
+    assert again.flops == pytest.approx(plain.flops + fwd, rel=1e-9)
+
+
+def test_interleaved_schedule_shrinks_the_bubble(train_graph):
+    base = dict(sockets=4, parallel="pipeline", micro_batches=8)
+    plain = perf.program_perf(train_graph, hw.SN40L, perf.Options(**base))
+    inter = perf.program_perf(train_graph, hw.SN40L, perf.Options(**base, virtual_stages=2))
+    assert inter.plan.plan.virtual_stages == 2 and len(inter.plan.plan.layers) == 8
+    assert inter.schedule.bubble_fraction < plain.schedule.bubble_fraction
+    # ... at the price of more activations held on the first stage ([MEG] Sec. 2.2.2).
+    assert inter.plan.memory[0]["activations"] > plain.plan.memory[0]["activations"]
 
 
 # ----------------------------------------------------------------------------- mode

@@ -44,8 +44,10 @@ seconds per call at the achievable bandwidth ``efficiency x peak``):
   (AGCU-orchestrated); latency: ``offchip_latency_seconds`` (first off-chip access of a call).
 
 Across sockets (``Options.sockets`` > 1): ``parallel='tensor'`` splits every kernel's work and
-bytes and adds the layer all-reduces (``parallel.collective_seconds``); ``parallel='pipeline'``
-splits the layer loop over sockets (``parallel.pipeline_parallel``).
+bytes and adds the layer all-reduces (``parallel.collective_seconds``); otherwise
+``rdu_plan.choose_plan`` picks the fastest tensor x pipeline x data plan that fits the sockets'
+memory ('auto', the default) or of one split ('pipeline', 'data'), and times it (whole layers per
+stage, micro-batches re-timed at their size, simulated schedule, gradient all-reduce).
 """
 
 from __future__ import annotations
@@ -316,7 +318,7 @@ def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> 
         kernels = timing.kernels()
         step = timing.step_s
         schedule = timing.schedule if timing.plan.pipeline > 1 else None
-        notes += plan_notes + plan_lines(timing, chip)
+        notes += plan_notes + rdu_plan.plan_lines(timing, chip)
     notes += sram_notes(kernels, chip)
     spills = [k for k in kernels if k.spill_bytes > 0]
     if spills:
@@ -345,32 +347,6 @@ def sram_notes(kernels: list[KernelPerf], chip: ChipSpec) -> list[str]:
                else "all fit the chip's SRAM")]
 
 
-def plan_lines(t: rdu_plan.PlanTiming, chip: ChipSpec) -> list[str]:
-    """Notes on a multi-socket plan: schedule, bubble, memory of the busiest socket, all-reduce."""
-    p, s = t.plan, t.schedule
-    lines = []
-    if p.pipeline > 1:
-        lines.append(f"pipeline over {p.pipeline} sockets: {p.micro_batches} micro-batches, "
-                     f"{s.schedule}{f' interleaved x{p.virtual_stages}' if p.virtual_stages > 1 else ''}"
-                     f", bubble {100 * s.bubble_fraction:.1f}% (equal stages: "
-                     f"{100 * pl.gpipe_bubble(p.pipeline, p.micro_batches, p.virtual_stages):.1f}%)"
-                     f", per micro-batch forward {max(t.forward_s) * 1e3:.4g} ms"
-                     + (f", backward {max(t.backward_s) * 1e3:.4g} ms"
-                        if t.backward_s else "")
-                     + f" on the slowest stage, stage transfer {t.transfer_s * 1e3:.3g} ms")
-    busiest = max(t.memory, key=lambda m: sum(m.values()))
-    held = ", ".join(f"{k} {v / 1e9:.4g} GB" for k, v in busiest.items() if v)
-    lines.append(f"memory per socket (busiest): {sum(busiest.values()) / 1e9:.4g} GB of "
-                 f"{chip.hbm_bytes / 1e9:.4g} GB HBM + {chip.ddr_bytes / 1e9:.4g} GB DDR ({held})")
-    if p.data > 1 and t.allreduce_s:
-        lines.append(f"data parallel over {p.data} replicas: gradient all-reduce of "
-                     f"{busiest['gradients'] / 1e9:.4g} GB per socket, {t.allreduce_s * 1e3:.4g} ms "
-                     "(after the backward, not overlapped)")
-    if t.update_s:
-        lines.append(f"optimizer update of the largest parameter share {t.update_s * 1e3:.4g} ms")
-    return lines
-
-
 def assumptions(chip: ChipSpec, options: Options = Options()) -> list[str]:
     """The mapping assumptions of this model, beyond ``hardware.assumptions(chip)``."""
     p = chip.params
@@ -396,6 +372,8 @@ def assumptions(chip: ChipSpec, options: Options = Options()) -> list[str]:
         f"mapping: {options.orchestration}-orchestrated launches "
         f"({gap:.3g} s per call), kernel looping {'on' if options.kernel_looping else 'off'}",
         f"mapping: {options.sockets} socket(s), {options.parallel} parallel"
-        + (f", {options.micro_batches or 4 * options.sockets} micro-batches, {options.schedule}"
-           if options.sockets > 1 and options.parallel == "pipeline" else ""),
+        + (f" (plan chosen by memory and time; {options.schedule} when pipelined; "
+           "micro-batches re-timed at their size; data-parallel gradient all-reduce "
+           "not overlapped; activations split over tensor-parallel sockets as with sequence "
+           "parallelism)" if options.sockets > 1 and options.parallel != "tensor" else ""),
     ]

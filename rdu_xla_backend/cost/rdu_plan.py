@@ -225,8 +225,11 @@ def time_plan(plan: par.ParallelPlan, works, st: Structure, chip, time_fn) -> Pl
                 again[j] += t if g == "layers" else 0.0
             else:
                 b[j] += t
-    if plan.recompute:
+    if plan.recompute:  # the layers' forward runs again in the backward (its FLOPs too)
         b = [x + y for x, y in zip(b, again)]
+        for i in parts:
+            if st.groups[i] == "layers" and works[i].kernel.phase == "forward":
+                parts[i] = [(kp, 2 * runs) for kp, runs in parts[i]]
     hop = chip.params.inter_socket_latency_seconds if P > 1 else 0.0
     transfer = hop + st.shares["carry"] / (div * T) / chip.inter_socket_bytes_per_s
     update = 0.0
@@ -356,3 +359,29 @@ def combine(parts: list) -> object:
                 d[key] = d.get(key, 0.0) + v * runs
         out[name] = d
     return dataclasses.replace(main, **out)
+
+
+def plan_lines(t: PlanTiming, chip) -> list[str]:
+    """Notes on a multi-socket plan: schedule, bubble, memory of the busiest socket, all-reduce."""
+    p, s = t.plan, t.schedule
+    lines = []
+    if p.pipeline > 1:
+        inter = f" interleaved x{p.virtual_stages}" if p.virtual_stages > 1 else ""
+        lines.append(f"pipeline over {p.pipeline} sockets: {p.micro_batches} micro-batches, "
+                     f"{s.schedule}{inter}, bubble {100 * s.bubble_fraction:.1f}% (equal stages: "
+                     f"{100 * pl.gpipe_bubble(p.pipeline, p.micro_batches, p.virtual_stages):.1f}%)"
+                     f", per micro-batch forward {max(t.forward_s) * 1e3:.4g} ms"
+                     + (f", backward {max(t.backward_s) * 1e3:.4g} ms"
+                        if t.backward_s else "")
+                     + f" on the slowest stage, stage transfer {t.transfer_s * 1e3:.3g} ms")
+    busiest = max(t.memory, key=lambda m: sum(m.values()))
+    held = ", ".join(f"{k} {v / 1e9:.4g} GB" for k, v in busiest.items() if v)
+    lines.append(f"memory per socket (busiest): {sum(busiest.values()) / 1e9:.4g} GB of "
+                 f"{chip.hbm_bytes / 1e9:.4g} GB HBM + {chip.ddr_bytes / 1e9:.4g} GB DDR ({held})")
+    if p.data > 1 and t.allreduce_s:
+        lines.append(f"data parallel over {p.data} replicas: gradient all-reduce of "
+                     f"{busiest['gradients'] / 1e9:.4g} GB per socket, "
+                     f"{t.allreduce_s * 1e3:.4g} ms (after the backward, not overlapped)")
+    if t.update_s:
+        lines.append(f"optimizer update of the largest parameter share {t.update_s * 1e3:.4g} ms")
+    return lines

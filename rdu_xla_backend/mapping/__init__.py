@@ -5,5 +5,6 @@
 - ``gathers``: index lists of a lowered gather, priced on a PMU.
 - ``pipeline``: stage balancing inside a fused kernel; micro-batch schedules across sockets.
 - ``placement``: three-tier memory (SRAM/HBM/DDR) by tensor role.
-- ``parallel``: tensor/pipeline/data-parallel plans across sockets.
+- ``parallel``: collectives, tensor x pipeline x data plans across sockets (whole layers per
+  stage, candidate plans, memory per socket).
 """

@@ -235,7 +235,9 @@ def socket_bytes(plan: ParallelPlan, socket: int, shares: dict, training: bool,
              + last * shares["param_last"])
     t = plan.tensor
     weights = shares["params"] * pfrac / t
-    per_mb = 1.0 / (plan.data * plan.micro_batches * t)  # sequence-parallel split of activations
+    # Held activations split T ways: sequence parallelism (Korthikanti et al. 2022, arXiv
+    # 2205.05198) shards what tensor parallelism leaves replicated.
+    per_mb = 1.0 / (plan.data * plan.micro_batches * t)
     if plan.recompute:  # only each layer's input is kept
         saved = shares["carry"] * mine * L + first * shares["saved_first"] + last * shares[
             "saved_last"]

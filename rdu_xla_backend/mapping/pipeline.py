@@ -10,9 +10,11 @@ leave the slowest stage (all stages up to and including it) and ``drain`` the st
 This equals the max-plus recurrence of ``pipeline_schedule`` with one stage per operator.
 
 Across sockets, P pipeline stages (socket s runs forward ``f[s]`` and backward ``b[s]`` seconds
-per micro-batch) process M micro-batches under GPipe or 1F1B. Each socket runs its operations in
-the schedule's fixed order; an operation starts when the previous one on its socket has ended and
-its input has arrived:
+per micro-batch) process M micro-batches under GPipe, 1F1B or interleaved 1F1B (v chunks of
+layers per socket, chunk j on socket j % P; [MEG] Sec. 2.2). GPipe holds all M micro-batches'
+activations until their backward, 1F1B at most P - s on stage s (``peak_in_flight``). Each
+socket runs its operations in the schedule's fixed order (``stage_orders``); an operation starts
+when the previous one on its socket has ended and its input has arrived:
 
     start[op] = max(end[previous op on the socket], end[producer] + transfer)
     end[op]   = start[op] + duration
