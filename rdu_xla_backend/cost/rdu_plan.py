@@ -168,6 +168,9 @@ class PlanTiming:
     estimate_s: float  # closed-form step (ranking)
     schedule: pl.PipelineSchedule | None = None
     parts: dict = dataclasses.field(default_factory=dict)
+    # (one layer, embedding chunk's other kernels, head chunk's other kernels) seconds of one
+    # micro-batch: the costs the layers are balanced with.
+    balance: tuple = (0.0, 0.0, 0.0)
 
     def kernels(self) -> list:
         """Per kernel (graph order), one ``KernelPerf`` of one data-parallel replica: every
@@ -205,7 +208,7 @@ def time_plan(plan: par.ParallelPlan, works, st: Structure, chip, time_fn) -> Pl
     memory = [par.socket_bytes(plan, s, st.shares, st.training, held[s]) for s in range(P)]
     fits = all(sum(m.values()) <= chip.hbm_bytes + chip.ddr_bytes for m in memory)
     fracs = [hbm_fractions(m, chip.hbm_bytes) for m in memory]
-    f, b, again = [0.0] * V, [0.0] * V, [0.0] * V
+    f, b, again, fixed = [0.0] * V, [0.0] * V, [0.0] * V, [0.0] * V
     parts: dict[int, list] = {}  # kernel -> [(KernelPerf of one run, runs per step)]
     for i, w in enumerate(works):
         g, k = st.groups[i], w.kernel
@@ -220,6 +223,7 @@ def time_plan(plan: par.ParallelPlan, works, st: Structure, chip, time_fn) -> Pl
             kp.flops /= div
             parts.setdefault(i, []).append((kp, plan.micro_batches))
             t = kp.time_s
+            fixed[j] += t if g != "layers" else 0.0
             if k.phase == "forward":
                 f[j] += t
                 again[j] += t if g == "layers" else 0.0
@@ -227,6 +231,7 @@ def time_plan(plan: par.ParallelPlan, works, st: Structure, chip, time_fn) -> Pl
                 b[j] += t
     if plan.recompute:  # the layers' forward runs again in the backward (its FLOPs too)
         b = [x + y for x, y in zip(b, again)]
+        fixed = [x - y for x, y in zip(fixed, again)]  # the layers' share, for the balance
         for i in parts:
             if st.groups[i] == "layers" and works[i].kernel.phase == "forward":
                 parts[i] = [(kp, 2 * runs) for kp, runs in parts[i]]
@@ -250,8 +255,30 @@ def time_plan(plan: par.ParallelPlan, works, st: Structure, chip, time_fn) -> Pl
     top = max(load)
     pipe = (plan.micro_batches * top + (sum(f) + sum(b) - top) / plan.virtual_stages
             + (V - 1) * transfer * (2 if st.training else 1))
+    layer_s = marginal_layer_seconds(plan, works, st, chip, time_fn, fracs[0])
     return PlanTiming(plan, f, b if st.training else None, transfer, update, allreduce, memory,
-                      fits, pipe + update + allreduce, parts=parts)
+                      fits, pipe + update + allreduce, parts=parts,
+                      balance=(layer_s, fixed[0], fixed[-1] if V > 1 else 0.0))
+
+
+def marginal_layer_seconds(plan: par.ParallelPlan, works, st: Structure, chip, time_fn,
+                           frac: dict) -> float:
+    """Seconds one more layer adds to a chunk's micro-batch (forward + backward, + the
+    recomputed forward): (T(L layers) - T(2 layers)) / (L - 2) of the layer kernels, so that a
+    chunk's fixed costs (the loop kernel's launch, fill and drain) do not count per layer."""
+    L, div, out = st.layers, plan.data * plan.micro_batches, 0.0
+    for i, w in enumerate(works):
+        if st.groups[i] != "layers":
+            continue
+        if L <= 2:
+            t = time_fn(stage_work(w, st.cat_bytes[i], 1.0, L, div, plan.tensor, frac, chip))
+            out += t.time_s / L
+            continue
+        many, two = (time_fn(stage_work(w, st.cat_bytes[i], n / L, n, div, plan.tensor, frac,
+                                        chip)).time_s for n in (L, 2))
+        per = (many - two) / (L - 2)
+        out += per * (2 if plan.recompute and w.kernel.phase == "forward" else 1)
+    return out
 
 
 def carry_shape(graph) -> tuple[int, ...] | None:
@@ -310,7 +337,14 @@ def choose_plan(graph, chip, options, works_for, time_fn) -> tuple[PlanTiming, l
                                         c["first"], c["last"])
                       if st.layers > 1 else (1,) * plan.pipeline)
             plan = dataclasses.replace(plan, virtual_stages=v, layers=layers)
-            out.append(time_plan(plan, works, st, chip, time_fn))
+            timed = time_plan(plan, works, st, chip, time_fn)
+            if st.layers > 1 and plan.chunks > 1:  # balance again at the micro-batch's costs
+                again = par.assign_layers(st.layers, plan.chunks, *timed.balance)
+                if again != layers:
+                    retimed = time_plan(dataclasses.replace(plan, layers=again), works, st,
+                                        chip, time_fn)
+                    timed = min(timed, retimed, key=lambda t: (not t.fits, t.estimate_s))
+            out.append(timed)
         return out
 
     timed = evaluate(kinds, options.micro_batches)
