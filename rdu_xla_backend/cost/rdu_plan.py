@@ -349,11 +349,15 @@ def choose_plan(graph, chip, options, works_for, time_fn) -> tuple[PlanTiming, l
 
     timed = evaluate(kinds, options.micro_batches)
     fitting = [t for t in timed if t.fits]
-    if not fitting and (options.parallel != "auto" or options.micro_batches):
+    for again_kinds, why in ((kinds, "micro-batches chosen instead"),
+                             (("tensor", "pipeline", "data"), "re-planned over all splits")):
+        if fitting or (again_kinds == kinds and not options.micro_batches) or (
+                again_kinds != kinds and options.parallel == "auto"):
+            continue
         notes.append(f"plan: no {options.parallel}-parallel plan of {options.sockets} sockets "
-                     f"with {options.micro_batches or 'any'} micro-batches fits HBM + DDR (or "
-                     "the split is not possible); re-planned over all splits")
-        timed = evaluate(("tensor", "pipeline", "data"), None)
+                     f"with {options.micro_batches or 'any number of'} micro-batches fits HBM + "
+                     f"DDR (or the batch does not split so); {why}")
+        timed = evaluate(again_kinds, None)
         fitting = [t for t in timed if t.fits]
     if not fitting:
         need = min((max(sum(m.values()) for m in t.memory) for t in timed), default=0.0)
@@ -401,7 +405,8 @@ def plan_lines(t: PlanTiming, chip) -> list[str]:
     lines = []
     if p.pipeline > 1:
         inter = f" interleaved x{p.virtual_stages}" if p.virtual_stages > 1 else ""
-        lines.append(f"pipeline over {p.pipeline} sockets: {p.micro_batches} micro-batches, "
+        mbs = f"{p.micro_batches} micro-batch{'es' if p.micro_batches > 1 else ''}"
+        lines.append(f"pipeline over {p.pipeline} sockets: {mbs}, "
                      f"{s.schedule}{inter}, bubble {100 * s.bubble_fraction:.1f}% (equal stages: "
                      f"{100 * pl.gpipe_bubble(p.pipeline, p.micro_batches, p.virtual_stages):.1f}%)"
                      f", per micro-batch forward {max(t.forward_s) * 1e3:.4g} ms"
