@@ -13,6 +13,7 @@ from rdu_xla_backend import hardware as hw
 from rdu_xla_backend import report
 from rdu_xla_backend.cost import rdu as perf
 from rdu_xla_backend.cost import rdu_plan
+from rdu_xla_backend.mapping import stages
 from rdu_xla_backend.mapping import parallel as par
 from rdu_xla_backend.mapping import pipeline as pl
 from rdu_xla_backend.workload.lowering import lower
@@ -106,7 +107,7 @@ def test_layers_balanced_at_the_micro_batch_cost(train_graph):
     assert sum(t.plan.layers) == 16
     even = rdu_plan.time_plan(dataclasses.replace(t.plan, layers=(4, 4, 4, 4)),
                               perf.program_work(train_graph, hw.SN40L, 1, 4)[1],
-                              rdu_plan.structure(train_graph), hw.SN40L,
+                              stages.structure(train_graph), hw.SN40L,
                               lambda w: perf.kernel_time(w, hw.SN40L, pp.options))
     assert pp.step_s <= even.simulate().step_s * (1 + 1e-6)
 
@@ -128,7 +129,7 @@ def test_1f1b_holds_fewer_activations_than_gpipe(train_graph):
 
 
 def test_plan_that_does_not_fit_is_replanned_or_refused(train_graph):
-    st = rdu_plan.structure(train_graph)
+    st = stages.structure(train_graph)
     gpipe = perf.Options(sockets=4, parallel="pipeline", micro_batches=16, schedule="gpipe")
     roomy = perf.program_perf(train_graph, hw.SN40L, gpipe)
     need = max(sum(m.values()) for m in roomy.plan.memory)
@@ -147,7 +148,7 @@ def test_plan_that_does_not_fit_is_replanned_or_refused(train_graph):
 
 
 def test_recomputation_holds_layer_inputs_and_charges_a_forward(train_graph):
-    st = rdu_plan.structure(train_graph)
+    st = stages.structure(train_graph)
     works = perf.program_work(train_graph, hw.SN40L, 1, 4)[1]
     time_fn = lambda w: perf.kernel_time(w, hw.SN40L, perf.Options())  # noqa: E731
     plan = par.ParallelPlan(1, 4, 1, 8, "1f1b", layers=(4, 4, 4, 4))
@@ -194,7 +195,7 @@ def test_decode_at_batch_one_is_never_cut_into_micro_batches():
 
 
 def test_micro_batches_pay_their_own_fill_drain_and_launch(train_graph):
-    st = rdu_plan.structure(train_graph)
+    st = stages.structure(train_graph)
     works = perf.program_work(train_graph, hw.SN40L, 1, 1)[1]
     time_fn = lambda w: perf.kernel_time(w, hw.SN40L, perf.Options())  # noqa: E731
     whole = dataclasses.replace(par.ParallelPlan(1, 1, 1, 1), layers=(16,))
