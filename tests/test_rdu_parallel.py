@@ -163,7 +163,7 @@ def test_recomputation_holds_layer_inputs_and_charges_a_forward(train_graph):
     plain = perf.program_perf(train_graph, hw.SN40L, perf.Options(**base, recompute=False))
     again = perf.program_perf(train_graph, hw.SN40L, perf.Options(**base, recompute=True))
     # ... and its FLOPs are in the step's: one more forward of the layers.
-    fwd = next(k.flops for k in plain.kernels if k.name.startswith("layers.forward"))
+    fwd = next(k.flops for k in plain.kernels if k.name.startswith("layers.forward"))  # TP 1
     assert again.flops == pytest.approx(plain.flops + fwd, rel=1e-9)
 
 
@@ -254,3 +254,13 @@ def test_roofline_labels_never_overlap():
         boxes.append((x0, y + dy, x0 + w, y + dy + h))
     for a, b in itertools.combinations(boxes, 2):
         assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+
+
+def test_step_flops_count_every_socket(train_graph):
+    one = perf.program_perf(train_graph, hw.SN40L)
+    update = sum(k.flops for k in one.kernels if k.phase == "update")
+    for parallel, extra in (("data", 3 * update), ("tensor", 0.0), ("pipeline", 0.0)):
+        pp = perf.program_perf(train_graph, hw.SN40L, perf.Options(sockets=4, parallel=parallel,
+                                                                   recompute=False))
+        # Every data-parallel replica updates its own copy of the parameters.
+        assert pp.flops == pytest.approx(one.flops + extra, rel=1e-9), parallel

@@ -184,7 +184,13 @@ class ProgramPerf:
 
     @property
     def flops(self) -> float:
-        return sum(k.flops for k in self.kernels)
+        """FLOPs of the whole step on all sockets (``kernels`` hold one socket's share: one
+        tensor-parallel shard of one data-parallel replica)."""
+        if self.plan is not None:
+            shards = self.plan.plan.tensor * self.plan.plan.data
+        else:
+            shards = self.options.sockets if self.options.parallel == "tensor" else 1
+        return shards * sum(k.flops for k in self.kernels)
 
     @property
     def launches(self) -> float:
