@@ -264,3 +264,17 @@ def test_step_flops_count_every_socket(train_graph):
                                                                    recompute=False))
         # Every data-parallel replica updates its own copy of the parameters.
         assert pp.flops == pytest.approx(one.flops + extra, rel=1e-9), parallel
+
+
+def test_one_socket_whose_activations_spill_is_planned_with_micro_batches(train_graph):
+    st = stages.structure(train_graph)
+    saved = st.shares["saved_layers"] + st.shares["saved_last"] + st.shares["saved_first"]
+    # HBM for a quarter of the activations the whole batch keeps: the single-socket placement
+    # spills them to DDR; the plan accumulates gradients over micro-batches instead.
+    chip = dataclasses.replace(hw.SN40L, hbm_bytes=0.25 * saved)
+    pp = perf.program_perf(train_graph, chip)
+    assert pp.plan is not None and pp.plan.plan.micro_batches > 1
+    assert pp.plan.memory[0]["activations"] <= 0.25 * saved
+    assert pp.step_s <= pp.single_socket_s
+    roomy = perf.program_perf(train_graph, hw.SN40L)  # fits: kernels in order, no plan
+    assert roomy.plan is None and roomy.step_s == roomy.single_socket_s

@@ -289,7 +289,8 @@ def program_work(graph: Graph, chip: ChipSpec, shards: int, placement_sockets: i
 def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> ProgramPerf:
     """Time a lowered program on ``options.sockets`` sockets of ``chip``.
 
-    One socket: the kernels in order. ``parallel='tensor'``: every kernel split over all
+    One socket: the kernels in order (planned like many sockets when its activations spill to
+    DDR: micro-batches may keep them in HBM). ``parallel='tensor'``: every kernel split over all
     sockets with the layer all-reduces. Otherwise a tensor x pipeline x data plan
     (``rdu_plan.choose_plan``); ``kernels`` are then those of one tensor-parallel group over the
     whole step (the table), the step time comes from the plan's schedule.
@@ -305,7 +306,10 @@ def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> 
     single = sum(k.time_s for k in kernels)
     notes = plan.notes()
     schedule, timing = None, None
-    if P == 1:
+    # One socket whose activations spill to DDR (or fit nowhere) is planned too: gradient
+    # accumulation over micro-batches may hold them in HBM.
+    spilled = any(plan.category_of.get(k) == "activations" for k in plan.spilled + plan.overflow)
+    if P == 1 and not (spilled and options.parallel == "auto"):
         step = single
     elif options.parallel == "tensor":
         _, works = program_work(graph, chip, P, P)
