@@ -292,8 +292,9 @@ def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> 
     One socket: the kernels in order (planned like many sockets when its activations spill to
     DDR: micro-batches may keep them in HBM). ``parallel='tensor'``: every kernel split over all
     sockets with the layer all-reduces. Otherwise a tensor x pipeline x data plan
-    (``rdu_plan.choose_plan``); ``kernels`` are then those of one tensor-parallel group over the
-    whole step (the table), the step time comes from the plan's schedule.
+    (``rdu_plan.choose_plan``); ``kernels`` are then one data-parallel replica's, every
+    micro-batch on every pipeline stage added up, on one tensor-parallel shard (the table), and
+    the step time comes from the plan's simulated schedule, update and all-reduce.
 
     Raises:
         ValueError: not an RDU, or no plan of the sockets fits their memory.
