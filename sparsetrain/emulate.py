@@ -2,7 +2,8 @@
 
     sparsetrain emulate RECIPE [--chip sn40l] [--sockets N] [--vs a100] [--gpus N]
                                [--mode train|prefill|decode] [--gpu-attention fused|unfused]
-                               [--parallel pipeline|tensor] [--micro-batches M] [--unfused]
+                               [--parallel auto|pipeline|tensor|data] [--micro-batches M]
+                               [--schedule 1f1b|gpipe] [--unfused]
                                [--orchestration software|hardware] [--no-kernel-looping]
                                [--out DIR] [--json] [--from-run RUN] [--set key=value ...]
 
@@ -51,10 +52,13 @@ def register(subparsers) -> None:
     p.add_argument("--mode", default="train", choices=MODES,
                    help="train step, prefill (forward over the sequence, filling a KV cache) or "
                    "decode (one new token per sequence over a KV cache of data.seq_len positions)")
-    p.add_argument("--parallel", default="pipeline", choices=("pipeline", "tensor"),
-                   help="how sockets split the model (default pipeline)")
-    p.add_argument("--micro-batches", type=int, default=None, help="pipeline micro-batches "
-                   "(default 4 x sockets)")
+    p.add_argument("--parallel", default="auto", choices=("auto", "pipeline", "tensor", "data"),
+                   help="how sockets split the step: auto (default: the fastest tensor x "
+                   "pipeline x data plan that fits memory), or one split only")
+    p.add_argument("--micro-batches", type=int, default=None, help="micro-batches per data-"
+                   "parallel replica (default: chosen; decode at batch 1 is never cut)")
+    p.add_argument("--schedule", default="1f1b", choices=("1f1b", "gpipe"),
+                   help="pipeline schedule (default 1f1b: at most P micro-batches in flight)")
     p.add_argument("--unfused", action="store_true", help="one kernel per operator")
     p.add_argument("--orchestration", default="software", choices=("software", "hardware"),
                    help="kernel launches sequenced by the host or by the chip")
@@ -182,6 +186,8 @@ def estimate(cfg, dense_cfg, args) -> dict:
     graph = lower(fn, *abstract, mode="unfused" if args.unfused else "fused", name=args.mode,
                   roles=roles)
     rdu = compare.rdu_plan(graph, chip, args.sockets, args.parallel, args.micro_batches,
+                           schedule=args.schedule, batch=cfg.data.batch_size,
+                           heads=cfg.shape().n_heads,
                            orchestration=args.orchestration,
                            kernel_looping=not args.no_kernel_looping)
     gpu_sparse = gpu_model.gpu_perf(graph, gpu, gpus=args.sockets)

@@ -60,7 +60,7 @@ def densities(cfg) -> dict[str, float]:
     return {kind: cfg.sparsity.of(kind)[0] for kind in linear_shapes(cfg.shape())}
 
 
-def rdu_plan(graph, chip, sockets: int, parallel: str = "pipeline",
+def rdu_plan(graph, chip, sockets: int, parallel: str = "auto",
              micro_batches: int | None = None, **options) -> perf.ProgramPerf:
     """How ``sockets`` RDU sockets run the program: the one place the RDU's plan is chosen."""
     return perf.program_perf(graph, chip, perf.Options(sockets=sockets, parallel=parallel,

@@ -48,8 +48,10 @@ seconds per call at the achievable bandwidth ``efficiency x peak``):
   (AGCU-orchestrated); latency: ``offchip_latency_seconds`` (first off-chip access of a call).
 
 Across sockets (``Options.sockets`` > 1): ``parallel='tensor'`` splits every kernel's work and
-bytes and adds the layer all-reduces (``parallel.collective_seconds``); ``parallel='pipeline'``
-splits the layer loop over sockets (``parallel.pipeline_parallel``).
+bytes and adds the layer all-reduces (``parallel.collective_seconds``); otherwise
+``rdu_plan.choose_plan`` picks the fastest tensor x pipeline x data plan that fits the sockets'
+memory ('auto', the default) or of one split ('pipeline', 'data'), and times it (whole layers per
+stage, micro-batches re-timed at their size, simulated schedule, gradient all-reduce).
 """
 
 from __future__ import annotations
@@ -62,13 +64,14 @@ import numpy as np
 from rdu_xla_backend.mapping import parallel as par
 from rdu_xla_backend.mapping import tiers
 from rdu_xla_backend.mapping import pipeline as pl
+from rdu_xla_backend.cost import rdu_plan
 from rdu_xla_backend.workload.graph import Graph, Kernel
 from rdu_xla_backend.hardware import ChipSpec
 from rdu_xla_backend.mapping.kernel_work import KernelWork, kernel_work
 from rdu_xla_backend.mapping.placement import MemoryPlan, plan_memory
 
 BOUNDS = ("compute", "sram", "hbm", "ddr", "network", "launch")
-PARALLEL = ("pipeline", "tensor")
+PARALLEL = ("auto", "pipeline", "tensor", "data")
 ORCHESTRATION = ("software", "hardware")
 
 
@@ -78,24 +81,39 @@ class Options:
 
     Attributes:
         sockets: RDU sockets.
-        parallel: 'pipeline' (layers split, micro-batches) or 'tensor' (every matrix split).
-        micro_batches: M for pipeline parallelism (default 4 x sockets).
+        parallel: 'auto' (the fastest tensor x pipeline x data plan that fits, ``rdu_plan``),
+            'pipeline', 'data' (plans of that split only; re-planned when none fits) or
+            'tensor' (every matrix split over all sockets).
+        micro_batches: M per replica (None: chosen; inference at one sequence per replica is
+            never cut).
         schedule: 'gpipe' or '1f1b'.
+        virtual_stages: chunks of layers per pipeline socket (interleaved schedule when > 1).
+        recompute: activation recomputation in the backward (None: chosen when needed to fit).
+        batch: sequences in the step (None: the leading axis of the layer carry).
+        heads: attention heads, which a tensor-parallel degree must divide (None: unchecked).
         orchestration: 'software' (host launches) or 'hardware' (AGCU-sequenced launches).
         kernel_looping: a looped kernel's outer loop is pipelined (launch, sync, fill and drain
             paid once per call) when True, else every trip is a kernel call of its own.
     """
 
     sockets: int = 1
-    parallel: str = "pipeline"
+    parallel: str = "auto"
     micro_batches: int | None = None
     schedule: str = "1f1b"
+    virtual_stages: int = 1
+    recompute: bool | None = None
+    batch: int | None = None
+    heads: int | None = None
     orchestration: str = "software"
     kernel_looping: bool = True
 
     def __post_init__(self) -> None:
-        if self.sockets < 1:
-            raise ValueError(f"sockets must be >= 1, got {self.sockets}")
+        for name in ("sockets", "virtual_stages"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("micro_batches", "batch", "heads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
         if self.parallel not in PARALLEL:
             raise ValueError(f"parallel {self.parallel!r} unknown; allowed: {', '.join(PARALLEL)}")
         if self.orchestration not in ORCHESTRATION:
@@ -167,10 +185,18 @@ class ProgramPerf:
     overflow: list[int]  # tensors that fit no tier (reported, never hidden)
     notes: list[str]
     memory: MemoryPlan | None = None
+    works: list[KernelWork] = field(default_factory=list)  # what ``kernels`` were timed from
+    plan: rdu_plan.PlanTiming | None = None  # the multi-socket plan (None: one socket, tensor)
 
     @property
     def flops(self) -> float:
-        return sum(k.flops for k in self.kernels)
+        """FLOPs of the whole step on all sockets (``kernels`` hold one socket's share: one
+        tensor-parallel shard of one data-parallel replica)."""
+        if self.plan is not None:
+            shards = self.plan.plan.tensor * self.plan.plan.data
+        else:
+            shards = self.options.sockets if self.options.parallel == "tensor" else 1
+        return shards * sum(k.flops for k in self.kernels)
 
     @property
     def launches(self) -> float:
@@ -275,7 +301,18 @@ def program_work(graph: Graph, chip: ChipSpec, shards: int, placement_sockets: i
 
 
 def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> ProgramPerf:
-    """Time a lowered program on ``options.sockets`` sockets of ``chip``."""
+    """Time a lowered program on ``options.sockets`` sockets of ``chip``.
+
+    One socket: the kernels in order (planned like many sockets when its activations spill to
+    DDR: micro-batches may keep them in HBM). ``parallel='tensor'``: every kernel split over all
+    sockets with the layer all-reduces. Otherwise a tensor x pipeline x data plan
+    (``rdu_plan.choose_plan``); ``kernels`` are then one data-parallel replica's, every
+    micro-batch on every pipeline stage added up, on one tensor-parallel shard (the table), and
+    the step time comes from the plan's simulated schedule, update and all-reduce.
+
+    Raises:
+        ValueError: not an RDU, or no plan of the sockets fits their memory.
+    """
     if not isinstance(chip, ChipSpec):
         raise ValueError(f"{chip.name} is not an RDU; use cost.gpu for GPU baselines")
     P = options.sockets
@@ -283,17 +320,15 @@ def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> 
     kernels = [kernel_time(w, chip, options) for w in works]
     single = sum(k.time_s for k in kernels)
     notes = plan.notes()
-    spills = [k for k in kernels if k.spill_bytes > 0]
-    if spills:
-        notes.append(f"memory: SRAM overflow: {len(spills)} kernels' working set per tile "
-                     f"exceeds SRAM; {sum(k.spill_bytes for k in spills) / 1e9:.4g} GB spilled "
-                     "to HBM and back")
-    schedule = None
-    if P == 1:
+    schedule, timing = None, None
+    # One socket whose activations spill to DDR (or fit nowhere) is planned too: gradient
+    # accumulation over micro-batches may hold them in HBM.
+    spilled = any(plan.category_of.get(k) == "activations" for k in plan.spilled + plan.overflow)
+    if P == 1 and not (spilled and options.parallel == "auto"):
         step = single
     elif options.parallel == "tensor":
-        _, tp_works = program_work(graph, chip, P, P)
-        kernels = [kernel_time(w, chip, options) for w in tp_works]
+        _, works = program_work(graph, chip, P, P)
+        kernels = [kernel_time(w, chip, options) for w in works]
         step = sum(k.time_s for k in kernels)
         hop = chip.params.inter_socket_latency_seconds
         notes.append(f"tensor parallel over {P} sockets: work / {P}; per layer per pass "
@@ -301,10 +336,40 @@ def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> 
                      f"({math.ceil(math.log2(P))} hops x {hop:.3g} s on each layer's dependency "
                      "chain, ring bytes streamed with the pipeline)")
     else:
-        step, schedule, note = par.pipeline_parallel(graph, kernels, chip, options)
-        notes.append(note)
+        timing, plan_notes = rdu_plan.choose_plan(
+            graph, chip, options, lambda t: program_work(graph, chip, t, P)[1],
+            lambda w: kernel_time(w, chip, options))
+        works = program_work(graph, chip, timing.plan.tensor, P)[1]
+        kernels = timing.kernels()
+        step = timing.step_s
+        schedule = timing.schedule if timing.plan.pipeline > 1 else None
+        notes += plan_notes + rdu_plan.plan_lines(timing, chip)
+    notes += sram_notes(kernels, chip)
+    spills = [k for k in kernels if k.spill_bytes > 0]
+    if spills:
+        notes.append(f"memory: SRAM overflow: {len(spills)} kernels' working set per tile "
+                     f"exceeds SRAM; {sum(k.spill_bytes for k in spills) / 1e9:.4g} GB spilled "
+                     "to HBM and back")
     return ProgramPerf(chip, options, kernels, single, step, schedule, plan.tier_of,
-                       plan.overflow, notes, plan)
+                       plan.overflow, notes, plan, works, timing)
+
+
+def sram_notes(kernels: list[KernelPerf], chip: ChipSpec) -> list[str]:
+    """A note on kernels whose working set per tile is larger than one tile buffer: it is the
+    sum of every stage's output buffer for one tile (each stage writes its own PMUs), held over
+    the kernel's PMUs; only what exceeds the chip's SRAM spills (charged, see the spill note)."""
+    tile = chip.sram_bytes_per_pmu / 2
+    big = sorted((k for k in kernels if k.sram_per_tile > tile), key=lambda k: -k.sram_per_tile)
+    if not big:
+        return []
+    over = [k.name for k in big if k.sram_per_tile > chip.sram_bytes]
+    worst = ", ".join(f"{k.name} {k.sram_per_tile / 2**10:,.0f} KiB = "
+                      f"{math.ceil(k.sram_per_tile / tile)} buffers on {k.pmus} PMUs"
+                      for k in big[:3])
+    return [f"sram: {len(big)} kernels hold more than one {tile / 2**10:.0f} KiB tile per tile: "
+            f"the sum of their stages' output buffers, one per stage ({worst}); "
+            + (f"{', '.join(over)} exceed the chip's SRAM and spill" if over
+               else "all fit the chip's SRAM")]
 
 
 def assumptions(chip: ChipSpec, options: Options = Options()) -> list[str]:
@@ -335,6 +400,8 @@ def assumptions(chip: ChipSpec, options: Options = Options()) -> list[str]:
         f"mapping: {options.orchestration}-orchestrated launches "
         f"({gap:.3g} s per call), kernel looping {'on' if options.kernel_looping else 'off'}",
         f"mapping: {options.sockets} socket(s), {options.parallel} parallel"
-        + (f", {options.micro_batches or 4 * options.sockets} micro-batches, {options.schedule}"
-           if options.sockets > 1 and options.parallel == "pipeline" else ""),
+        + (f" (plan chosen by memory and time; {options.schedule} when pipelined; "
+           "micro-batches re-timed at their size; data-parallel gradient all-reduce "
+           "not overlapped; activations split over tensor-parallel sockets as with sequence "
+           "parallelism)" if options.sockets > 1 and options.parallel != "tensor" else ""),
     ]

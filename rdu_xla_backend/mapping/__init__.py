@@ -5,6 +5,8 @@
 - ``gathers``: index lists of a lowered gather, priced on a PMU.
 - ``pipeline``: stage balancing inside a fused kernel; micro-batch schedules across sockets.
 - ``placement``: three-tier memory (SRAM/HBM/DDR) by tensor role.
-- ``parallel``: tensor/pipeline/data-parallel plans across sockets.
+- ``stages``: which kernels a pipeline stage runs; the bytes a socket must hold.
+- ``parallel``: collectives, tensor x pipeline x data plans across sockets (whole layers per
+  stage, candidate plans, memory per socket).
 - ``gpu_plan``: a GPT training job on GPUs: TP/PP/DP plan, memory per GPU, plans that fit.
 """
