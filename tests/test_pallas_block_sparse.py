@@ -6,6 +6,10 @@ storing no block and rows storing one in every column), token counts that are no
 the token tile. The kernels are lowered for CUDA (Triton) without a device when JAX can.
 """
 
+import importlib.util
+import json
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -148,3 +152,28 @@ def test_kernels_lower_for_cuda_without_a_device(dtype, block):
     assert text.count("stablehlo.custom_call @__gpu$xla.gpu.triton") == 3
     assert exported.platforms == ("cuda",)
     assert [o.shape for o in exported.out_avals] == [(256, layout.shape[1]), x.shape, values.shape]
+
+
+def test_gpu_benchmark_tiny_smoke_run(tmp_path):
+    """benchmarks/gpu_block_sparse.py --tiny runs its real code path in interpret mode and writes
+    JSON whose sparse results match the masked dense product; without --tiny it refuses."""
+    bench = _load_benchmark()
+    if jax.default_backend() != "gpu":
+        assert bench.main(["--out", str(tmp_path / "no.json")]) == 2
+        assert not (tmp_path / "no.json").exists()
+    out = tmp_path / "tiny.json"
+    assert bench.main(["--tiny", "--skip-step", "--blocks", "32", "--densities", "0.5",
+                       "--rounds", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["device"] and result["block_sparse_kernel_bf16"] == "pallas"
+    [row] = result["linears"]
+    assert row["block"] == 32 and row["density"] == 0.5 and row["sparse_s"] > 0
+    assert row["max_rel_err"] < 2 ** -6  # bfloat16 results, float32 accumulation
+
+
+def _load_benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_block_sparse.py"
+    spec = importlib.util.spec_from_file_location("gpu_block_sparse", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
