@@ -22,6 +22,7 @@ Without a GPU (and without --tiny) it refuses.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -33,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparsetrain.config import load_recipe
+from sparsetrain.kernels import pallas_block_sparse
 from sparsetrain.models.attention import attention_kernel
 from sparsetrain.models.gpt import GPTSpec, build_model
 from sparsetrain.optim import make_optimizer
@@ -88,6 +90,14 @@ def sparse_fwd_bwd(x, values, layout, dy):
     return (y, *vjp(dy))
 
 
+@functools.partial(jax.jit, static_argnames="tile")
+def pallas_fwd_bwd(x, values, rows, dy, tile):
+    """The Pallas kernels with a given token tile (the --tiles sweep; Triton needs a GPU)."""
+    interpret = jax.default_backend() != "gpu"
+    y = pallas_block_sparse.forward(x, values, rows, interpret=interpret, tile=tile)
+    return (y, *pallas_block_sparse.backward(x, values, rows, dy, interpret=interpret, tile=tile))
+
+
 def _rel_err(got, want) -> float:
     got, want = jnp.asarray(got, jnp.float32), jnp.asarray(want, jnp.float32)
     return float(jnp.max(jnp.abs(got - want)) / jnp.maximum(jnp.max(jnp.abs(want)), 1e-30))
@@ -101,8 +111,9 @@ def sparse_error(x, values, layout, dy, outs) -> float:
     return max(_rel_err(g, r) for g, r in zip(outs, ref))
 
 
-def bench_linear(name, shape, tokens, block, densities, rounds) -> list[dict]:
-    """Rows of one linear shape: dense once, then every density, timed in the same rounds."""
+def bench_linear(name, shape, tokens, block, densities, rounds, tiles=()) -> list[dict]:
+    """Rows of one linear shape: dense once, then every density (and, per density, the Pallas
+    kernels at each token tile of `tiles`), timed in the same rounds."""
     key = jax.random.PRNGKey(0)
     kx, kw, kd = jax.random.split(key, 3)
     x = jax.random.normal(kx, (tokens, shape[0]), jnp.bfloat16)
@@ -116,6 +127,9 @@ def bench_linear(name, shape, tokens, block, densities, rounds) -> list[dict]:
         values = values.astype(jnp.bfloat16)
         cases[d] = (layout, values)
         runners[d] = (lambda l=layout, v=values: jax.block_until_ready(sparse_fwd_bwd(x, v, l, dy)))
+        for tile in tiles:
+            runners[d, tile] = (lambda r=layout.row_indices, v=values, t=tile:
+                                jax.block_until_ready(pallas_fwd_bwd(x, v, r, dy, t)))
     t = timed_rounds(runners, rounds)
     dense_flops = 3 * 2 * tokens * shape[0] * shape[1]
     rows = []
@@ -125,7 +139,8 @@ def bench_linear(name, shape, tokens, block, densities, rounds) -> list[dict]:
         rows.append({"linear": name, "shape": list(shape), "tokens": tokens, "block": block,
                      "density": layout.density, "dense_s": t["dense"], "sparse_s": t[d],
                      "speedup": t["dense"] / t[d], "dense_tflops": dense_flops / t["dense"] / 1e12,
-                     "sparse_tflops": flops / t[d] / 1e12, "max_rel_err": err})
+                     "sparse_tflops": flops / t[d] / 1e12, "max_rel_err": err,
+                     "pallas_s_by_tile": {tile: t[d, tile] for tile in tiles}})
     return rows
 
 
@@ -173,6 +188,9 @@ def main(argv=None) -> int:
     parser.add_argument("--linears", nargs="*", default=None, help="subset of the linear names")
     parser.add_argument("--blocks", type=int, nargs="*", default=None, help="subset of block sizes")
     parser.add_argument("--densities", type=float, nargs="*", default=None, help="other densities")
+    parser.add_argument("--tiles", type=int, nargs="*", default=None,
+                        help=f"also time the Pallas kernels at these token tiles "
+                             f"({list(pallas_block_sparse.TOKEN_TILES)})")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
     args = parser.parse_args(argv)
     if jax.default_backend() != "gpu" and not args.tiny:
@@ -184,6 +202,7 @@ def main(argv=None) -> int:
         sizes["shapes"] = {n: sizes["shapes"][n] for n in args.linears}
     sizes["blocks"] = tuple(args.blocks or sizes["blocks"])
     sizes["densities"] = tuple(args.densities or sizes["densities"])
+    sizes["tiles"] = tuple(args.tiles or ())
     rounds = args.rounds or (2 if args.tiny else 10)
     out = Path(args.out or ("benchmarks/results/gpu_block_sparse"
                             + ("_tiny" if args.tiny else "") + ".json"))
@@ -211,12 +230,16 @@ def run_linears(sizes: dict, rounds: int) -> list[dict]:
     rows = []
     for name, shape in sizes["shapes"].items():
         for block in sizes["blocks"]:
-            for r in bench_linear(name, shape, sizes["tokens"], block, sizes["densities"], rounds):
+            for r in bench_linear(name, shape, sizes["tokens"], block, sizes["densities"], rounds,
+                                  sizes["tiles"]):
                 rows.append(r)
                 print(f"| {name} | {shape[0]}x{shape[1]} | {block} | 1/{round(1 / r['density'])} | "
                       f"{r['dense_s'] * 1e3:.3f} | {r['sparse_s'] * 1e3:.3f} | {r['speedup']:.2f}x | "
                       f"{r['dense_tflops']:.1f} | {r['sparse_tflops']:.1f} | {r['max_rel_err']:.1e} |",
                       flush=True)
+                if r["pallas_s_by_tile"]:
+                    print("|   token tiles: " + ", ".join(
+                        f"{tile}: {sec * 1e3:.3f} ms" for tile, sec in r["pallas_s_by_tile"].items()))
     at_target = [r["speedup"] for r in rows if r["block"] == 64 and abs(r["density"] - 1 / 8) < 1e-9]
     if at_target:
         print(f"\ndensity 1/8, 64x64 blocks: sparse/dense fwd+bwd {min(at_target):.2f}x .. "

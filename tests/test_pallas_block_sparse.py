@@ -163,12 +163,13 @@ def test_gpu_benchmark_tiny_smoke_run(tmp_path):
         assert not (tmp_path / "no.json").exists()
     out = tmp_path / "tiny.json"
     assert bench.main(["--tiny", "--skip-step", "--blocks", "32", "--densities", "0.5",
-                       "--rounds", "1", "--out", str(out)]) == 0
+                       "--rounds", "1", "--tiles", "16", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["device"] and result["block_sparse_kernel_bf16"] == "pallas"
     [row] = result["linears"]
     assert row["block"] == 32 and row["density"] == 0.5 and row["sparse_s"] > 0
     assert row["max_rel_err"] < 2 ** -6  # bfloat16 results, float32 accumulation
+    assert list(row["pallas_s_by_tile"]) == ["16"] and row["pallas_s_by_tile"]["16"] > 0
 
 
 def _load_benchmark():

@@ -35,12 +35,19 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-# Token tiles tried, largest first: the tile must divide the (padded) token count. 128 rows x a
-# 64..128-wide block keeps a float32 accumulator of at most 64 KiB in registers per program
-# (4 warps); Triton's dot needs every tile dimension >= 16.
-TOKEN_TILES = (128, 64, 32, 16)
-NUM_WARPS = 4  # warps per program (Triton's default)
-NUM_STAGES = 3  # software-pipelining depth of the k loop (Triton's CUDA default)
+# Token tiles (rows of x per program). Chosen automatically: the largest of AUTO_TILES dividing
+# the token count (else the token count is padded to a multiple of 16); 256 may be asked for.
+# 128 rows x a 64..128-wide block keeps a float32 accumulator of at most 64 KiB in registers per
+# program; Triton's dot needs every tile dimension >= 16. Not tuned on a GPU yet:
+# benchmarks/gpu_block_sparse.py --tiles sweeps them.
+TOKEN_TILES = (256, 128, 64, 32, 16)
+AUTO_TILES = (128, 64, 32, 16)
+NUM_STAGES = 3  # software-pipelining depth of the block loops (Triton's CUDA default)
+
+
+def num_warps(tile: int, block) -> int:
+    """Warps per program: Triton's default 4, 8 once the float32 accumulator passes 64 KiB."""
+    return 4 if tile * max(block) <= 128 * 128 else 8
 
 
 def supports(block) -> bool:
@@ -53,7 +60,7 @@ def _token_tile(tokens: int, tile: int | None) -> int:
         if tile not in TOKEN_TILES:
             raise ValueError(f"tile: {tile} is not allowed; expected one of {list(TOKEN_TILES)}")
         return tile
-    return next((t for t in TOKEN_TILES if tokens % t == 0), TOKEN_TILES[-1])
+    return next((t for t in AUTO_TILES if tokens % t == 0), AUTO_TILES[-1])
 
 
 def _pad_tokens(a, tile: int):
@@ -61,8 +68,10 @@ def _pad_tokens(a, tile: int):
     return a if pad == 0 else jnp.pad(a, ((0, pad), (0, 0)))
 
 
-def _params(interpret: bool):
-    return None if interpret else pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+def _params(interpret: bool, tile: int, block):
+    if interpret:
+        return None
+    return pltriton.CompilerParams(num_warps=num_warps(tile, block), num_stages=NUM_STAGES)
 
 
 def _forward_kernel(rows_ref, x_ref, v_ref, y_ref, *, k: int, bk: int):
@@ -95,7 +104,7 @@ def forward(x2, values, rows, *, interpret: bool = False, tile: int | None = Non
         ],
         out_specs=pl.BlockSpec((bt, bn), lambda i, j: (i, j)),
         out_shape=jax.ShapeDtypeStruct((tp, nc * bn), x2.dtype),
-        compiler_params=_params(interpret),
+        compiler_params=_params(interpret, bt, (bk, bn)),
         interpret=interpret,
         name="block_sparse_forward",
     )(rows.astype(jnp.int32), xp, values)
@@ -173,7 +182,7 @@ def backward(x2, values, rows, dy, *, interpret: bool = False, tile: int | None 
         ],
         out_specs=pl.BlockSpec((bt, bk), lambda i, r: (i, r)),
         out_shape=jax.ShapeDtypeStruct((tp, n_in), x2.dtype),
-        compiler_params=_params(interpret),
+        compiler_params=_params(interpret, bt, (bk, bn)),
         interpret=interpret,
         name="block_sparse_dx",
     )(row_ptr, ids, dyp, vflat)
@@ -187,7 +196,7 @@ def backward(x2, values, rows, dy, *, interpret: bool = False, tile: int | None 
         ],
         out_specs=pl.BlockSpec((None, None, bk, bn), lambda j, s: (j, s, 0, 0)),
         out_shape=jax.ShapeDtypeStruct(values.shape, x2.dtype),
-        compiler_params=_params(interpret),
+        compiler_params=_params(interpret, bt, (bk, bn)),
         interpret=interpret,
         name="block_sparse_dvalues",
     )(rows, xp, dyp)
