@@ -37,12 +37,12 @@ from jax.experimental.pallas import triton as pltriton
 
 # Token tiles (rows of x per program). Chosen automatically: the largest of AUTO_TILES dividing
 # the token count (else the token count is padded to a multiple of 16); 256 may be asked for.
-# 128 rows x a 64..128-wide block keeps a float32 accumulator of at most 64 KiB in registers per
-# program; Triton's dot needs every tile dimension >= 16. Not tuned on a GPU yet:
-# benchmarks/gpu_block_sparse.py --tiles sweeps them.
+# 128 rows x a 64..128-wide block is a float32 accumulator of at most 64 KiB per program. Triton's
+# tl.dot needs every dimension >= 16 (triton-lang.org, triton.language.dot). Not tuned on a GPU
+# yet: benchmarks/gpu_block_sparse.py --tiles sweeps them.
 TOKEN_TILES = (256, 128, 64, 32, 16)
 AUTO_TILES = (128, 64, 32, 16)
-NUM_STAGES = 3  # software-pipelining depth of the block loops (Triton's CUDA default)
+NUM_STAGES = 3  # software-pipelining depth of the block loops (JAX's Triton default on CUDA)
 
 
 def num_warps(tile: int, block) -> int:
