@@ -143,7 +143,9 @@ def test_kernels_lower_for_cuda_without_a_device(dtype, block):
     kernels here; compiling that IR to PTX happens in XLA on a GPU and is not covered."""
     layout = _layout("unbalanced", 4, 3, 2, block)
     x, values, dy = _inputs(layout, 256, dtype)
-    fn = jax.jit(lambda x, v, r, dy: (pbs.forward(x, v, r), *pbs.backward(x, v, r, dy)))
+    tile = 256 if block == 128 else None  # 256 x 128 float32 accumulator: 8 warps
+    fn = jax.jit(lambda x, v, r, dy: (pbs.forward(x, v, r, tile=tile),
+                                      *pbs.backward(x, v, r, dy, tile=tile)))
     exported = export.export(
         fn, platforms=["cuda"],
         disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
@@ -178,3 +180,13 @@ def _load_benchmark():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_triton_refuses_blocks_that_supports_rejects():
+    """The reason for pbs.supports: Triton's lowering needs power-of-two tiles (48 is refused)."""
+    layout = random_balanced(jax.random.PRNGKey(0), (192, 192), (48, 48), 0.5)
+    x, values, _ = _inputs(layout, 64, jnp.bfloat16)
+    assert not pbs.supports(layout.block)
+    with pytest.raises(ValueError, match="power of 2"):
+        export.export(jax.jit(lambda x, v, r: pbs.forward(x, v, r)), platforms=["cuda"])(
+            x, values, layout.row_indices)
