@@ -43,7 +43,7 @@ from sparsetrain.sparsity import (block_sparse_matmul, dense_to_values, random_b
 from sparsetrain.sparsity.ops import kernel_backend, kernel_backend_info, use_kernel_backend
 from sparsetrain.train import ModelFunctions, init_state, make_train_step
 
-FULL = {  # the sizes
+FULL = {  # the GPU targets: GPT-3 13B linears, 8192 tokens
     "shapes": {"qkv": (5120, 15360), "attn_out": (5120, 5120), "mlp_up": (5120, 20480),
                "mlp_down": (20480, 5120)},
     "tokens": 8192, "blocks": (64, 128), "densities": (1 / 2, 1 / 4, 1 / 8, 1 / 16),
@@ -58,7 +58,7 @@ TINY = {  # seconds on a CPU in interpret mode: the same code paths, small sizes
                   "sparsity.block=32", "sparsity.density=0.5"],
 }
 REPO = Path(__file__).resolve().parents[1]
-TARGET_LINEAR = 5.0  # sparse/dense speed at density 1/8, 64x64 blocks (the target)
+TARGET_LINEAR = 5.0  # sparse/dense speed at density 1/8, 64x64 blocks (the product's GPU target)
 TARGET_STEP = 2.0  # sparse/dense gpt2-small step speed
 
 
