@@ -6,7 +6,7 @@ A thin runner over ``rdu_xla_backend.calibrate``: lowers the programs of every c
 validation row once (sparsetrain's recipes, through ``sparsetrain/rdu/calibration_programs``),
 runs the suite (one bounded fit over all cases, leave-one-out over the point cases, the
 never-fitted validation set) and writes benchmarks/results/calibration.{md,json,png}. Extra case
-groups (e.g. a GPU training table) join with ``--group module:function``: the function takes the
+groups join with ``--group module:function`` (Megatron-LM Table 1 is always in): the function takes the
 lowering builder and returns a ``suite.Group``. About 2-3 minutes on 2 cores.
 """
 
@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rdu_xla_backend.calibrate import cases, programs, suite, tables, validation  # noqa: E402
+from rdu_xla_backend.calibrate import (  # noqa: E402
+    cases, megatron, programs, suite, tables, validation)
 from sparsetrain.rdu.calibration_programs import recipe_program  # noqa: E402
 
 
@@ -94,11 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     graphs = programs.build_graphs(recipe_program, {**cases.PROGRAMS, **validation.PROGRAMS})
-    groups = [cases.group(graphs)]
+    groups = [cases.group(graphs), megatron.group()]
     for spec in args.group:
         module, fn = spec.split(":")
         groups.append(getattr(importlib.import_module(module), fn)(recipe_program))
-    result = suite.run(groups, programs.CHIPS, validation.make_validation(graphs),
+    result = suite.run(groups, programs.CHIPS,
+                       validation.make_validation(graphs) + megatron.validation_cases(),
                        iters=args.iters, loo_iters=args.loo_iters)
     text = tables.markdown(result, coe_lines(graphs, suite.chips_with(result, programs.CHIPS)))
     print(text)

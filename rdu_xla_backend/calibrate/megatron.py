@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rdu_xla_backend import hardware as hw
+from rdu_xla_backend.calibrate import suite
 from rdu_xla_backend.calibrate.fit import Case, Param
 from rdu_xla_backend.cost import gpu_training
 from rdu_xla_backend.mapping import gpu_plan as gp
@@ -111,3 +112,15 @@ def megatron_cases(chip_key: str = "a100", rows=ROWS, source: str = SOURCE) -> l
                  (lambda chips, r=r: estimate_tflops(r, chips[chip_key])),
                  "the published point")
             for r in rows]
+
+
+def group(builder=None) -> suite.Group:
+    """The Table 1 rows as a calibration group with the GPU parameters they inform (the rows are
+    built from their shapes: ``builder`` is not needed)."""
+    return suite.Group("Megatron-LM Table 1 (GPT training on A100s)", megatron_cases(),
+                       list(PARAMS))
+
+
+def validation_cases() -> list[Case]:
+    """Megatron-LM measurements outside Table 1: never fitted."""
+    return megatron_cases(rows=VALIDATION_ROWS, source=VALIDATION_SOURCE)

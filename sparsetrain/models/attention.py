@@ -10,10 +10,14 @@ causal mask) v with float32 softmax.
   the backward, which recomputes the probabilities. Used for float32 on one CPU device when the
   library was built, under the same rules and switches as block_sparse_matmul's compiled kernel
   (`sparsity.ops.kernel_backend`, `SPARSETRAIN_KERNEL=jax`, `use_kernel_backend`).
-- `jax.nn.dot_product_attention(is_causal=True)` otherwise: bfloat16, GPU/TPU, a mesh of several
-  devices (the custom call has no partitioning rule), and while the RDU backend traces a program
-  (`rdu_xla_backend.workload.lowering.is_tracing()`: it costs attention from its dataflow operators).
-  It is also the reference the compiled kernel is tested against.
+- On a GPU backend, bfloat16/float16: `jax.nn.dot_product_attention(implementation="cudnn")`
+  (cuDNN's fused flash attention, causal) when cuDNN takes the operands; JAX checks that while
+  tracing and raises for a missing cuDNN, an unsupported head_dim or GPU, and then the XLA
+  implementation below runs instead.
+- `jax.nn.dot_product_attention(is_causal=True)` (XLA) otherwise: bfloat16 on CPU, float32 on a
+  GPU, TPU, a mesh of several devices (the custom call has no partitioning rule), and while the
+  RDU backend traces a program (`rdu_xla_backend.workload.lowering.is_tracing()`: it costs attention from
+  its dataflow operators). It is also the reference the compiled kernel is tested against.
 
 The compiled forward and backward are the named calls `causal_attention_forward` and
 `causal_attention_backward`.
@@ -29,12 +33,26 @@ import jax.numpy as jnp
 from sparsetrain.sparsity import cpu_kernel, ops
 
 
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)  # cuDNN flash attention takes 16-bit operands only
+
+
 def attention_kernel(dtype=jnp.float32) -> str:
-    """'ffi' (compiled CPU kernel) or 'jax': the kernel a causal_attention call traced now runs."""
+    """'ffi' (compiled CPU kernel), 'cudnn' (tried first on a GPU) or 'jax': the kernel a
+    causal_attention call traced now runs."""
     lowering = sys.modules.get("rdu_xla_backend.workload.lowering")
     if lowering is not None and lowering.is_tracing():
         return "jax"
-    return ops.kernel_backend(dtype)
+    if jax.default_backend() == "gpu":
+        return "cudnn" if jnp.dtype(dtype) in CUDNN_DTYPES else "jax"
+    return "ffi" if ops.kernel_backend(dtype) == "ffi" else "jax"
+
+
+def cudnn_or_xla_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Causal attention by cuDNN when it takes these operands, else by XLA (same math)."""
+    try:
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+    except (RuntimeError, ValueError, NotImplementedError, TypeError):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
 
 
 @jax.jit
@@ -69,6 +87,9 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     if q.shape != k.shape or q.shape != v.shape or q.ndim != 4:
         raise ValueError(f"q, k, v: shapes {q.shape}, {k.shape}, {v.shape} are not allowed; "
                          "expected three equal (B, T, heads, head_dim) shapes")
-    if attention_kernel(q.dtype) == "ffi" and cpu_kernel.AVAILABLE:
+    kernel = attention_kernel(q.dtype)
+    if kernel == "ffi" and cpu_kernel.AVAILABLE:
         return _compiled(q, k, v)
+    if kernel == "cudnn":
+        return cudnn_or_xla_attention(q, k, v)
     return jax.nn.dot_product_attention(q, k, v, is_causal=True)

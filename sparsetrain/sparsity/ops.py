@@ -18,10 +18,12 @@ Every FLOP touches a stored block, so forward and backward cost scale with densi
 Loops are unrolled (XLA:CPU then runs independent dots concurrently on its threads and its cost
 analysis counts each one) up to MAX_UNROLL_DOTS dots, beyond that a loop over unrolled groups.
 
-Two kernels, one API: float32 on a single CPU device runs the compiled kernel of cpu_kernel.py
-(XLA FFI, built at `pip install`) when it was built; everything else (bfloat16, other platforms,
-several devices, no compiled library, or SPARSETRAIN_KERNEL=jax) runs the pure-JAX kernel above, which is also the
-reference the compiled one is tested against. The choice is made when a call is traced;
+Three kernels, one API: float32 on a single CPU device runs the compiled kernel of cpu_kernel.py
+(XLA FFI, built at `pip install`) when it was built; a single GPU runs the Pallas (Triton) kernels
+of sparsetrain/kernels/pallas_block_sparse.py (float32 and bfloat16); everything else (bfloat16 on
+CPU, other platforms, several devices, no compiled library, or SPARSETRAIN_KERNEL=jax) runs the
+pure-JAX kernel above, which is also the reference the others are tested against. "pallas" forced
+off a GPU runs the same kernels in Pallas interpret mode (slow; for tests). The choice is made when a call is traced;
 `kernel_backend(dtype)` says which one a call traces now, `KERNEL_BACKEND` which one float32 on
 CPU uses by default, and `use_kernel_backend("jax")` forces one for the calls traced inside it.
 Both are the named calls block_sparse_matmul_forward/_backward below, with the same operands.
@@ -37,6 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sparsetrain.kernels import pallas_block_sparse
 from sparsetrain.sparsity import cpu_kernel
 from sparsetrain.sparsity.layout import BlockLayout
 
@@ -220,11 +223,18 @@ _CALLS = {
                         "block_sparse_matmul_forward", _FORWARD_DOC),
             _named_call(lambda x2, values, rows, dy: cpu_kernel.backward(x2, values, rows, dy),
                         "block_sparse_matmul_backward", _BACKWARD_DOC)),
+    # Triton on a GPU backend, Pallas' interpreter elsewhere (decided when the call is traced).
+    "pallas": (_named_call(lambda x2, values, rows: pallas_block_sparse.forward(
+                               x2, values, rows, interpret=jax.default_backend() != "gpu"),
+                           "block_sparse_matmul_forward", _FORWARD_DOC),
+               _named_call(lambda x2, values, rows, dy: pallas_block_sparse.backward(
+                               x2, values, rows, dy, interpret=jax.default_backend() != "gpu"),
+                           "block_sparse_matmul_backward", _BACKWARD_DOC)),
 }
 
 # ----------------------------------------------------------------------------- kernel choice
 
-BACKENDS = ("auto", "ffi", "jax")
+BACKENDS = ("auto", "ffi", "jax", "pallas")
 
 
 def _check_backend(name: str, what: str) -> str:
@@ -240,14 +250,19 @@ _preferred = _check_backend(os.environ.get("SPARSETRAIN_KERNEL", "auto"), "SPARS
 
 
 def kernel_backend(dtype=jnp.float32) -> str:
-    """'ffi' (compiled CPU kernel) or 'jax' (pure JAX): the kernel a call traced now runs.
+    """'ffi' (compiled CPU kernel), 'pallas' (GPU kernels) or 'jax' (pure JAX): the kernel a call
+    traced now runs.
 
-    'auto' takes the compiled kernel for float32 on a single CPU device. With several devices it
-    keeps pure JAX: the custom call has no partitioning rule, so under a mesh XLA would run the
-    whole product replicated on every device (correct, but each device does all the work).
-    use_kernel_backend("ffi") takes it anyway.
+    'auto' takes the compiled kernel for float32 on a single CPU device and the Pallas kernels on a
+    single GPU. With several devices it keeps pure JAX: neither custom call has a partitioning
+    rule, so under a mesh XLA would run the whole product replicated on every device (correct, but
+    each device does all the work). use_kernel_backend("ffi"/"pallas") takes one anyway.
     """
-    if _preferred == "jax" or not cpu_kernel.AVAILABLE:
+    if _preferred in ("jax", "pallas"):
+        return _preferred
+    if _preferred == "auto" and jax.default_backend() == "gpu":
+        return "pallas" if jax.device_count() == 1 else "jax"
+    if not cpu_kernel.AVAILABLE:
         return "jax"
     if jnp.dtype(dtype) != jnp.float32 or jax.default_backend() != "cpu":
         return "jax"
@@ -259,14 +274,28 @@ def kernel_backend(dtype=jnp.float32) -> str:
 def _cpu_float32_backend() -> str:
     # No jax.default_backend() here: it would initialise XLA at import, before a program can set
     # its device count.
-    return "ffi" if _preferred != "jax" and cpu_kernel.AVAILABLE else "jax"
+    if _preferred in ("jax", "pallas"):
+        return _preferred
+    return "ffi" if cpu_kernel.AVAILABLE else "jax"
 
 
 KERNEL_BACKEND = _cpu_float32_backend()  # kernel of float32 calls on CPU; see use_kernel_backend
 
 
+PALLAS_DESCRIPTION = "Pallas Triton kernels (sparsetrain.kernels.pallas_block_sparse)"
+
+
 def kernel_backend_info() -> str:
-    """One line naming the kernel of float32 calls on CPU, and why the compiled one is not used."""
+    """One line naming the kernel of float32 calls on this backend, and why another is not used.
+
+    On a GPU backend: the Pallas kernels (or why not); elsewhere the CPU kernel choice.
+    """
+    if _preferred == "pallas" or (_preferred == "auto" and jax.default_backend() == "gpu"):
+        which = kernel_backend(jnp.float32)
+        if which == "pallas":
+            mode = "Triton" if jax.default_backend() == "gpu" else "interpret mode, no GPU"
+            return f"pallas: {PALLAS_DESCRIPTION}, {mode}"
+        return f"jax: pure-JAX kernel ({PALLAS_DESCRIPTION} not used on {jax.device_count()} devices)"
     if KERNEL_BACKEND == "ffi":
         return f"ffi: {cpu_kernel.DESCRIPTION}"
     why = ("disabled by SPARSETRAIN_KERNEL=jax or use_kernel_backend" if cpu_kernel.AVAILABLE
@@ -276,7 +305,7 @@ def kernel_backend_info() -> str:
 
 @contextlib.contextmanager
 def use_kernel_backend(name: str):
-    """Trace block_sparse_matmul calls inside with kernel `name` ('auto', 'ffi' or 'jax').
+    """Trace block_sparse_matmul calls inside with kernel `name` ('auto', 'ffi', 'jax', 'pallas').
 
     The choice is fixed when a call is traced: a function jitted (and traced) before keeps its
     kernel. 'ffi' raises ValueError when the compiled kernel is unavailable.
@@ -326,7 +355,10 @@ def block_sparse_matmul(x, values, layout: BlockLayout):
     lead = x.shape[:-1]
     x2 = x.reshape(-1, layout.shape[0])
     rows = layout.row_indices.astype(jnp.int32)
-    y = _bsmm(x2, values, rows, kernel_backend(x.dtype))
+    backend = kernel_backend(x.dtype)
+    if backend == "pallas" and not pallas_block_sparse.supports(layout.block):
+        backend = "jax"  # Triton tiles must be powers of two
+    y = _bsmm(x2, values, rows, backend)
     return y.reshape(*lead, layout.shape[1])
 
 
