@@ -38,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
         if args.samples > 1:
             print(f"--- sample {i + 1}")
         print(args.prompt + tokenizer.decode(row.tolist()))
-    print(f"({out.size} tokens in {seconds:.2f} s with the KV cache, step {meta['step']} of "
-          f"{args.run_dir})", file=sys.stderr)
+    print(f"({out.size} tokens in {seconds:.2f} s with the KV cache, compiles included, "
+          f"step {meta['step']} of {args.run_dir})", file=sys.stderr)
     return 0
 
 
