@@ -1,4 +1,4 @@
-"""Evaluation: bits per byte of a known distribution equal its entropy; sampling; the eval command."""
+"""Evaluation: bits per byte of a known distribution equal its entropy; the eval command."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import pytest
 import yaml
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from conftest import tiny_recipe
 from sparsetrain.cli import main
@@ -104,6 +104,28 @@ def test_exported_directory_loads_in_transformers(imported, tmp_path):
     np.testing.assert_allclose(theirs, REFERENCE["logits"], rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
     tok = transformers.AutoTokenizer.from_pretrained(exported)
     assert tok.eos_token == "<|endoftext|>" and len(tok) == 320
+
+
+def test_the_hub_gpt2_layout_is_read_the_same(tmp_path):
+    """openai-community/gpt2 saves GPT2Model names (no `transformer.`), the causal-mask buffers
+    `h.{i}.attn.bias`, and only vocab.json + merges.txt in older snapshots."""
+    src = tmp_path / "hub"
+    shutil.copytree(FIXTURE, src)
+    tensors = load_file(str(src / "model.safetensors"))
+    hub = {n.removeprefix("transformer."): a for n, a in tensors.items()}
+    hub.update({f"h.{i}.attn.bias": np.tril(np.ones((1, 1, 64, 64), np.float32)) for i in range(2)})
+    save_file(hub, str(src / "model.safetensors"))
+    tok = json.loads((FIXTURE / "tokenizer.json").read_text())["model"]
+    (src / "vocab.json").write_text(json.dumps(tok["vocab"]))
+    (src / "merges.txt").write_text("#version: 0.2\n" + "\n".join(
+        m if isinstance(m, str) else " ".join(m) for m in tok["merges"]) + "\n")
+    (src / "tokenizer.json").unlink()
+    hf = hf_gpt2.read_config(src)
+    ours, theirs = hf_gpt2.read_weights(src, hf), hf_gpt2.read_weights(FIXTURE, hf)
+    assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+    text = "Shall I compare thee to a summer's day?"
+    assert (hf_gpt2.read_tokenizer(src, 320).encode(text).ids
+            == hf_gpt2.read_tokenizer(FIXTURE, 320).encode(text).ids)
 
 
 def _edit_config(src: Path, **changes) -> None:
