@@ -58,8 +58,11 @@ def _extra_commands():
     from sparsetrain.compare import register as compare
     from sparsetrain.emulate import register as emulate
     from sparsetrain.evaluate import register as evaluate
+    from sparsetrain.commands.import_hf import register as import_hf
+    from sparsetrain.commands.export_hf import register as export_hf
+    from sparsetrain.commands.generate import register as generate
 
-    return [emulate, evaluate, compare]
+    return [emulate, evaluate, compare, import_hf, export_hf, generate]
 
 
 def _memory_plan(cfg, mesh_text: str, device: str) -> dict:

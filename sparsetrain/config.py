@@ -65,6 +65,12 @@ class ModelConfig:
                              "still traced once): faster steps on XLA:CPU, no stacked per-layer "
                              "residual copies; false keeps a rolled loop (compile time independent "
                              "of depth)")
+    embd_dropout: float = _f(0.0, "dropout rate on token + position embeddings while training, [0, 1) "
+                             "(GPT-2 fine-tuning: 0.1); evaluation and generation never drop")
+    attn_dropout: float = _f(0.0, "dropout rate on the attention probabilities while training, [0, 1) "
+                             "(> 0 runs attention as plain XLA ops, not the fused kernel)")
+    resid_dropout: float = _f(0.0, "dropout rate on each attention and MLP output before the residual "
+                              "add while training, [0, 1)")
 
 
 @dataclass

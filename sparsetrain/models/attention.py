@@ -93,3 +93,20 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     if kernel == "cudnn":
         return cudnn_or_xla_attention(q, k, v)
     return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+
+
+def causal_attention_dropout(q: jax.Array, k: jax.Array, v: jax.Array, rate: float,
+                             key: jax.Array) -> jax.Array:
+    """Causal attention with dropout on the probabilities (training GPT-2 style), plain XLA ops.
+
+    q, k, v: (B, T, heads, head_dim) -> (B, T, heads, head_dim). Scores and softmax in float32;
+    each probability is zeroed with probability `rate` and the rest scaled by 1 / (1 - rate).
+    """
+    T, hd = q.shape[1], q.shape[-1]
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(hd))
+    s = jnp.where(jnp.tril(jnp.ones((T, T), bool)), s, jnp.finfo(jnp.float32).min)
+    p = jax.nn.softmax(s, axis=-1)
+    keep = jax.random.bernoulli(key, 1.0 - rate, p.shape)
+    p = jnp.where(keep, p / (1.0 - rate), 0.0)
+    return jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v,
+                      preferred_element_type=jnp.float32).astype(q.dtype)
