@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/emulate_speed.py
 
-Targets (issue 5): the 13B estimate in <= 30 s wall and <= 2 GB on 2 cores; executing the tiny
+Targets: the 13B estimate in <= 30 s wall and <= 2 GB on 2 cores; executing the tiny
 sparse GPT step through the emulator <= 5x the plain XLA step time.
 """
 
@@ -35,8 +35,8 @@ def tiny_functional(repeats: int = 20) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from rdu_xla_backend.emulator.execute import execute
-    from sparsetrain.rdu.programs import lower_program as lower
+    from rdu_xla_backend.execute import execute
+    from sparsetrain.rdu.programs import lower_program, program_roles
     from sparsetrain.config import load_recipe
     from sparsetrain.models.gpt import GPTSpec, build_model
     from sparsetrain.training.optim import make_optimizer
@@ -52,7 +52,7 @@ def tiny_functional(repeats: int = 20) -> dict:
              for k in ("tokens", "targets")}
     step = make_train_step(fns, tx, schedule)
     xla = jax.jit(lambda s, b: step(s, b))
-    graph = lower(step, state, batch)
+    graph = lower_program(step, state, batch, roles=program_roles("train"))
     jax.block_until_ready(xla(state, batch))
     jax.block_until_ready(execute(graph, state, batch, timed=False)[0])
 

@@ -1,18 +1,31 @@
 """Chips as data: RDU sockets (SN10, SN30, SN40L) and GPU baselines (A100, H100).
 
 Adding a chip is adding an instance below, not code. Every public number carries its source in a
-comment (sources are listed in ``shared/research/hardware.md``):
+comment, by a short tag:
 
-- [SN40L] Prabhakar et al., "SambaNova SN40L", MICRO 2024, arXiv 2405.07518 (Table II).
+- [SN40L] Prabhakar et al., "SambaNova SN40L: Scaling the AI Memory Wall with Dataflow and
+  Composition of Experts", MICRO 2024, arXiv 2405.07518.
+- [KL]    Koeplinger et al., "Kernel Looping: Eliminating Synchronization Boundaries for Peak
+  Inference Performance", arXiv 2410.23668.
+- [SP]    Srinivasan et al., "Training Large Language Models Efficiently with Sparsity and
+  Dataflow", arXiv 2304.05511.
+- [MEG]   Narayanan et al., "Efficient Large-Scale Language Model Training on GPU Clusters Using
+  Megatron-LM", SC21, arXiv 2104.04473.
 - [HC24]  SN40L talk at Hot Chips 2024 (as reported by the tech press).
+- [PLAST] Prabhakar et al., "Plasticine: A Reconfigurable Architecture for Parallel Patterns",
+  ISCA 2017.
 - [SN10]  SN10 RDU, ISSCC 2022 and press.  [SN30] press.
-- [A100], [H100] NVIDIA SXM datasheets.
+- [A100], [H100] NVIDIA SXM datasheets and architecture whitepapers; DGX A100 / DGX H100
+  system datasheets (8 GPUs per node, one 200 / 400 Gb/s InfiniBand NIC per GPU).
+- [ACT] Korthikanti et al., "Reducing Activation
+  Recomputation in Large Transformer Models", arXiv 2205.05198.  [ZERO] Rajbhandari et al.,
+  arXiv 1910.02054 (16 bytes per parameter for mixed-precision Adam).
 
 Values the public record does not give (PCU lanes and stages, PMU banks, exact clock, inter-socket
-bandwidth, launch costs, GPU achievable fractions) live in ``ModelParameters`` /
-``GpuParameters``: named, with stated defaults, marked "not public: assumed/fitted", and listed by
-``assumptions(chip)``. A calibration suite may replace them (``dataclasses.replace``); nothing else
-in the backend may hide a constant of this kind.
+bandwidth, launch costs, achievable fractions) live in ``ModelParameters`` / ``GpuParameters``:
+named, with stated defaults, each with a plausible range and its public source in ``RANGES``, and
+listed by ``assumptions(chip)``. A calibration suite may replace them within those ranges
+(``dataclasses.replace``); nothing else in the backend may hide a constant of this kind.
 
 Units everywhere: bytes, seconds, bytes/s, FLOP/s, Hz.
 """
@@ -28,13 +41,16 @@ MiB = 2**20
 
 @dataclass(frozen=True)
 class ModelParameters:
-    """RDU values that are not public. Every field: not public, assumed, or fitted once to the
-    published measurements by ``benchmarks/calibration.py`` (the fitted ones say so, with the
-    value assumed before fitting in brackets; the calibration starts from those).
+    """RDU values that are not public. Every field is named here with its default (assumed, or
+    fitted by benchmarks/calibration.py: ``calibrate.suite`` fits a subset jointly to published
+    measurements, starting from the assumed value in brackets) and has a physically plausible
+    range with its public source in ``RANGES``
+    (``"rdu.<field>"``): a fit is bounded to that range, and a value that ends at a bound is
+    reported as a missing mechanism, never accepted as a fit.
 
-    The defaults are chosen to be consistent with the public peak: with 32 lanes x 6 stages per PCU
-    doing one multiply-add per lane-stage per cycle, SN40L's 638 TFLOP/s over 1040 PCUs needs a
-    1.60 GHz clock, inside the public bound "< 2 GHz" [SN40L].
+    The structural defaults are consistent with the public peak: with 32 lanes x 6 stages per
+    PCU doing one multiply-add per lane-stage per cycle, SN40L's 638 TFLOP/s over 1040 PCUs needs
+    a 1.60 GHz clock, inside the public bound "< 2 GHz" [SN40L].
     """
 
     simd_lanes_per_pcu: int = 32  # not public: assumed (Plasticine had 16 lanes [PLAST])
@@ -43,32 +59,28 @@ class ModelParameters:
     bank_word_bytes: int = 4  # not public: assumed, bytes a bank serves per cycle
     # None: derived so that peak = 2 * PCUs * lanes * stages * clock (see ChipSpec.clock_hz).
     clock_hz: float | None = None  # not public: assumed/derived ("< 2 GHz" for SN40L [SN40L])
-    # Fitted: benchmarks/calibration.py (one fit over all published cases; the value assumed
-    # before fitting in brackets).
-    inter_socket_bytes_per_s: float = 147 * GB  # not public: fitted [100 GB/s], per socket each way
-    launch_seconds_software: float = 26.75e-6  # not public: fitted [10 us], host-orchestrated gap
-    launch_seconds_hardware: float = 0.134e-6  # not public: fitted [1 us], AGCU-orchestrated gap
+    # Peer link between sockets, per socket and direction (not public).
+    inter_socket_bytes_per_s: float = 80.7 * GB  # not public: fitted [100 GB/s]
+    # Gap between kernel calls: host-orchestrated (a host round trip and synchronisation per
+    # call) or AGCU-orchestrated (the on-chip sequencer starts the next call) [SN40L].
+    launch_seconds_software: float = 18.6e-6  # not public: fitted [10 us]
+    launch_seconds_hardware: float = 1.30e-6  # not public: fitted [1 us]
     host_link_bytes_per_s: float = 32 * GB  # not public: assumed, PCIe 4 x16-class link
     # Fraction of the public HBM / DDR peak a streaming kernel (or a DDR -> HBM copy) reaches.
-    hbm_efficiency: float = 0.998  # not public: fitted [0.9] ([SN40L]: > 85% used in decode)
-    ddr_efficiency: float = 0.996  # not public: fitted [0.9] (public DDR: "over 200 GB/s")
-    # Fraction of that streaming bandwidth a kernel call sustains when its calls are NOT looped
-    # (kernel looping off, or a kernel of a single trip): each call starts cold, so its weight
-    # loads cannot be prefetched across the call boundary (during the previous call's drain)
-    # and its pipeline ramps its outstanding memory requests up and down inside the call; a
-    # looped kernel's outer loop streams the next trip's bytes continuously. The loss scales
-    # with the bytes a call streams, not with the number of calls ([KL]: up to 2.2x decode on
-    # one socket, where a layer streams ~0.45 GB, while [SN40L]'s unlooped 16-socket decode at
-    # ~29 MB per socket per layer leaves room for only ~14 us of fixed cost per layer).
-    unlooped_stream_efficiency: float = 0.526  # not public: fitted [0.7]
+    hbm_efficiency: float = 0.898  # not public: fitted [0.9] ([SN40L]: > 85% used in decode)
+    ddr_efficiency: float = 0.810  # not public: fitted [0.8] (STREAM-class DDR5 efficiency)
+    # [SN40L] gives the DDR bandwidth as a lower bound ("over 200 GB/s"): the true peak is
+    # this factor times the figure in ``ChipSpec.ddr_bytes_per_s`` (>= 1 by the paper's
+    # wording; for SN10/SN30, whose figure is itself assumed, it scales the assumption).
+    ddr_peak_factor: float = 1.23  # not public: fitted [1.2]
     # Latency of a kernel call's first off-chip access (HBM/DDR latency through the AGCU): a call
-    # cannot prefetch before it starts, a pipelined loop pays it once.
-    offchip_latency_seconds: float = 1e-6  # not public: assumed
+    # cannot prefetch before it starts, a pipelined (looped) kernel pays it once.
+    offchip_latency_seconds: float = 1.21e-6  # not public: fitted [1 us]
     # Cycles a tile spends in one pipeline stage beyond its work (network hops, PCU pipeline
     # depth): adds to a kernel's fill and drain.
     stage_latency_cycles: float = 32.0  # not public: assumed
     # One hop of a collective between sockets (a recursive-doubling all-reduce takes log2(P)).
-    inter_socket_latency_seconds: float = 0.132e-6  # not public: fitted [1 us]
+    inter_socket_latency_seconds: float = 1.82e-6  # not public: fitted [1 us]
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -77,6 +89,9 @@ class ModelParameters:
                 raise ValueError(f"ModelParameters.{f.name} must be > 0, got {value!r}")
             if f.name.endswith("efficiency") and value > 1:
                 raise ValueError(f"ModelParameters.{f.name} must be <= 1, got {value!r}")
+        if self.ddr_peak_factor < 1:
+            raise ValueError("ModelParameters.ddr_peak_factor must be >= 1 ([SN40L]: DDR "
+                             f"bandwidth 'over 200 GB/s'), got {self.ddr_peak_factor!r}")
 
 
 @dataclass(frozen=True)
@@ -169,15 +184,43 @@ class ChipSpec:
 
 @dataclass(frozen=True)
 class GpuParameters:
-    """GPU-baseline values that are not datasheet numbers: assumed, to be fitted."""
+    """GPU-baseline values that are not datasheet numbers. Each field: its plausible range with
+    a public source (``RANGES``); the calibration searches inside that range only.
 
-    # Fitted: benchmarks/calibration.py (assumed before fitting in brackets).
-    launch_sync_seconds: float = 3.88e-6  # not public: fitted [5 us]; community: 3-7 us
-    achievable_compute_fraction: float = 0.508  # not public: fitted [0.7], large dense matmul
-    achievable_bandwidth_fraction: float = 0.932  # not public: fitted [0.8], streaming HBM
+    Sources: [CUBLAS] NVIDIA "Matrix Multiplication Background" user's guide (tile and wave
+    quantisation; large BF16/FP16 GEMMs on A100 reach roughly 75-85% of the tensor peak in
+    isolation at the boost clock; the lower end allows for 2021 library versions and the
+    sustained clock of a full node under its 400 W power cap);
+    [FA2] Dao, "FlashAttention-2", arXiv 2307.08691 (50-73% of the A100 peak forward, lower
+    backward); [NCCL] nccl-tests on DGX A100 (all-reduce bus bandwidth about 230 GB/s of the
+    300 GB/s NVLink per direction; about 22-24 GB/s of a 25 GB/s HDR NIC); [STREAM]
+    BabelStream-class copy kernels on A100 reach 85-93% of the HBM peak.
+    """
+
+    # Fitted by benchmarks/calibration.py within ``RANGES`` ("gpu.<field>": range, source, the
+    # value assumed before fitting, also in brackets).
+    launch_sync_seconds: float = 3.79e-6  # not public: fitted [5 us]; community: 3-7 us
+    # Fraction of the tensor-core peak the best-shaped large GEMM reaches (one full wave of
+    # large tiles, long K): the ceiling of ``gpu_kernels.gemm_efficiency`` [CUBLAS].
+    achievable_compute_fraction: float = 0.69  # not public: fitted [0.75]
+    achievable_bandwidth_fraction: float = 0.874  # not public: fitted [0.88], streaming HBM
     # Host links a DGX uses at once to copy one model into its GPUs (DGX A100 system
     # architecture: 4 PCIe switches, 2 GPUs each; the DGX H100 topology is taken the same).
-    host_copy_links: float = 1.27  # not public: fitted [4]
+    host_copy_links: float = 2.21  # not public: fitted [2]
+    # Fraction of a PCIe link's peak a pinned host -> GPU copy reaches (bandwidthTest-class).
+    pcie_copy_efficiency: float = 0.798  # not public: fitted [0.8]
+    # Fraction of the per-direction NVLink / NIC bandwidth a NCCL collective reaches (bus
+    # bandwidth / link bandwidth) [NCCL].
+    collective_bandwidth_fraction: float = 0.85  # not public: fitted [0.8]
+    # Fraction of the tensor-core peak a fused (FlashAttention-2-style) attention kernel
+    # reaches, forward and backward together [FA2].
+    flash_attention_fraction: float = 0.55  # not public: assumed
+    # K-loop iterations' worth of time a GEMM tile spends outside its main loop (prologue:
+    # first loads; epilogue: writing the tile): a tile over K takes (K / k_tile + this) steps.
+    gemm_tile_overhead_steps: float = 4.0  # not public: assumed
+    # Memory a GPU cannot give to the model: CUDA context, NCCL buffers, allocator
+    # fragmentation (bytes).
+    reserved_bytes: float = 4e9  # not public: assumed
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -190,17 +233,21 @@ class GpuParameters:
 
 @dataclass(frozen=True)
 class GpuSpec:
-    """One GPU of the kernel-by-kernel baseline."""
+    """One GPU of the baseline, and the node it sits in (a DGX)."""
 
     name: str
     peak_bf16_flops: float  # FLOP/s, dense tensor core BF16
     hbm_bytes: float
     hbm_bytes_per_s: float
     l2_bytes: float
-    nvlink_bytes_per_s: float
+    nvlink_bytes_per_s: float  # both directions together (the datasheet figure)
     host_link_bytes_per_s: float
     sector_bytes: int = 32  # CUDA C++ Best Practices Guide: global memory moves in 32-byte sectors
     peak_fp32_flops: float = 0.0  # FLOP/s of non-tensor-core FP32 (element-wise ops); 0: unknown
+    sms: int = 108  # streaming multiprocessors (A100 whitepaper: 108 SMs on the SXM4 part)
+    l2_bytes_per_s: float = 7.2 * TB  # L2 read bandwidth (A100 whitepaper: 5120 B/clk x 1.41 GHz)
+    gpus_per_node: int = 8  # DGX A100 / DGX H100: 8 GPUs on NVLink/NVSwitch
+    nic_bytes_per_s: float = 25 * GB  # per GPU, each direction (DGX A100: 8 x 200 Gb/s HDR IB)
     params: GpuParameters = field(default_factory=GpuParameters)
     assumed: tuple[tuple[str, str], ...] = ()
 
@@ -210,7 +257,7 @@ class GpuSpec:
 
     @property
     def achievable_flops(self) -> float:
-        """FLOP/s a well-shaped dense kernel reaches: peak x achievable fraction (assumed)."""
+        """FLOP/s the best-shaped large GEMM reaches: peak x achievable fraction."""
         return self.peak_bf16_flops * self.params.achievable_compute_fraction
 
     @property
@@ -223,6 +270,16 @@ class GpuSpec:
     def achievable_hbm_bytes_per_s(self) -> float:
         """HBM bytes/s a streaming kernel reaches: peak x achievable fraction (assumed)."""
         return self.hbm_bytes_per_s * self.params.achievable_bandwidth_fraction
+
+    @property
+    def nvlink_collective_bytes_per_s(self) -> float:
+        """Bus bandwidth of a collective inside a node: NVLink per direction x fraction."""
+        return self.nvlink_bytes_per_s / 2 * self.params.collective_bandwidth_fraction
+
+    @property
+    def nic_collective_bytes_per_s(self) -> float:
+        """Bus bandwidth per GPU of a collective across nodes: its NIC x fraction."""
+        return self.nic_bytes_per_s * self.params.collective_bandwidth_fraction
 
 
 # ----------------------------------------------------------------------------- RDU instances
@@ -305,6 +362,10 @@ H100 = GpuSpec(
     nvlink_bytes_per_s=900 * GB,  # [H100] datasheet: NVLink 900 GB/s
     host_link_bytes_per_s=64 * GB,  # [H100] datasheet: PCIe 5.0, 64 GB/s (as used in [SN40L])
     peak_fp32_flops=67 * TB,  # [H100] datasheet SXM5: FP32 67 TFLOP/s
+    sms=132,  # [H100] whitepaper: 132 SMs on the SXM5 part
+    l2_bytes_per_s=7.2 * TB * 1.6,  # not public as a figure: assumed 1.6 x A100's
+    nic_bytes_per_s=50 * GB,  # DGX H100: 8 x 400 Gb/s ConnectX-7, one per GPU
+    assumed=(("l2_bytes_per_s", "H100 L2 bandwidth not in the datasheet; 1.6 x A100 assumed"),),
 )
 
 # ----------------------------------------------------------------------------- registry
@@ -337,14 +398,18 @@ def _fmt(value: float | None) -> str:
 def assumptions(chip: ChipSpec | GpuSpec) -> list[str]:
     """Human-readable lines stating every non-public value the model uses for ``chip``.
 
-    Each line: '<chip>: <field> = <value> (assumed[: reason])'. Includes every field of the chip's
-    ``params`` and every chip field listed in ``chip.assumed``; for an RDU also the clock actually
-    used when it is derived from the peak.
+    Each line: '<chip>: <field> = <value> (assumed[: reason])', with the plausible range of a
+    ``params`` field. Includes every field of the chip's ``params`` and every chip field listed
+    in ``chip.assumed``; for an RDU also the clock actually used when it is derived from the
+    peak.
     """
     lines = []
+    target = "rdu" if isinstance(chip, ChipSpec) else "gpu"
     for f in dataclasses.fields(chip.params):
+        r = RANGES.get(f"{target}.{f.name}")
+        span = f"; plausible {_fmt(r.low)}-{_fmt(r.high)}" if r else ""
         lines.append(f"{chip.name}: {f.name} = {_fmt(getattr(chip.params, f.name))} "
-                     "(not public: assumed/fitted)")
+                     f"(not public: assumed/fitted{span})")
     if isinstance(chip, ChipSpec) and chip.params.clock_hz is None:
         lines.append(f"{chip.name}: clock_hz derived = {chip.clock_hz:.4g} Hz "
                      "(peak / (2 x PCUs x lanes x stages); assumed lanes and stages)")
@@ -352,3 +417,101 @@ def assumptions(chip: ChipSpec | GpuSpec) -> list[str]:
         lines.append(f"{chip.name}: {name} = {_fmt(getattr(chip, name))} "
                      f"(not public: assumed: {reason})")
     return lines
+
+
+# ----------------------------------------------------------------------------- ranges
+
+
+@dataclass(frozen=True)
+class Range:
+    """Physically plausible values of one non-public parameter, with the public source of the
+    bounds. A calibration is bounded to [low, high]; a fitted value at a bound means a missing
+    mechanism (reported, never accepted)."""
+
+    low: float
+    high: float
+    assumed: float  # the value before any fit: a calibration starts here, its prior pulls here
+    source: str
+
+
+# "rdu.<field>" for ModelParameters, "gpu.<field>" for GpuParameters.
+RANGES: dict[str, Range] = {
+    "rdu.simd_lanes_per_pcu": Range(16, 64, 32, "[PLAST]: 16 lanes; SN40L peak / PCUs / clock "
+                                    "< 2 GHz allows 16-64 lanes x 4-8 stages"),
+    "rdu.stages_per_pcu": Range(4, 8, 6, "[PLAST]: 6 SIMD stages per PCU; same peak arithmetic"),
+    "rdu.banks_per_pmu": Range(16, 64, 32, "[PLAST]: banked scratchpad, one bank per lane "
+                               "(16); [SN40L]: programmable bank bits"),
+    "rdu.bank_word_bytes": Range(2, 8, 4, "one BF16 (2 B) to one 64-bit word per bank per cycle"),
+    "rdu.clock_hz": Range(1.0e9, 2.0e9, 1.6e9, "[SN40L]: clock '< 2 GHz'; [PLAST] ran at 1 GHz"),
+    "rdu.inter_socket_bytes_per_s": Range(
+        32e9, 400e9, 100e9, "one PCIe 4 x16 link (32 GB/s) up to NVLink-4-class 450 GB/s per "
+        "direction ([H100] datasheet 900 GB/s both ways); SN40L peer links not public"),
+    "rdu.launch_seconds_software": Range(
+        4e-6, 40e-6, 10e-6, "host-launched kernel plus synchronisation: 3-7 us on GPUs (community "
+        "microbenchmarks); host round trip over PCIe ~1-2 us; [SN40L]: software orchestration "
+        "up to 8x slower decode than hardware orchestration"),
+    "rdu.launch_seconds_hardware": Range(
+        0.5e-6, 5e-6, 1e-6, "device-side sequencing of the next call: kernel-to-kernel gaps inside "
+        "CUDA Graphs ~1-3 us (NVIDIA, 'Getting Started with CUDA Graphs'); at least one on-chip "
+        "completion round trip"),
+    "rdu.host_link_bytes_per_s": Range(16e9, 64e9, 32e9, "PCIe 4 x16 (32 GB/s) or 5 x16 (64 GB/s), "
+                                       "PCI-SIG; x8 at the low end"),
+    "rdu.hbm_efficiency": Range(
+        0.85, 0.97, 0.9, "[SN40L]: decode uses 'over 85%' of HBM bandwidth; [KL]: 'over 90% of "
+        "peak' on 8 and 16 sockets; GPU HBM streaming microbenchmarks (BabelStream, NVIDIA "
+        "bandwidthTest) reach ~90-93%; refresh and bank turnaround keep it below ~97%"),
+    "rdu.ddr_efficiency": Range(
+        0.70, 0.92, 0.8, "STREAM on DDR4/DDR5 servers sustains ~70-90% of the channels' peak"),
+    "rdu.ddr_peak_factor": Range(
+        1.0, 1.54, 1.2, "[SN40L]: DDR 'over 200 GB/s' (so >= 1); <= 8 channels of DDR5-4800 "
+        "(JEDEC JESD79-5: 38.4 GB/s each, 307 GB/s) assumed as the upper end"),
+    "rdu.offchip_latency_seconds": Range(
+        0.3e-6, 2e-6, 1e-6, "HBM load-to-use latency ~0.4-0.7 us on A100/H100 (pointer-chase "
+        "microbenchmarks, Jia et al. arXiv 1804.06826 and successors) plus the AGCU path"),
+    "rdu.stage_latency_cycles": Range(8, 128, 32, "PCU pipeline depth (6 stages [PLAST]) plus a "
+                                      "few on-chip network hops per stage"),
+    "rdu.inter_socket_latency_seconds": Range(
+        0.5e-6, 3e-6, 1e-6, "one hop over a PCIe/NVLink-class peer link: ~0.5-1 us one way "
+        "(PCIe round trips ~1 us); a synchronised step of a collective a few us (nccl-tests: "
+        "small-message all-reduce ~10-20 us on 8 NVLink GPUs)"),
+    "gpu.launch_sync_seconds": Range(
+        2e-6, 10e-6, 5e-6, "kernel launch ~3 us, 5-7 us with synchronisation (community "
+        "microbenchmarks); CUDA Graphs reach ~2 us"),
+    "gpu.achievable_compute_fraction": Range(
+        0.6, 0.9, 0.75, "the ceiling of the GEMM model: cuBLAS BF16 GEMMs reach ~75-85% of the "
+        "tensor peak on large shapes at the boost clock [CUBLAS]; lower for 2021 library versions "
+        "and the sustained clock of a full node under its power cap; [MEG] Table 1: 44-52% of "
+        "peak end to end"),
+    "gpu.achievable_bandwidth_fraction": Range(
+        0.80, 0.95, 0.88, "HBM streaming microbenchmarks (BabelStream, bandwidthTest) reach "
+        "~85-93% "
+        "of the datasheet bandwidth on A100/H100"),
+    "gpu.host_copy_links": Range(
+        1.0, 4.0, 2.0, "1: one host stream copies the shards in turn; 4: every PCIe switch uplink "
+        "at once (DGX A100 system architecture: 4 PCIe switches, 2 GPUs each)"),
+    "gpu.pcie_copy_efficiency": Range(
+        0.7, 0.9, 0.8, "pinned host -> device copies: ~25 of 32 GB/s on PCIe 4, ~50-55 of 64 "
+        "GB/s on "
+        "PCIe 5 (NVIDIA bandwidthTest / nvbandwidth)"),
+    "gpu.collective_bandwidth_fraction": Range(
+        0.65, 0.95, 0.8, "[NCCL] nccl-tests on DGX A100: all-reduce bus bandwidth ~230 of 300 GB/s "
+        "NVLink per direction; ~22-24 of 25 GB/s per HDR NIC"),
+    "gpu.flash_attention_fraction": Range(
+        0.40, 0.73, 0.55, "[FA2] FlashAttention-2 on A100: 50-73% of the tensor peak forward, "
+        "lower backward"),
+    "gpu.gemm_tile_overhead_steps": Range(
+        1.0, 16.0, 4.0, "[CUBLAS] CUTLASS multistage pipelines keep 3-5 K-stages in flight; the "
+        "epilogue writes one tile"),
+    "gpu.reserved_bytes": Range(
+        1e9, 8e9, 4e9, "CUDA context ~0.5-1 GB, NCCL buffers and caching-allocator fragmentation "
+        "a few GB (PyTorch memory reports)"),
+}
+
+
+def parameter_range(target: str, name: str) -> Range:
+    """The plausible range of ``ModelParameters`` ('rdu') or ``GpuParameters`` ('gpu') field
+    ``name``. Raises KeyError naming the field when it has none."""
+    key = f"{target}.{name}"
+    if key not in RANGES:
+        raise KeyError(f"no plausible range stated for {key}: add it to hardware.RANGES")
+    return RANGES[key]

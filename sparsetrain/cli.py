@@ -6,6 +6,9 @@
     sparsetrain emulate RECIPE [--chip sn40l] [--vs a100] [--mode train|prefill|decode] ...
     sparsetrain eval    RUN [--step N] [--samples 3] ...
     sparsetrain compare RUN [RUN ...] [--baseline NAME]
+    sparsetrain import-hf SOURCE --out RUN    # a Hugging Face GPT-2 as a run directory
+    sparsetrain export-hf RUN --out DIR       # a run's checkpoint as a Hugging Face GPT-2
+    sparsetrain generate RUN --prompt TEXT    # continue a prompt with the KV cache
 
 Recipe errors are printed as one line naming the field, the value and what is allowed, with
 exit status 2, before anything is compiled. A run stopped by a NaN/inf loss exits with 3, a
@@ -17,7 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sparsetrain.commands import compare, emulate, evaluate, fields, info, train
+from sparsetrain.commands import (compare, emulate, evaluate, export_hf, fields, generate, import_hf,
+                                  info, train)
 from sparsetrain.errors import CheckpointMismatchError, CheckpointSaveError
 
 
@@ -33,7 +37,7 @@ def _commands():
     """`register(subparsers)` of every command module (sparsetrain/commands/). Each adds a
     subparser with `set_defaults(run=fn)`, where `fn(args) -> int` is the exit status."""
     return [train.register, info.register, fields.register, emulate.register, evaluate.register,
-            compare.register]
+            compare.register, import_hf.register, export_hf.register, generate.register]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,7 +96,7 @@ def test_rdu_lowering_traces_the_pure_jax_attention():
         seen.append(kernel_backend(q.dtype))
         return causal_attention(q, k, v)
 
-    graph = lower_program(fn, q, k, v)
+    graph = lower_program(fn, q, k, v, roles=("activations",) * 3)
     assert seen and all(s == "jax" for s in seen)
     assert kernel_backend(jnp.float32) == ("ffi" if ffi.AVAILABLE and jax.device_count() == 1 else "jax")
     assert graph.kernels

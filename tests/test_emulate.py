@@ -15,14 +15,26 @@ def test_13b_sparse_train_step_vs_a100(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| kernel | phase |" in text and "layers.backward" in text
     assert "speedup of SN40L x8 over dense A100_80GB x8" in text
-    assert "pipeline parallel over 8 sockets" in text
+    assert "plan: batch 1024" in text and "chose TP" in text
     for needle in ("simd_lanes_per_pcu", "launch_seconds_software", "inter_socket_bytes_per_s",
-                   "achievable_compute_fraction", "expected-cost model"):
+                   "achievable_compute_fraction",
+                   "block indices (concrete) from the recipe's initial layout"):
         assert needle in text
     data = json.loads((out / "report.json").read_text())
     s = data["summary"]
     assert s["sockets"] == 8 and 0 < s["rdu_step_s"] < s["gpu_dense_step_s"]
-    assert data["schedule"]["bubble_fraction"] > 0
+    # The headline: the dense recipe on GPUs that can hold it, and a decomposition that closes.
+    assert "headline: systems that can each run this step" in text and "(fits)" in text
+    assert s["gpus"] >= 8 and s["gpu_memory_bytes"] <= 80e9 and "TP" in s["gpu_plan"]
+    h = s["headline"]
+    parts = (h["sparsity_flop_reduction"] * h["peak_ratio_per_system"]
+             * h["kernel_efficiency_ratio"] * h["mapping_ratio"])
+    assert parts == pytest.approx(h["speedup_per_system"], rel=1e-6)
+    assert h["speedup_per_system"] == pytest.approx(s["speedup_vs_gpu_dense"])
+    assert 1 / 0.125 >= h["sparsity_flop_reduction"] > 3  # 87.5% sparse linears, dense head
+    plan = data["plan"]
+    assert plan["tensor"] * plan["pipeline"] * plan["data"] == 8
+    assert max(sum(m.values()) for m in plan["memory_per_socket"]) <= 64e9 + 1.5e12
     assert all(k["achieved_flops"] <= 638e12 for k in data["kernels"])
     for name in ("kernels.md", "timeline.png", "roofline.png"):
         assert (out / name).stat().st_size > 1000
@@ -37,6 +49,20 @@ def test_tiny_inference_modes(tmp_path, mode, capsys):
     assert {k["phase"] for k in data["kernels"]} == {"forward"}
 
 
+def test_tiny_train_step_headline_on_one_gpu(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path, tmp_path)
+    assert main(["emulate", str(recipe), "--json", "--gpus", "1", "--sockets", "1"]) == 0
+    s = json.loads(capsys.readouterr().out)["summary"]
+    assert s["gpus"] == 1 and s["gpu_plan"].startswith("TP 1 x PP 1 x DP 1")
+    assert s["headline"]["speedup_per_chip"] == pytest.approx(s["headline"]["speedup_per_system"])
+
+
+def test_a_gpu_count_no_plan_fits_is_refused_before_lowering(capsys):
+    """GPT-3 13B with Adam needs > 200 GB of model state: no plan of 2 A100s holds it."""
+    assert main(["emulate", "recipes/gpt3-13b-sparse.yaml", "--gpus", "2"]) == 2
+    assert "none of the plans of 2 A100_80GB fits 80 GB per GPU" in capsys.readouterr().err
+
+
 def test_bad_arguments_fail_with_exit_2(tmp_path, capsys):
     recipe = tiny_recipe(tmp_path, tmp_path)
     assert main(["emulate", str(recipe), "--chip", "a100"]) == 2
@@ -44,6 +70,15 @@ def test_bad_arguments_fail_with_exit_2(tmp_path, capsys):
     assert main(["emulate", str(recipe), "--vs", "tpu"]) == 2
     assert "allowed" in capsys.readouterr().err
     assert main(["emulate", str(recipe), "--sockets", "0"]) == 2
+    assert main(["emulate", str(recipe), "--gpus", "0"]) == 2
+
+
+def test_llama_8b_decode_on_16_sockets_is_not_cut_into_micro_batches(capsys):
+    assert main(["emulate", "recipes/llama3.1-8b.yaml", "--mode", "decode", "--sockets", "16",
+                 "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["plan"]["micro_batches"] == 1 and data["plan"]["data"] == 1
+    assert data["options"]["parallel"] == "auto" and "schedule" not in data
 
 
 def test_llama_8b_decode_reads_weights_and_kv_cache_once(capsys):
@@ -65,7 +100,7 @@ def test_llama_prefill_program_fills_the_cache():
     import jax
 
     from sparsetrain.config import load_recipe
-    from sparsetrain.commands.emulate import program
+    from sparsetrain.rdu.programs import program
 
     cfg = load_recipe("recipes/mistral-7b.yaml", check_data=False)
     fn, args = program(cfg, "prefill")

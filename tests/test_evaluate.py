@@ -1,4 +1,4 @@
-"""Evaluation: bits per byte of a known distribution equal its entropy; sampling; the eval command."""
+"""Evaluation: bits per byte of a known distribution equal its entropy; the eval command."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sparsetrain.data.pipeline import EOT_TOKEN, pack, train_bpe_tokenizer
-from sparsetrain.evaluation.evaluate import generate, score_windows, token_byte_lengths
+from sparsetrain.evaluation.evaluate import score_windows, token_byte_lengths
 
 PROBS = {"a": 0.5, "b": 0.25, "c": 0.125, "d": 0.0625, "é": 0.0625}  # é: 2 UTF-8 bytes
 
@@ -49,14 +49,3 @@ def test_bits_per_byte_of_a_known_distribution_is_its_entropy():
                                targets[..., None], -1).sum()
     assert r["bytes"] == nbytes[targets].sum() and r["tokens"] == targets.size
     assert r["bits_per_byte"] == pytest.approx(nats / math.log(2) / r["bytes"], rel=1e-4)
-
-
-def test_generate_greedy_follows_the_model_and_slides_the_window():
-    vocab = 11
-    # A model that always predicts (last token + 1) mod vocab at every position.
-    logits_fn = lambda scale, tokens: scale * jax.nn.one_hot((tokens + 1) % vocab, vocab)
-    out = generate(logits_fn, jnp.float32(50.0), [3, 4], n_new=12, context=5, temperature=1.0, top_k=1,
-                   key=jax.random.key(0), n_samples=2)
-    assert out.tolist() == [[(5 + i) % vocab for i in range(12)]] * 2
-    with pytest.raises(ValueError, match="temperature"):
-        generate(logits_fn, 1.0, [1], 2, 5, 0.0, 0, jax.random.key(0))

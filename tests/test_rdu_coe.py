@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from rdu_xla_backend import coe, perf
+from rdu_xla_backend.cost import coe, rdu as perf
 from rdu_xla_backend import hardware as hw
-from rdu_xla_backend.lowering import lower
-from rdu_xla_backend.placement import copy_seconds, plan_memory
+from rdu_xla_backend.workload.lowering import lower
+from rdu_xla_backend.mapping.placement import copy_seconds, plan_memory
 
 
 def decode(params, cache, tokens):
@@ -31,6 +31,9 @@ def decode_args(layers=4, d=512, ctx=256):
     return params, cache, jax.ShapeDtypeStruct((1,), jnp.int32)
 
 
+ROLES = ("weights", "kv_cache", "activations")  # what decode's arguments are: given to lower
+
+
 def chip_with(hbm=None, ddr=None, sram=None):
     c = hw.SN40L
     return dataclasses.replace(c, name="SN40L-small", hbm_bytes=c.hbm_bytes if hbm is None else hbm,
@@ -38,8 +41,17 @@ def chip_with(hbm=None, ddr=None, sram=None):
                                sram_bytes=c.sram_bytes if sram is None else sram)
 
 
+def test_roles_come_from_the_caller_not_from_names():
+    g = lower(decode, *decode_args())  # no roles: floating inputs are weights, whatever the name
+    assert plan_memory(g, hw.SN40L).bytes.get("kv_cache") is None
+    g = lower(decode, *decode_args(), roles=lambda path, leaf: "kv_cache" if "kv" in path else None)
+    assert plan_memory(g, hw.SN40L).bytes["kv_cache"] == {"hbm": 4 * 256 * 512 * 2}
+    with pytest.raises(ValueError, match="unknown; allowed: activations"):
+        lower(decode, *decode_args(), roles=("weights", "cache", "activations"))
+
+
 def test_categories_spill_and_overflow_reported():
-    g = lower(decode, *decode_args())
+    g = lower(decode, *decode_args(), roles=ROLES)
     plan = plan_memory(g, hw.SN40L)
     assert plan.bytes["weights"] == {"hbm": (4 * 512 + 16) * 512 * 2}
     assert plan.bytes["kv_cache"] == {"hbm": 4 * 256 * 512 * 2}  # updated in place: counted once
@@ -70,16 +82,17 @@ def test_sram_overflow_spills_and_is_reported():
 
 
 def test_copy_ddr_to_hbm_uses_every_socket():
-    c = dataclasses.replace(hw.SN40L, params=hw.ModelParameters(ddr_efficiency=1.0))
+    c = dataclasses.replace(hw.SN40L, params=hw.ModelParameters(ddr_efficiency=0.8,
+                                                                ddr_peak_factor=1.25))
     assert copy_seconds(16e9, c, 8) == pytest.approx(16e9 / (8 * 200e9))
     assert copy_seconds(16e9, c, 1) == pytest.approx(8 * copy_seconds(16e9, c, 8))
 
 
 @pytest.fixture(scope="module")
 def graphs():
-    g = lower(decode, *decode_args(layers=8, d=4096, ctx=128))
+    g = lower(decode, *decode_args(layers=8, d=4096, ctx=128), roles=ROLES)
     pre = lower(decode, *decode_args(layers=8, d=4096, ctx=128)[:2],
-                jax.ShapeDtypeStruct((64,), jnp.int32))
+                jax.ShapeDtypeStruct((64,), jnp.int32), roles=ROLES)
     return pre, pre, g  # router, expert prefill, expert decode
 
 
@@ -117,3 +130,17 @@ def test_coe_store_overflow_reported_and_switches_counted(graphs):
     r = coe.coe_latency(node, scenario, t)
     assert r.per_request_s == pytest.approx(r.router_s + r.switching_s + r.prefill_s + r.decode_s)
     assert "overflow 38" in r.summary()
+
+
+def test_dgx_copies_over_at_most_one_link_per_pcie_switch():
+    """Two GPUs share a PCIe switch's uplink: 8 GPUs copy over at most 4 links, 2 GPUs over 1;
+    each link at the pinned-copy efficiency of its datasheet rate."""
+    params = dataclasses.replace(hw.A100_80GB.params, host_copy_links=4.0,
+                                 pcie_copy_efficiency=0.75)
+    gpu = dataclasses.replace(hw.A100_80GB, params=params)
+    assert coe.dgx(gpu, 8).copy_bytes_per_s == pytest.approx(4 * 0.75 * 32e9)
+    assert coe.dgx(gpu, 2).copy_bytes_per_s == pytest.approx(1 * 0.75 * 32e9)
+    fewer = dataclasses.replace(gpu, params=dataclasses.replace(params, host_copy_links=1.5))
+    assert coe.dgx(fewer, 8).copy_bytes_per_s == pytest.approx(1.5 * 0.75 * 32e9)
+    h100 = dataclasses.replace(hw.H100, params=params)  # PCIe 5: twice the link rate
+    assert coe.dgx(h100, 8).copy_bytes_per_s == pytest.approx(2 * coe.dgx(gpu, 8).copy_bytes_per_s)

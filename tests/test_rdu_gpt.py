@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from rdu_xla_backend import hardware as hw
-from rdu_xla_backend import perf
-from rdu_xla_backend.emulator import gpu as gpu_model
-from rdu_xla_backend.emulator.execute import execute
-from rdu_xla_backend.rules import BLOCK_SPARSE_CALLS
-from sparsetrain.kernels.block_sparse import CALL_NAMES, block_sparse_matmul_forward
-from sparsetrain.rdu.programs import lower_program as lower
+from rdu_xla_backend.cost import gpu as gpu_model
+from rdu_xla_backend.cost import rdu as perf
+from rdu_xla_backend.execute import execute
+from rdu_xla_backend.workload.rules import CALL_RULES
 from sparsetrain.config import load_recipe
+from sparsetrain.kernels.block_sparse import CALL_NAMES, block_sparse_matmul_forward
 from sparsetrain.models.gpt import GPTSpec, build_model
+from sparsetrain.rdu.programs import lower_program, program_roles
 from sparsetrain.training.optim import make_optimizer
 from sparsetrain.sparsity import block_sparse_matmul, make_layout
 from sparsetrain.training.step import ModelFunctions, init_state, make_train_step
@@ -31,6 +31,11 @@ def tiny_step(tmp_path_factory):
     rng = np.random.default_rng(0)
     batch = {k: jnp.asarray(rng.integers(0, 300, (4, 32)), jnp.int32) for k in ("tokens", "targets")}
     return make_train_step(fns, tx, schedule), state, batch
+
+
+def lower(step, state, batch, **kwargs):
+    """The train step lowered with its roles (params: weights, opt_state: optimizer state)."""
+    return lower_program(step, state, batch, roles=program_roles("train"), **kwargs)
 
 
 def test_execute_equals_xla_on_the_tiny_train_step(tiny_step):
@@ -72,7 +77,8 @@ def sparse_linear_step(density):
         lay = type(layout)(rows, layout.shape, layout.block)
         return jnp.sum(block_sparse_matmul(x, v, lay) ** 2)
 
-    return lower(jax.grad(loss), values, x, layout.row_indices)
+    return lower_program(jax.grad(loss), values, x, layout.row_indices,
+                         roles=("weights", "activations", "activations"))
 
 
 def test_more_sparsity_never_more_flops_or_bytes():
@@ -89,8 +95,8 @@ def test_more_sparsity_never_more_flops_or_bytes():
 
 def test_the_lowering_knows_the_block_sparse_call_names():
     """The RDU lowering prices block-sparse matmuls by the names of their calls: the names the
-    kernels use must be the ones it recognises."""
-    assert set(CALL_NAMES) == set(BLOCK_SPARSE_CALLS)
+    kernels use must be the ones sparsetrain's glue registered rules for."""
+    assert set(CALL_NAMES) <= set(CALL_RULES)
     x2, values = jnp.ones((4, 32)), jnp.ones((2, 1, 16, 16))
     jaxpr = jax.make_jaxpr(block_sparse_matmul_forward)(x2, values, jnp.zeros((2, 1), jnp.int32))
     assert [e.params.get("name") for e in jaxpr.eqns] == [CALL_NAMES[0]]

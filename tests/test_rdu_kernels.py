@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rdu_xla_backend import kernels
-from rdu_xla_backend.lowering import lower
+from rdu_xla_backend.workload import kernels
+from rdu_xla_backend.workload.lowering import lower
 
 
 def dense(x, w, layout):

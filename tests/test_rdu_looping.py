@@ -1,14 +1,17 @@
 """Kernel looping (scan and unrolled), launch orchestration, fused vs unfused: timing properties."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from rdu_xla_backend import hardware as hw
-from rdu_xla_backend import kernels, perf
-from rdu_xla_backend.emulator.execute import execute
-from rdu_xla_backend.lowering import lower
+from rdu_xla_backend.workload import kernels
+from rdu_xla_backend.cost import rdu as perf
+from rdu_xla_backend.execute import execute
+from rdu_xla_backend.workload.lowering import lower
 
 
 def layer(h, w):
@@ -110,3 +113,25 @@ def test_fused_never_slower_than_unfused_and_fewer_calls():
                 pf = perf.program_perf(f, hw.SN40L, opts)
                 pu = perf.program_perf(u, hw.SN40L, opts)
                 assert pf.step_s <= pu.step_s and pf.launches < pu.launches
+
+
+def test_unlooped_calls_expose_the_all_reduce_latency_looping_hides():
+    """Memory-bound layers on 2 sockets: a looped kernel streams the next layer's weights while
+    the all-reduces run (the hop latency is hidden), an unlooped call cannot prefetch across its
+    boundary, so each layer's last all-reduce latency adds to its stream: n x (one hop)."""
+    g = lower(scanned, *shapes(8, 8192, 1))
+    n = next(k.trips for k in g.kernels if k.trips > 1)
+
+    def with_hop(hop):
+        return dataclasses.replace(hw.SN40L, params=dataclasses.replace(
+            hw.SN40L.params, inter_socket_latency_seconds=hop))
+
+    def t(chip, looping):
+        return perf.program_perf(g, chip, perf.Options(
+            sockets=2, parallel="tensor", orchestration="hardware",
+            kernel_looping=looping)).step_s
+
+    fast, slow = with_hop(1e-6), with_hop(2e-6)
+    assert t(slow, True) == pytest.approx(t(fast, True), rel=1e-9)
+    assert t(slow, False) - t(fast, False) == pytest.approx(n * 1e-6, rel=1e-6)
+    assert t(fast, False) > t(fast, True)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from jax.extend.core import Primitive
 
-from rdu_xla_backend import lowering
-from rdu_xla_backend.lowering import UnsupportedPrimitiveError, lower
-from rdu_xla_backend.operators import VIEWS
+from rdu_xla_backend.workload import lowering
+from rdu_xla_backend.workload.lowering import UnsupportedPrimitiveError, lower
+from rdu_xla_backend.workload.operators import VIEWS
 
 
 def mlp_stack(ws, x):

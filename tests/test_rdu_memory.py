@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rdu_xla_backend import hardware as hw
-from rdu_xla_backend.emulator import memory as mem
+from rdu_xla_backend.mapping import banks as mem
+from rdu_xla_backend.mapping import tiers
 
 PMU4 = mem.PmuConfig(banks=4, lanes=8, addresses_per_cycle=2)
 
@@ -91,23 +92,13 @@ def test_token_period_shortcut_is_exact():
 
 def test_transfers_and_tiers():
     c = hw.SN40L
-    assert mem.transfer_seconds(16e9, "ddr", "hbm", c) == pytest.approx(16e9 / 200e9)
-    assert mem.transfer_seconds(1e9, "hbm", "hbm", c) == pytest.approx(2e9 / 1.8e12)
-    assert mem.transfer_seconds(1e9, "host", "hbm", hw.A100_80GB) == pytest.approx(1e9 / 32e9)
+    assert tiers.transfer_seconds(16e9, "ddr", "hbm", c) == pytest.approx(16e9 / 200e9)
+    assert tiers.transfer_seconds(1e9, "hbm", "hbm", c) == pytest.approx(2e9 / 1.8e12)
+    assert tiers.transfer_seconds(1e9, "host", "hbm", hw.A100_80GB) == pytest.approx(1e9 / 32e9)
     with pytest.raises(ValueError, match="no tier 'hbm'"):
-        mem.transfer_seconds(1.0, "ddr", "hbm", hw.SN10)
+        tiers.transfer_seconds(1.0, "ddr", "hbm", hw.SN10)
     with pytest.raises(ValueError):
-        mem.transfer_seconds(1.0, "ddr", "hbm", hw.H100)
-
-
-def test_placement_spills_and_reports_overflow():
-    c = hw.SN40L
-    p = mem.place({"act": 400 * 2**20, "kv": 300 * 2**20, "w": 64e9, "opt": 2e12}, c)
-    assert p.tier_of == {"act": "sram", "kv": "hbm", "w": "ddr", "opt": "overflow"}
-    assert p.spilled == ("kv", "w", "opt") and p.overflow == ("opt",)
-    assert p.bytes_per_tier["sram"] <= c.sram_bytes
-    p2 = mem.place({"a": 10.0, "b": 10.0}, c, capacity={"sram": 15.0})
-    assert p2.tier_of == {"a": "sram", "b": "hbm"}
+        tiers.transfer_seconds(1.0, "ddr", "hbm", hw.H100)
 
 
 def test_gather_input_errors():

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rdu_xla_backend.emulator import pipeline as pl
+from rdu_xla_backend.mapping import pipeline as pl
 
 times = st.floats(0.1, 10.0)
 REL = 1e-5  # the scan runs in float32

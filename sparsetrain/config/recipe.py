@@ -54,12 +54,20 @@ class ModelConfig:
     context: int | None = _f(None, "override the preset's context length (tokens)")
     n_kv_heads: int | None = _f(None, "override a llama preset's key/value heads (grouped-query "
                                 "attention; must divide n_heads); null for GPT presets")
-    dtype: str = _f("float32", f"compute dtype of activations, one of {DTYPES} (params are float32)")
+    dtype: str = _f("float32", f"compute dtype of activations and matmuls, one of {DTYPES}; params "
+                    "and AdamW moments stay float32, so bfloat16 is mixed precision (bfloat16 "
+                    "compute, float32 master weights and optimizer state)")
     remat: bool = _f(False, "rematerialise each decoder layer in the backward pass (saves memory)")
     unroll_layers: bool = _f(True, "unroll the scan over decoder layers when compiling (the body is "
                              "still traced once): faster steps on XLA:CPU, no stacked per-layer "
                              "residual copies; false keeps a rolled loop (compile time independent "
                              "of depth)")
+    embd_dropout: float = _f(0.0, "dropout rate on token + position embeddings while training, [0, 1) "
+                             "(GPT-2 fine-tuning: 0.1); evaluation and generation never drop")
+    attn_dropout: float = _f(0.0, "dropout rate on the attention probabilities while training, [0, 1) "
+                             "(> 0 runs attention as plain XLA ops, not the fused kernel)")
+    resid_dropout: float = _f(0.0, "dropout rate on each attention and MLP output before the residual "
+                              "add while training, [0, 1)")
 
 
 @dataclass

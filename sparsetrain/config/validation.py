@@ -28,6 +28,9 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     for name in ("n_layers", "d_model", "n_heads", "context", "n_kv_heads"):
         v = getattr(m, name)
         require(v is None or v >= 1, f"model.{name}", v, "an integer >= 1 or null")
+    for name in ("embd_dropout", "attn_dropout", "resid_dropout"):
+        v = getattr(m, name)
+        require(0.0 <= v < 1.0, f"model.{name}", v, "a rate in [0, 1)")
     shape = cfg.shape()
     require(shape.d_model % shape.n_heads == 0, "model.n_heads", shape.n_heads,
              f"a divisor of model.d_model={shape.d_model}")

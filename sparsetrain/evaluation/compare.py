@@ -84,7 +84,8 @@ def compare_runs(run_dirs: list[str | Path], baseline: str | None = None, max_ba
             r["val_loss_vs_base"] = r["val_loss"] - base["val_loss"]
             r["val_loss_vs_base_pct"] = 100.0 * (r["val_loss"] / base["val_loss"] - 1.0)
             r["bpb_vs_base"] = r["bits_per_byte"] - base["bits_per_byte"]
-            r["flops_vs_base"] = r["train_flops"] / base["train_flops"]
+            # an imported (pretrained elsewhere) baseline did no training here: no FLOPs ratio
+            r["flops_vs_base"] = r["train_flops"] / base["train_flops"] if base["train_flops"] else None
             r["params_vs_base"] = r["params_stored"] / base["params_stored"]
     return {"baseline": base["run"] if base else None, "fingerprint": fingerprint, "rows": rows, "curves": curves}
 
@@ -118,7 +119,7 @@ def markdown_table(result: dict) -> str:
                  f"{r['wall_time_s']:.0f}", f"{r['val_loss']:.4f}", f"{r['bits_per_byte']:.4f}"]
         if base:
             cells += [f"{r['val_loss_vs_base']:+.4f} ({r['val_loss_vs_base_pct']:+.1f}%)",
-                      f"{r['flops_vs_base']:.2f}x"]
+                      "n/a" if r["flops_vs_base"] is None else f"{r['flops_vs_base']:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

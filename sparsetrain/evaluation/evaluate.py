@@ -23,6 +23,8 @@ import optax
 from tokenizers import Tokenizer, pre_tokenizers
 
 from sparsetrain.data.pipeline import build_datasets, eval_batches
+from sparsetrain.evaluation.generate import sample
+from sparsetrain.models.kv_cache import CachedDecoder
 from sparsetrain.training.start import check_fingerprint, restore_run
 
 DEFAULT_PROMPT = "ROMEO:\n"
@@ -72,49 +74,6 @@ def score_windows(logits_fn: Callable, windows: np.ndarray, batch_size: int, tok
             "perplexity": math.exp(min(loss, 50.0)), "bits_per_byte": bits_per_byte(nats, n_bytes)}
 
 
-def generate(logits_fn: Callable, args, prompt_ids: list[int], n_new: int, context: int,
-             temperature: float, top_k: int, key, n_samples: int = 1) -> np.ndarray:
-    """Sample `n_new` tokens after a prompt, `n_samples` at once, in one jitted loop.
-
-    Args:
-      logits_fn: (args, tokens (B, T)) -> logits (B, T, V); `args` (e.g. params) stays traced.
-      prompt_ids: at least one token; only the last `context` are kept.
-      context: the window the model sees (the training seq_len); older tokens slide out.
-      temperature: > 0; logits are divided by it.
-      top_k: sample among the k most likely tokens (0 = all).
-
-    Returns:
-      int32 (n_samples, n_new): the sampled tokens.
-    """
-    if not prompt_ids:
-        raise ValueError("prompt: empty is not allowed; give at least one token")
-    if temperature <= 0:
-        raise ValueError(f"temperature: {temperature} is not allowed; expected > 0")
-    prompt = np.asarray(prompt_ids[-context:], np.int32)
-    buf = np.zeros((n_samples, context), np.int32)
-    buf[:, : len(prompt)] = prompt
-
-    @jax.jit
-    def run(args, buf, key):
-        def body(i, carry):
-            buf, pos, key, out = carry
-            logits = logits_fn(args, buf)[:, pos - 1].astype(jnp.float32) / temperature
-            if top_k:
-                kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-                logits = jnp.where(logits < kth, -jnp.inf, logits)
-            key, sub = jax.random.split(key)
-            tok = jax.random.categorical(sub, logits).astype(jnp.int32)
-            full = pos >= context
-            shifted = jnp.where(full, jnp.roll(buf, -1, axis=1), buf)
-            buf = shifted.at[:, jnp.minimum(pos, context - 1)].set(tok)
-            return buf, jnp.minimum(pos + 1, context), key, out.at[:, i].set(tok)
-
-        carry = (buf, jnp.int32(len(prompt)), key, jnp.zeros((n_samples, n_new), jnp.int32))
-        return jax.lax.fori_loop(0, n_new, body, carry)[3]
-
-    return np.asarray(run(args, buf, key))
-
-
 def evaluate_run(run_dir: str | Path, step: int | None = None, max_batches: int | None = None,
                  prompt: str = DEFAULT_PROMPT, n_samples: int = 3, n_new: int = 64,
                  temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> dict:
@@ -129,8 +88,9 @@ def evaluate_run(run_dir: str | Path, step: int | None = None, max_batches: int 
     samples = []
     if n_samples > 0 and n_new > 0:
         ids = data.tokenizer.encode(prompt, add_special_tokens=False).ids or [data.eot_id]
-        out = generate(lambda a, t: fns.logits(a[0], a[1], t), (params, indices), ids, n_new,
-                       cfg.data.seq_len, temperature, top_k, jax.random.key(seed), n_samples)
+        model = CachedDecoder(setup.model).model(params, indices)  # KV-cache sampling
+        n_new = min(n_new, setup.spec.shape.context - 1)  # learned positions end at the context
+        out = sample(model, ids, n_new, temperature, top_k, jax.random.key(seed), n_samples)
         samples = [prompt + data.tokenizer.decode(row.tolist()) for row in out]
     return {"run": cfg.run.name, "run_dir": str(run_dir), "step": int(meta["step"]), **result,
             "fingerprint": data.fingerprint, "samples": samples,

@@ -10,10 +10,15 @@ causal mask) v with float32 softmax.
   the backward, which recomputes the probabilities. Used for float32 on one CPU device when the
   library was built, under the same rules and switches as block_sparse_matmul's compiled kernel
   (`dispatch.kernel_backend`, `SPARSETRAIN_KERNEL=jax`, `dispatch.use_kernel_backend`).
-- `jax.nn.dot_product_attention(is_causal=True)` otherwise: bfloat16, GPU/TPU, a mesh of several
-  devices (the custom call has no partitioning rule), and inside `use_kernel_backend("jax")`, which
-  the RDU glue (`sparsetrain.rdu`) enters around its lowering so that attention is costed from its
-  dataflow operators. It is also the reference the compiled kernel is tested against.
+- On a GPU backend, bfloat16/float16: `jax.nn.dot_product_attention(implementation="cudnn")`
+  (cuDNN's fused flash attention, causal) when cuDNN takes the operands; JAX checks that while
+  tracing and raises for a missing cuDNN, an unsupported head_dim or GPU, and then the XLA
+  implementation below runs instead.
+- `jax.nn.dot_product_attention(is_causal=True)` (XLA) otherwise: bfloat16 on CPU, float32 on a
+  GPU, TPU, a mesh of several devices (the custom call has no partitioning rule), and inside
+  `use_kernel_backend("jax")`, which the RDU glue (`sparsetrain.rdu`) enters around its lowering so
+  that attention is costed from its dataflow operators. It is also the reference the compiled
+  kernel is tested against.
 
 The compiled forward and backward are the named calls `causal_attention_forward` and
 `causal_attention_backward`.
@@ -25,7 +30,31 @@ import jax
 import jax.numpy as jnp
 
 from sparsetrain.kernels import ffi
-from sparsetrain.kernels.dispatch import kernel_backend
+from sparsetrain.kernels.dispatch import kernel_backend, kernel_choice
+
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)  # cuDNN flash attention takes 16-bit operands only
+
+
+def attention_kernel(dtype=jnp.float32) -> str:
+    """'ffi' (compiled CPU kernel), 'cudnn' (tried first on a GPU) or 'jax': the kernel a
+    causal_attention call of `dtype` traced now runs (pure JAX everywhere under
+    `use_kernel_backend("jax")`)."""
+    if kernel_choice() == "jax":
+        return "jax"
+    if jax.default_backend() == "gpu":
+        return "cudnn" if jnp.dtype(dtype) in CUDNN_DTYPES else "jax"
+    return "ffi" if kernel_backend(dtype) == "ffi" else "jax"
+
+
+def cudnn_or_xla_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Causal attention by cuDNN when it takes these operands, else by XLA (same math).
+
+    q, k, v: (B, T, heads, head_dim) -> (B, T, heads, head_dim).
+    """
+    try:
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+    except (RuntimeError, ValueError, NotImplementedError, TypeError):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
 
 
 @jax.jit
@@ -60,6 +89,26 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     if q.shape != k.shape or q.shape != v.shape or q.ndim != 4:
         raise ValueError(f"q, k, v: shapes {q.shape}, {k.shape}, {v.shape} are not allowed; "
                          "expected three equal (B, T, heads, head_dim) shapes")
-    if kernel_backend(q.dtype) == "ffi" and ffi.AVAILABLE:
+    kernel = attention_kernel(q.dtype)
+    if kernel == "ffi" and ffi.AVAILABLE:
         return _compiled(q, k, v)
+    if kernel == "cudnn":
+        return cudnn_or_xla_attention(q, k, v)
     return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+
+
+def causal_attention_dropout(q: jax.Array, k: jax.Array, v: jax.Array, rate: float,
+                             key: jax.Array) -> jax.Array:
+    """Causal attention with dropout on the probabilities (training GPT-2 style), plain XLA ops.
+
+    q, k, v: (B, T, heads, head_dim) -> (B, T, heads, head_dim). Scores and softmax in float32;
+    each probability is zeroed with probability `rate` and the rest scaled by 1 / (1 - rate).
+    """
+    T, hd = q.shape[1], q.shape[-1]
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(hd))
+    s = jnp.where(jnp.tril(jnp.ones((T, T), bool)), s, jnp.finfo(jnp.float32).min)
+    p = jax.nn.softmax(s, axis=-1)
+    keep = jax.random.bernoulli(key, 1.0 - rate, p.shape)
+    p = jnp.where(keep, p / (1.0 - rate), 0.0)
+    return jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v,
+                      preferred_element_type=jnp.float32).astype(q.dtype)

@@ -18,12 +18,14 @@ Every FLOP touches a stored block, so forward and backward cost scale with densi
 Loops are unrolled (XLA:CPU then runs independent dots concurrently on its threads and its cost
 analysis counts each one) up to MAX_UNROLL_DOTS dots, beyond that a loop over unrolled groups.
 
-Two kernels, one API: float32 on a single CPU device runs the compiled kernel of ffi.py
-(XLA FFI, built at `pip install`) when it was built; everything else (bfloat16, other platforms,
-several devices, no compiled library, or SPARSETRAIN_KERNEL=jax) runs the pure-JAX kernel above,
-which is also the reference the compiled one is tested against. The choice is made when a call is
+Three kernels, one API: float32 on a single CPU device runs the compiled kernel of ffi.py
+(XLA FFI, built at `pip install`) when it was built; a single GPU runs the Pallas (Triton) kernels
+of pallas_block_sparse.py (float32 and bfloat16); everything else (bfloat16 on CPU, other
+platforms, several devices, no compiled library, or SPARSETRAIN_KERNEL=jax) runs the pure-JAX
+kernel above, which is also the reference the others are tested against. "pallas" forced off a GPU
+runs the same kernels in Pallas interpret mode (slow; for tests). The choice is made when a call is
 traced, by `dispatch.kernel_backend(dtype)` (`dispatch.use_kernel_backend("jax")` forces one for
-the calls traced inside it). Both are the named calls block_sparse_matmul_forward/_backward below,
+the calls traced inside it). All are the named calls block_sparse_matmul_forward/_backward below,
 with the same operands.
 """
 
@@ -35,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sparsetrain.kernels import ffi
+from sparsetrain.kernels import ffi, pallas_block_sparse
 from sparsetrain.kernels.dispatch import kernel_backend
 
 # Dots per unrolled loop body. Compile time grows with it; beyond it, a fori_loop runs groups.
@@ -171,7 +173,7 @@ def _backward(x2, values, rows, dy):
 
 
 # Named calls: the jaxpr shows each block-sparse matmul as one call with its layout argument, so a
-# dataflow lowering (rdu_xla_backend.lowering) can cost it as one fused kernel from its operands
+# dataflow lowering (rdu_xla_backend.workload.lowering) can cost it as one fused kernel from its operands
 # and real indices instead of from this CPU-specific formulation. Both kernels use the same names
 # and operands: (x2, values, rows) forward, (x2, values, rows, dy) backward.
 def _named_call(fn, name: str, doc: str):
@@ -195,7 +197,15 @@ _CALLS = {
                         FORWARD_CALL, _FORWARD_DOC),
             _named_call(lambda x2, values, rows, dy: ffi.backward(x2, values, rows, dy),
                         BACKWARD_CALL, _BACKWARD_DOC)),
+    # Triton on a GPU backend, Pallas' interpreter elsewhere (decided when the call is traced).
+    "pallas": (_named_call(lambda x2, values, rows: pallas_block_sparse.forward(
+                               x2, values, rows, interpret=jax.default_backend() != "gpu"),
+                           FORWARD_CALL, _FORWARD_DOC),
+               _named_call(lambda x2, values, rows, dy: pallas_block_sparse.backward(
+                               x2, values, rows, dy, interpret=jax.default_backend() != "gpu"),
+                           BACKWARD_CALL, _BACKWARD_DOC)),
 }
+
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _bsmm(x2, values, rows, backend):
@@ -223,6 +233,9 @@ def block_sparse_product(x2, values, rows):
       values: (nc, k, bk, bn) stored blocks, x2's dtype.
       rows: (nc, k) int32 block-row index of each stored block (may be traced).
 
-    The kernel (compiled or pure JAX) is the one `dispatch.kernel_backend` names when this is traced.
+    The kernel (compiled, Pallas or pure JAX) is the one `dispatch.kernel_backend` names when this is traced.
     """
-    return _bsmm(x2, values, rows, kernel_backend(x2.dtype))
+    backend = kernel_backend(x2.dtype)
+    if backend == "pallas" and not pallas_block_sparse.supports(values.shape[2:]):
+        backend = "jax"  # Triton tiles must be powers of two
+    return _bsmm(x2, values, rows, backend)

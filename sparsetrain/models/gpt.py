@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from sparsetrain.config import Config, ConfigError, ModelShape, linear_shapes
-from sparsetrain.kernels.attention import causal_attention
+from sparsetrain.kernels.attention import causal_attention, causal_attention_dropout
 from sparsetrain.sparsity import BlockLayout, block_sparse_matmul, make_layout
 from sparsetrain.sparsity.resolve import KindSparsity, resolve_sparsity
 
@@ -53,6 +53,13 @@ class GPTSpec:
     dtype: str = "float32"
     remat: bool = False
     unroll_layers: bool = True
+    embd_dropout: float = 0.0
+    attn_dropout: float = 0.0
+    resid_dropout: float = 0.0
+
+    @property
+    def has_dropout(self) -> bool:
+        return max(self.embd_dropout, self.attn_dropout, self.resid_dropout) > 0.0
 
     @classmethod
     def from_config(cls, cfg: Config, vocab_size: int | None = None, stored: bool = False) -> "GPTSpec":
@@ -68,7 +75,8 @@ class GPTSpec:
         return cls(shape=shape, vocab_size=vocab_size or cfg.data.vocab_size, linears=linears,
                    pattern=cfg.sparsity.pattern, pattern_seed=cfg.sparsity.seed,
                    dtype=cfg.model.dtype, remat=cfg.model.remat,
-                   unroll_layers=cfg.model.unroll_layers)
+                   unroll_layers=cfg.model.unroll_layers, embd_dropout=cfg.model.embd_dropout,
+                   attn_dropout=cfg.model.attn_dropout, resid_dropout=cfg.model.resid_dropout)
 
     def linear(self, kind: str) -> LinearSpec:
         return dict(self.linears)[kind]
@@ -160,20 +168,42 @@ def attention_inputs(p: dict, x: jax.Array, spec: GPTSpec) -> tuple[jax.Array, j
     return q[:, :, 0], k[:, :, 0], v[:, :, 0]
 
 
-def layer_output(p: dict, x: jax.Array, att: jax.Array, spec: GPTSpec) -> jax.Array:
-    """The rest of a layer after attention: x (B, T, d), att (B, T, heads, head_dim) -> (B, T, d)."""
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout: zero each element with probability `rate`, scale the rest by 1/(1-rate).
+    Identity when `key` is None or `rate` is 0 (evaluation, generation)."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def layer_output(p: dict, x: jax.Array, att: jax.Array, spec: GPTSpec,
+                 key: jax.Array | None = None) -> jax.Array:
+    """The rest of a layer after attention: x (B, T, d), att (B, T, heads, head_dim) -> (B, T, d).
+
+    `key` (training only): residual dropout on the attention and MLP outputs, as GPT-2 does.
+    """
     B, T, d = x.shape
-    x = x + linear_apply(p["attn_out"], spec.linear("attn_out"), att.reshape(B, T, d))
+    k1, k2 = jax.random.split(key) if key is not None else (None, None)
+    a = linear_apply(p["attn_out"], spec.linear("attn_out"), att.reshape(B, T, d))
+    x = x + dropout(a, spec.resid_dropout, k1)
     h = layer_norm(x, p["ln2_scale"], p["ln2_bias"])
     h = jax.nn.gelu(linear_apply(p["mlp_up"], spec.linear("mlp_up"), h))
-    return x + linear_apply(p["mlp_down"], spec.linear("mlp_down"), h)
+    return x + dropout(linear_apply(p["mlp_down"], spec.linear("mlp_down"), h), spec.resid_dropout, k2)
 
 
-def decoder_layer(p: dict, x: jax.Array, spec: GPTSpec) -> jax.Array:
-    """One pre-LN decoder layer. p: this layer's parameters; x: (B, T, d) -> (B, T, d)."""
+def decoder_layer(p: dict, x: jax.Array, spec: GPTSpec, key: jax.Array | None = None) -> jax.Array:
+    """One pre-LN decoder layer. p: this layer's parameters; x: (B, T, d) -> (B, T, d).
+
+    `key` (training with dropout): attention-probability and residual dropout of this layer.
+    """
     q, k, v = attention_inputs(p, x, spec)
-    att = causal_attention(q, k, v)
-    return layer_output(p, x, att, spec)
+    if key is not None and spec.attn_dropout > 0.0:
+        key, k_att = jax.random.split(key)
+        att = causal_attention_dropout(q, k, v, spec.attn_dropout, k_att)
+    else:
+        att = causal_attention(q, k, v)
+    return layer_output(p, x, att, spec, key)
 
 
 class DecoderStack(nnx.Module):
@@ -187,9 +217,14 @@ class DecoderStack(nnx.Module):
         self.ln2_scale = nnx.Param(jnp.ones((L, d)))
         self.ln2_bias = nnx.Param(jnp.zeros((L, d)))
 
-    def __call__(self, x: jax.Array, spec: GPTSpec) -> jax.Array:
+    def __call__(self, x: jax.Array, spec: GPTSpec, keys: jax.Array | None = None) -> jax.Array:
+        """x (B, T, d) -> (B, T, d); `keys` (n_layers,) random keys: dropout (training only)."""
         stacked = nnx.to_pure_dict(nnx.state(self))
-        body = lambda x, p: (decoder_layer(p, x, spec), None)
+        if keys is None:
+            body = lambda x, p: (decoder_layer(p, x, spec), None)
+        else:
+            body = lambda x, pk: (decoder_layer(pk[0], x, spec, pk[1]), None)
+            stacked = (stacked, keys)
         if spec.remat:
             body = jax.checkpoint(body)
         x, _ = jax.lax.scan(body, x, stacked, unroll=spec.unroll_layers)
@@ -211,9 +246,15 @@ class GPT(nnx.Module):
         self.ln_f_scale = nnx.Param(jnp.ones((d,)))
         self.ln_f_bias = nnx.Param(jnp.zeros((d,)))
 
-    def __call__(self, tokens: jax.Array) -> jax.Array:
+    def __call__(self, tokens: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        """`dropout_key`: a random key while training with dropout (the spec's rates), else None."""
         x = self.embed_tokens(tokens, 0)
-        x = self.layers(x, self.spec)
+        keys = None
+        if dropout_key is not None and self.spec.has_dropout:
+            k_embd, k_layers = jax.random.split(dropout_key)
+            x = dropout(x, self.spec.embd_dropout, k_embd)
+            keys = jax.random.split(k_layers, self.spec.shape.n_layers)
+        x = self.layers(x, self.spec, keys)
         return self.logits(x)
 
     # The decoder protocol of sparsetrain.models.kv_cache ---------------------------------------

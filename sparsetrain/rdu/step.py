@@ -2,7 +2,7 @@
 
 The train step (the same pure function XLA jits) is lowered once by `rdu_xla_backend` into a
 graph of fused kernels (decoder-layer loops, forward, backward, optimizer update); every call then
-runs that graph kernel by kernel with `emulator.execute` on the real state and batch, so losses
+runs that graph kernel by kernel with `rdu_xla_backend.execute` on the real state and batch, so losses
 and parameters equal the XLA run within float tolerance. The emulated step time on the chip comes
 from `program_perf` of the same graph, with the sparse gathers priced from the block indices the
 state holds (repriced when a sparsity flow changes them).
@@ -16,9 +16,9 @@ import jax
 import numpy as np
 
 from rdu_xla_backend import Options, get_chip, program_perf
-from rdu_xla_backend.emulator.execute import execute
+from rdu_xla_backend.execute import execute
 
-from sparsetrain.rdu.programs import lower_program
+from sparsetrain.rdu.programs import lower_program, program_roles
 
 
 class EmulatedTrainStep:
@@ -42,7 +42,8 @@ class EmulatedTrainStep:
 
     def __call__(self, state: dict, batch: dict) -> tuple[dict, dict]:
         if self.graph is None:
-            self.graph = lower_program(self.step_fn, state, batch, name="train_step")
+            self.graph = lower_program(self.step_fn, state, batch, name="train_step",
+                                       roles=program_roles("train"))
             self.lowerings += 1
             self.reprice(state, batch)
         outputs, _ = execute(self.graph, state, batch, timed=False)

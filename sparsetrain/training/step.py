@@ -46,17 +46,17 @@ class ModelFunctions:
         """(params, indices) as nested dicts of arrays."""
         return self._params, self._indices
 
-    def logits(self, params: dict, indices: dict, tokens: jax.Array) -> jax.Array:
-        """tokens int32 (B, T) -> logits float32 (B, T, vocab)."""
+    def logits(self, params: dict, indices: dict, tokens: jax.Array, dropout_key=None) -> jax.Array:
+        """tokens int32 (B, T) -> logits float32 (B, T, vocab); `dropout_key` only while training."""
         p = jax.tree.map(lambda x: x, self._templates[0])
         nnx.replace_by_pure_dict(p, params)
         i = jax.tree.map(lambda x: x, self._templates[1])
         nnx.replace_by_pure_dict(i, indices)
-        return nnx.merge(self.graphdef, p, i)(tokens)
+        return nnx.merge(self.graphdef, p, i)(tokens, dropout_key)
 
-    def loss(self, params: dict, indices: dict, batch: dict) -> jax.Array:
+    def loss(self, params: dict, indices: dict, batch: dict, dropout_key=None) -> jax.Array:
         """Mean next-token cross-entropy (nats) of a batch {tokens, targets: int32 (B, T)}."""
-        logits = self.logits(params, indices, batch["tokens"])
+        logits = self.logits(params, indices, batch["tokens"], dropout_key)
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
 
 
@@ -120,12 +120,15 @@ def train_step_fn(fns: ModelFunctions, tx: optax.GradientTransformation, schedul
     mask = flow.mask if flow is not None else (lambda tree, state: tree)
 
     def step(state: dict, batch: dict):
-        loss, grads = jax.value_and_grad(fns.loss)(state["params"], state["indices"], batch)
+        # The dropout key comes from the checkpointed rng: a resumed run drops the same units.
+        next_key, dropout_key = jax.random.split(jax.random.wrap_key_data(state["rng"]))
+        dropout_key = dropout_key if fns.spec.has_dropout else None
+        loss, grads = jax.value_and_grad(fns.loss)(state["params"], state["indices"], batch, dropout_key)
         grads = mask(grads, state)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         updates = mask(updates, state)
         params = optax.apply_updates(state["params"], updates)
-        rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0])
+        rng = jax.random.key_data(next_key)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
         new = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": rng}
         return new, metrics
