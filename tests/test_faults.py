@@ -34,8 +34,8 @@ def poison_batches(monkeypatch, bad_steps: set[int]) -> None:
         calls["n"] += 1
         return {**real_next(self), "poison": np.int32(calls["n"] in bad_steps)}
 
-    def loss(self, params, indices, batch):
-        value = real_loss(self, params, indices, batch)
+    def loss(self, params, indices, batch, dropout_key=None):
+        value = real_loss(self, params, indices, batch, dropout_key)
         return value * jnp.where(batch.get("poison", 0) == 1, jnp.nan, 1.0)
 
     monkeypatch.setattr(BatchIterator, "next", next_batch)
