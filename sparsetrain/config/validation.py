@@ -20,9 +20,8 @@ from sparsetrain.sparsity.layout import MAX_BLOCK, MIN_BLOCK, blocks_per_column
 from sparsetrain.sparsity.resolve import requested_density
 
 
-def validate(cfg: Config, check_data: bool = True) -> None:
-    """Raise ConfigError for the first field whose value is not allowed."""
-    m = cfg.model
+def _validate_model_fields(m) -> None:
+    """The model section's own fields (before the shape they describe is built)."""
     require(m.preset in PRESETS, "model.preset", m.preset, ", ".join(PRESETS))
     require(m.dtype in DTYPES, "model.dtype", m.dtype, ", ".join(DTYPES))
     for name in ("n_layers", "d_model", "n_heads", "context", "n_kv_heads"):
@@ -31,6 +30,11 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     for name in ("embd_dropout", "attn_dropout", "resid_dropout"):
         v = getattr(m, name)
         require(0.0 <= v < 1.0, f"model.{name}", v, "a rate in [0, 1)")
+
+
+def validate(cfg: Config, check_data: bool = True) -> None:
+    """Raise ConfigError for the first field whose value is not allowed."""
+    _validate_model_fields(cfg.model)
     shape = cfg.shape()
     require(shape.d_model % shape.n_heads == 0, "model.n_heads", shape.n_heads,
              f"a divisor of model.d_model={shape.d_model}")
@@ -69,7 +73,7 @@ def validate(cfg: Config, check_data: bool = True) -> None:
     d = cfg.data
     validate_data_section(d, check_files=check_data)
     require(d.seq_len <= shape.context, "data.seq_len", d.seq_len,
-             f"<= model context {shape.context} (model.preset={m.preset!r})")
+             f"<= model context {shape.context} (model.preset={cfg.model.preset!r})")
     if check_data:
         _validate_init_from(s)
 
