@@ -335,7 +335,8 @@ def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> 
         step = sum(k.time_s for k in kernels)
         hop = chip.params.inter_socket_latency_seconds
         notes.append(f"tensor parallel over {P} sockets: work / {P}; per layer per pass "
-                     f"{par.ALL_REDUCES_PER_LAYER} all-reduces of the layer activation "
+                     f"{max((k.collectives for k in graph.kernels), default=0)} all-reduces of the "
+                     "layer activation "
                      f"({math.ceil(math.log2(P))} hops x {hop:.3g} s on each layer's dependency "
                      "chain, ring bytes streamed with the pipeline)")
     else:
