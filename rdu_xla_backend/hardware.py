@@ -15,7 +15,7 @@ comment, by a short tag:
 - [PLAST] Prabhakar et al., "Plasticine: A Reconfigurable Architecture for Parallel Patterns",
   ISCA 2017.
 - [SN10]  SN10 RDU, ISSCC 2022 and press.  [SN30] press.
-- [A100], [H100] NVIDIA SXM datasheets and architecture whitepapers; DGX A100 / DGX H100
+- [A100], [H100], [H200] NVIDIA SXM datasheets and architecture whitepapers; DGX A100 / DGX H100
   system datasheets (8 GPUs per node, one 200 / 400 Gb/s InfiniBand NIC per GPU).
 - [ACT] Korthikanti et al., "Reducing Activation
   Recomputation in Large Transformer Models", arXiv 2205.05198.  [ZERO] Rajbhandari et al.,
@@ -368,10 +368,17 @@ H100 = GpuSpec(
     assumed=(("l2_bytes_per_s", "H100 L2 bandwidth not in the datasheet; 1.6 x A100 assumed"),),
 )
 
+H200 = dataclasses.replace(
+    H100,
+    name="H200",
+    hbm_bytes=141 * GB,  # [H200] datasheet SXM: 141 GB HBM3e
+    hbm_bytes_per_s=4.8 * TB,  # [H200] datasheet SXM: 4.8 TB/s
+)  # the H100 SXM5's compute, L2, SMs, NVLink and PCIe ([H200] datasheet: same Hopper die)
+
 # ----------------------------------------------------------------------------- registry
 
 CHIPS: dict[str, ChipSpec | GpuSpec] = {
-    c.name: c for c in (SN10, SN30, SN40L, A100_40GB, A100_80GB, H100)
+    c.name: c for c in (SN10, SN30, SN40L, A100_40GB, A100_80GB, H100, H200)
 }
 # "a100" alone means the 80 GB part: the DGX A100 of the [SN40L] comparison.
 ALIASES: dict[str, str] = {"A100": "A100_80GB"}
