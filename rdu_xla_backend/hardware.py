@@ -25,7 +25,8 @@ Values the public record does not give (PCU lanes and stages, PMU banks, exact c
 bandwidth, launch costs, achievable fractions) live in ``ModelParameters`` / ``GpuParameters``:
 named, with stated defaults, each with a plausible range and its public source in
 ``ranges.RANGES``, and listed by ``assumptions(chip)``. A calibration suite may replace them
-within those ranges (``dataclasses.replace``); nothing else in the backend may hide a constant of this kind.
+within those ranges (``dataclasses.replace``); nothing else in the backend may hide a
+constant of this kind.
 
 Units everywhere: bytes, seconds, bytes/s, FLOP/s, Hz.
 """
