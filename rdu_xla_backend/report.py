@@ -95,16 +95,16 @@ def markdown_table(pp: ProgramPerf, max_rows: int = 40) -> str:
     return "\n".join(lines)
 
 
-def mechanisms(graph, chip, options: Options) -> dict:
+def mechanisms(graph, chip, options: Options, plan=None) -> dict:
     """Step time and kernel calls of ``graph`` with kernel looping on and off, each with
-    hardware- and software-orchestrated launches (the same lowering; cheap after the first)."""
-    import dataclasses
-
+    hardware- and software-orchestrated launches (the same lowering and, when given, the same
+    parallel ``plan``, re-timed: cheap after the first)."""
     out = {}
     for looping in (True, False):
         for orch in ("hardware", "software"):
             pp = program_perf(graph, chip, dataclasses.replace(
-                options, kernel_looping=looping, orchestration=orch))
+                options, kernel_looping=looping, orchestration=orch,
+                plan=plan if plan is not None else options.plan))
             out[f"looping_{'on' if looping else 'off'}_{orch}"] = {
                 "step_s": pp.step_s, "launches": pp.launches}
     return out

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from rdu_xla_backend import hardware as hw
+from rdu_xla_backend import ranges
 from rdu_xla_backend.calibrate import cases, fit, programs, suite, tables, validation
 from rdu_xla_backend.cost import rdu as perf
 from rdu_xla_backend.workload.lowering import lower
@@ -116,16 +117,16 @@ def test_leave_one_out_recovers_parameters_and_exposes_an_unconstrained_case(gra
 def test_every_parameter_has_a_range_and_a_source():
     for target, cls in (("rdu", hw.ModelParameters), ("gpu", hw.GpuParameters)):
         for f in dataclasses.fields(cls):
-            r = hw.parameter_range(target, f.name)
+            r = ranges.parameter_range(target, f.name)
             assert r.low < r.high and r.low <= r.assumed <= r.high, f.name
             assert len(r.source) > 20, f.name
             default = getattr(cls(), f.name)
             if default is not None:
                 assert r.low <= default <= r.high, f"{f.name} default outside its range"
     with pytest.raises(KeyError, match="no plausible range"):
-        hw.parameter_range("rdu", "not_a_field")
+        ranges.parameter_range("rdu", "not_a_field")
     for p in cases.PARAMS:
-        r = hw.parameter_range(p.target, p.name)
+        r = ranges.parameter_range(p.target, p.name)
         assert (p.low, p.high, p.source) == (r.low, r.high, r.source)
 
 

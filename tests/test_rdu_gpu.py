@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from rdu_xla_backend import hardware as hw
+from rdu_xla_backend import ranges
 from rdu_xla_backend.calibrate import megatron as mg
 from rdu_xla_backend.cost import gpu_kernels as gk
 from rdu_xla_backend.cost import gpu_training as gt
@@ -96,7 +97,7 @@ def test_megatron_cases_and_params_are_fit_ready():
     assert len(cases) == 10 and all(c.source == mg.SOURCE for c in cases)
     assert cases[0].estimate({"a100": A100}) == pytest.approx(mg.estimate_tflops(mg.ROWS[0], A100))
     for p in mg.PARAMS:
-        r = hw.parameter_range("gpu", p.name)
+        r = ranges.parameter_range("gpu", p.name)
         value = getattr(A100.params, p.name)
         assert (p.low, p.high) == (r.low, r.high) and r.low < value < r.high and p.source
 

@@ -46,7 +46,8 @@ def test_registry_and_names():
     assert hw.get_chip("sn40l") is hw.SN40L
     assert hw.get_chip("a100-40gb") is hw.A100_40GB
     assert hw.get_chip("a100") is hw.A100_80GB
-    assert set(hw.CHIPS) == {"SN10", "SN30", "SN40L", "A100_40GB", "A100_80GB", "H100"}
+    assert set(hw.CHIPS) == {"SN10", "SN30", "SN40L", "A100_40GB", "A100_80GB", "H100", "H200"}
+    assert hw.get_chip("h200").hbm_bytes == 141e9 and hw.get_chip("h200").peak_bf16_flops == 989e12
     with pytest.raises(ValueError, match="SN40L"):
         hw.get_chip("tpu")
 

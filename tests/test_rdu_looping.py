@@ -135,3 +135,20 @@ def test_unlooped_calls_expose_the_all_reduce_latency_looping_hides():
     assert t(slow, True) == pytest.approx(t(fast, True), rel=1e-9)
     assert t(slow, False) - t(fast, False) == pytest.approx(n * 1e-6, rel=1e-6)
     assert t(fast, False) > t(fast, True)
+
+
+def test_all_reduces_per_layer_are_the_callers_mapping_choice():
+    """The lowering records the tensor-parallel all-reduces a layer makes (Megatron's 2 by
+    default); the caller can say otherwise, and the tensor-parallel time follows."""
+    for fn in (scanned, unrolled):
+        megatron = lower(fn, *shapes(6, 512, 64))
+        none = lower(fn, *shapes(6, 512, 64), all_reduces_per_layer=0)
+        four = lower(fn, *shapes(6, 512, 64), all_reduces_per_layer=4)
+        looped = [k for k in megatron.kernels if k.trips > 1]
+        assert looped and all(k.collectives == 2 for k in looped)
+        assert all(k.collectives == 0 for k in none.kernels)
+        assert step(none, True, sockets=8) < step(megatron, True, sockets=8) < step(four, True,
+                                                                                    sockets=8)
+        assert step(none, True, sockets=1) == pytest.approx(step(megatron, True, sockets=1))
+    unfused = lower(scanned, *shapes(6, 512, 64), mode="unfused", all_reduces_per_layer=1)
+    assert sum(k.collectives for k in unfused.kernels) == 1

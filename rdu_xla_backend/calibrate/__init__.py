@@ -1,5 +1,5 @@
 """Calibration: named parameters fitted once, within physically plausible ranges with public
-sources (``hardware.RANGES``), to published measurements.
+sources (``ranges.RANGES``), to published measurements.
 
 - ``fit``: cases, bounded parameters, the Nelder-Mead fit, bound reporting.
 - ``programs``: the programs the cases time (lowered once through a builder passed in), systems.

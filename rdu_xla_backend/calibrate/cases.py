@@ -155,7 +155,7 @@ def make_cases(g: dict, table: tuple[Published, ...] = CASES, estimates: dict | 
 
 
 
-# The parameters these cases inform, each bounded to its range in ``hardware.RANGES``. GPU
+# The parameters these cases inform, each bounded to its range in ``ranges.RANGES``. GPU
 # fields the GPU baseline no longer has are left out (the baseline's own group brings its).
 _GPU_FIELDS = {f.name for f in dataclasses.fields(GpuParameters)}
 PARAMS: tuple[fit.Param, ...] = tuple(

@@ -11,7 +11,7 @@ The estimates run the emulator (Python, not traceable by JAX, so ``jax.scipy.opt
 not apply), so the search is derivative-free: Nelder-Mead (written here with numpy) on each
 parameter's transformed value (the logit of its log-position between its bounds), from several
 starts; the best result wins. Every parameter is bounded to its physically plausible range
-(``hardware.RANGES``, with the public source of the bounds); a value that ends within
+(``ranges.RANGES``, with the public source of the bounds); a value that ends within
 ``BOUND_MARGIN`` of a bound is reported (``FitResult.at_bound``) as a sign of a missing mechanism.
 An optional weak prior (squared log distance to the assumed values, in units of each range's log
 width) keeps parameters the cases do not constrain near their assumed values.
@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rdu_xla_backend.hardware import ChipSpec, parameter_range
+from rdu_xla_backend.hardware import ChipSpec
+from rdu_xla_backend.ranges import parameter_range
 
 # A fitted value within this fraction of its range's log width from a bound is 'at the bound'.
 BOUND_MARGIN = 0.02
@@ -48,7 +49,7 @@ class Param:
 
     @classmethod
     def of(cls, target: str, name: str) -> "Param":
-        """The parameter with its range, source and assumed value from ``hardware.RANGES``."""
+        """The parameter with its range, source and assumed value from ``ranges.RANGES``."""
         r = parameter_range(target, name)
         return cls(name, target, r.low, r.high, r.source, r.assumed)
 

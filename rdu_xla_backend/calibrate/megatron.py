@@ -86,7 +86,7 @@ VALIDATION_ROWS = (Row(175.0, 96, 12288, 96, 8, 16, 1024, 1536, 140),)
 
 
 # The GPU parameters these cases constrain, searched inside their cited ranges
-# (``hardware.RANGES``). The table pins one combination of GEMM and collective speed; the
+# (``ranges.RANGES``). The table pins one combination of GEMM and collective speed; the
 # HBM fraction (streaming benchmarks) and the tile overhead stay at their assumed values (fitted
 # too, the loss is nearly flat along them and they drift to their bounds).
 PARAMS = [Param.of("gpu", name)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rdu_xla_backend.calibrate import fit
-from rdu_xla_backend.hardware import parameter_range
+from rdu_xla_backend.ranges import parameter_range
 
 PRIOR_WEIGHT = 0.02  # a parameter a full range-width from its assumed value costs ~ a case 15% off
 
@@ -83,7 +83,7 @@ class SuiteResult:
 
 
 def assumed_values(params: Sequence[fit.Param]) -> dict[str, float]:
-    """The value of every parameter before any fit: ``Param.assumed``, else ``hardware.RANGES``'
+    """The value of every parameter before any fit: ``Param.assumed``, else ``ranges.RANGES``'
     (the dataclass defaults carry the fitted values instead)."""
     return {p.name: float(p.assumed if p.assumed is not None
                           else parameter_range(p.target, p.name).assumed) for p in params}

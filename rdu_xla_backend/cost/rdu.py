@@ -94,6 +94,8 @@ class Options:
         orchestration: 'software' (host launches) or 'hardware' (AGCU-sequenced launches).
         kernel_looping: a looped kernel's outer loop is pipelined (launch, sync, fill and drain
             paid once per call) when True, else every trip is a kernel call of its own.
+        plan: a ``parallel.ParallelPlan`` to time as given (layers per chunk included), e.g. the
+            one an earlier search chose; None: searched as ``parallel`` says.
     """
 
     sockets: int = 1
@@ -106,6 +108,7 @@ class Options:
     heads: int | None = None
     orchestration: str = "software"
     kernel_looping: bool = True
+    plan: par.ParallelPlan | None = None
 
     def __post_init__(self) -> None:
         for name in ("sockets", "virtual_stages"):
@@ -332,7 +335,8 @@ def program_perf(graph: Graph, chip: ChipSpec, options: Options = Options()) -> 
         step = sum(k.time_s for k in kernels)
         hop = chip.params.inter_socket_latency_seconds
         notes.append(f"tensor parallel over {P} sockets: work / {P}; per layer per pass "
-                     f"{par.ALL_REDUCES_PER_LAYER} all-reduces of the layer activation "
+                     f"{max((k.collectives for k in graph.kernels), default=0)} all-reduces of the "
+                     "layer activation "
                      f"({math.ceil(math.log2(P))} hops x {hop:.3g} s on each layer's dependency "
                      "chain, ring bytes streamed with the pipeline)")
     else:

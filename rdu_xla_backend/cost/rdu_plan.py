@@ -249,6 +249,9 @@ def choose_plan(graph, chip, options, works_for, time_fn) -> tuple[PlanTiming, l
     shape = carry_shape(graph)
     batch = options.batch or (shape[0] if shape else 1)
     width = shape[-1] if shape else None
+    if options.plan is not None:  # a plan chosen before (e.g. re-timed under other launches)
+        given = time_plan(options.plan, works_for(options.plan.tensor), st, chip, time_fn)
+        return given.simulate(), [f"plan: batch {batch}, given: {options.plan.describe(batch)}"]
     kinds = {"auto": ("tensor", "pipeline", "data")}.get(options.parallel, (options.parallel,))
     if st.recomputes or not st.training:
         recompute = (False,)

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 from rdu_xla_backend.mapping import pipeline as pl
 
-ALL_REDUCES_PER_LAYER = 2  # Megatron: attention output and MLP output, per pass [MEG]
 PARAMETER_CATEGORIES = ("weights", "optimizer_state")  # do not scale with the micro-batch
 
 

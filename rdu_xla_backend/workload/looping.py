@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from rdu_xla_backend.workload.graph import Kernel, Step, Tensor
 from rdu_xla_backend.workload.operators import VIEWS
-from rdu_xla_backend.mapping.parallel import ALL_REDUCES_PER_LAYER
 
 
 def signature(kernel: Kernel, tensors: dict[int, Tensor]) -> tuple:
@@ -80,13 +79,16 @@ def repeated_runs(kernels: list[Kernel], tensors: dict[int, Tensor]) -> list[tup
 
 
 def loop_repeated_kernels(kernels: list[Kernel], steps: list[Step],
-                          tensors: dict[int, Tensor]) -> tuple[list[Kernel], list[Step]]:
+                          tensors: dict[int, Tensor], all_reduces_per_layer: int = 2
+                          ) -> tuple[list[Kernel], list[Step]]:
     """Merge each run of repeated calls into one looped kernel.
 
     Args:
         kernels: kernels in program order.
         steps: execution units, referring to kernels by index (remapped here).
         tensors: graph tensors; their producer and consumer indices are remapped in place.
+        all_reduces_per_layer: tensor-parallel all-reduces per trip of a looped kernel
+            (``lowering.lower``).
     Returns:
         (kernels, steps) with every run merged; unchanged if there is none.
     """
@@ -103,7 +105,8 @@ def loop_repeated_kernels(kernels: list[Kernel], steps: list[Step],
         group = kernels[i:i + period * reps]
         for j in range(i, i + len(group)):
             new_index[j] = len(out)
-        out.append(group[0] if len(group) == 1 else _merge(group, period, len(out), tensors))
+        out.append(group[0] if len(group) == 1
+                   else _merge(group, period, len(out), tensors, all_reduces_per_layer))
         i += len(group)
     return out, _remap(out, steps, tensors, new_index)
 
@@ -151,7 +154,8 @@ def fold_views(kernels: list[Kernel], steps: list[Step], tensors: dict[int, Tens
     return out, _remap(out, steps, tensors, new_index)
 
 
-def _merge(group: list[Kernel], period: int, index: int, tensors: dict[int, Tensor]) -> Kernel:
+def _merge(group: list[Kernel], period: int, index: int, tensors: dict[int, Tensor],
+           all_reduces: int) -> Kernel:
     """One looped kernel: each trip is one repeat of the ``period`` kernels of ``group``."""
     body = group[:period]
     produced = {t for k in group for t in k.writes}
@@ -182,4 +186,4 @@ def _merge(group: list[Kernel], period: int, index: int, tensors: dict[int, Tens
                   working_bytes=sum(k.working_bytes for k in body),
                   largest_bytes=max(k.largest_bytes for k in body), carry_bytes=carry,
                   read_bytes=read_bytes, calls_per_trip=sum(k.calls_per_trip for k in body),
-                  collectives=ALL_REDUCES_PER_LAYER)
+                  collectives=all_reduces)

@@ -47,7 +47,6 @@ from rdu_xla_backend.workload.collect import (
     is_marked_kernel,
 )
 from rdu_xla_backend.workload.operators import charged_reads, charged_writes, operator_kernels
-from rdu_xla_backend.mapping.parallel import ALL_REDUCES_PER_LAYER
 from rdu_xla_backend.workload.rules import (  # noqa: F401  (re-exported: the lowering's public names)
     FREE,
     GENERATED_FROM_BYTES,
@@ -170,7 +169,8 @@ def _keys(items) -> list[int]:
     return [k for k in items if k is not None and not isinstance(k, Literal)]
 
 
-def lower(fn: Callable, *args, mode: str = "fused", name: str = "", roles: Any = None) -> Graph:
+def lower(fn: Callable, *args, mode: str = "fused", name: str = "", roles: Any = None,
+          all_reduces_per_layer: int = 2) -> Graph:
     """Trace ``fn(*args)`` and build its dataflow graph.
 
     Args:
@@ -185,6 +185,10 @@ def lower(fn: Callable, *args, mode: str = "fused", name: str = "", roles: Any =
             weights, integer inputs activations). Either a pytree prefix of ``args`` (e.g.
             ``("weights", "activations", "kv_cache")`` for ``fn(params, tokens, cache)``) or a
             function ``(path: str, leaf) -> role | None`` over the flat arguments.
+        all_reduces_per_layer: all-reduces of the layer activation one layer (a trip of a layer
+            loop) makes per pass when the mapping splits it over sockets (tensor parallel):
+            2 for Megatron's split, after the attention output and the MLP down projection
+            ([MEG] arXiv 2104.04473); recorded on the layer kernels, timed by the mapping.
     Returns:
         Graph. Integer arguments that gather indices come from are kept (as numpy) in
         ``graph.concrete`` when they are concrete, for pricing real sparse gathers.
@@ -209,7 +213,7 @@ def lower(fn: Callable, *args, mode: str = "fused", name: str = "", roles: Any =
     if mode == "fused":
         for idx in _group(flat, mode):
             fes = [flat.eqns[i] for i in idx]
-            k = _fused_kernel(fes, flat, len(kernels))
+            k = _fused_kernel(fes, flat, len(kernels), all_reduces_per_layer)
             steps.append(Step(fes, [len(kernels)]))
             kernels.append(k)
     else:  # one kernel per operator; executed in the fused groups (execution units)
@@ -218,7 +222,7 @@ def lower(fn: Callable, *args, mode: str = "fused", name: str = "", roles: Any =
             ops = [op for i in idx for op in _eqn_body(flat.eqns[i], flat).ops]
             kernels += operator_kernels(ops, first)
             if len(idx) == 1 and is_loop_kernel(flat.eqns[idx[0]].eqn):
-                _layer_collectives(flat.eqns[idx[0]].eqn, kernels[first:])
+                _layer_collectives(flat.eqns[idx[0]].eqn, kernels[first:], all_reduces_per_layer)
             steps.append(Step([flat.eqns[i] for i in idx], list(range(first, len(kernels)))))
 
     tensors = _tensors(flat, kernels, steps, in_keys, out_keys)
@@ -232,7 +236,8 @@ def lower(fn: Callable, *args, mode: str = "fused", name: str = "", roles: Any =
                 sizes = {-1 - t: tensors[t].nbytes for t in k.writes}
                 charged = charged_writes(k.ops, sizes)
                 k.write_bytes = {-1 - key: b for key, b in charged.items() if b < sizes[key]}
-        kernels, steps = looping.loop_repeated_kernels(kernels, steps, tensors)
+        kernels, steps = looping.loop_repeated_kernels(kernels, steps, tensors,
+                                                       all_reduces_per_layer)
     concrete = {}
     origins = {op.gather.origin for k in kernels for op in k.ops if op.gather is not None}
     for pos in origins - {None}:
@@ -266,7 +271,7 @@ def _input_roles(args: tuple, roles: Any) -> list[str | None]:
     return out
 
 
-def _fused_kernel(fes: list[FlatEqn], flat: _Flat, index: int) -> Kernel:
+def _fused_kernel(fes: list[FlatEqn], flat: _Flat, index: int, all_reduces: int) -> Kernel:
     phase = fes[0].phase
     if len(fes) == 1 and is_loop_kernel(fes[0].eqn):
         eqn = fes[0].eqn
@@ -289,16 +294,16 @@ def _fused_kernel(fes: list[FlatEqn], flat: _Flat, index: int) -> Kernel:
                 if is_marked_kernel(fes[0].eqn) else f"{phase}.{index}")
     return Kernel(name, phase, body.ops, trips=trips, working_bytes=body.working,
                   largest_bytes=body.largest, carry_bytes=carry,
-                  collectives=ALL_REDUCES_PER_LAYER if trips > 1 else 0)
+                  collectives=all_reduces if trips > 1 else 0)
 
 
-def _layer_collectives(eqn, kernels: list[Kernel]) -> None:
-    """Operators of an unfused layer loop: the layer's all-reduces (tensor parallel) follow its
-    last matmuls, one each, of the loop carry's size."""
+def _layer_collectives(eqn, kernels: list[Kernel], all_reduces: int) -> None:
+    """Operators of an unfused layer loop: the layer's ``all_reduces`` all-reduces (tensor
+    parallel) follow its last matmuls, one each, of the loop carry's size."""
     nk = eqn.params["num_carry"]
     carry = sum(aval_bytes(v.aval) for v in eqn.params["jaxpr"].jaxpr.outvars[:nk])
     matmuls = [k for k in kernels if any(op.kind == "matmul" for op in k.ops)]
-    for k in matmuls[-ALL_REDUCES_PER_LAYER:]:
+    for k in (matmuls[-all_reduces:] if all_reduces else []):
         k.collectives, k.carry_bytes = 1, carry
 
 

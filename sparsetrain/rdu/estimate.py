@@ -106,4 +106,5 @@ def estimate(cfg, dense_cfg, opts: EmulateOptions) -> dict:
                    + mode_assumptions(cfg, opts.mode))
     return {"rdu": rdu, "graph": graph, "gpu_dense": gpu_dense, "gpu_sparse": gpu_sparse,
             "assumptions": assumptions, "report": report, "headline": headline,
-            "mechanisms": report.mechanisms(graph, chip, rdu.options)}
+            "mechanisms": report.mechanisms(
+                graph, chip, rdu.options, rdu.plan.plan if rdu.plan is not None else None)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from rdu_xla_backend.hardware import A100_40GB, A100_80GB, H100
+from rdu_xla_backend.hardware import A100_40GB, A100_80GB, H100, H200
 
 from sparsetrain.config import Config
 from sparsetrain.models.gpt import GPTSpec, abstract_model
@@ -21,11 +21,11 @@ from sparsetrain.training.sharding import (
     batch_sharding, check_batch, make_mesh, per_device_bytes, tree_shardings,
 )
 
-# Bytes per device: the GPUs of the cost model are described once, in rdu_xla_backend/hardware.py
-# (from their datasheets); H200: NVIDIA H200 SXM datasheet, 141 GB HBM3e (not in the cost model).
+# Bytes per device: the GPUs are described once, in rdu_xla_backend/hardware.py (from their
+# datasheets).
 DEVICE_MEMORY = {
     "h100-80gb": H100.hbm_bytes, "a100-80gb": A100_80GB.hbm_bytes, "a100-40gb": A100_40GB.hbm_bytes,
-    "h200": 141e9,
+    "h200": H200.hbm_bytes,
 }
 
 
