@@ -66,24 +66,24 @@ class ModelParameters:
     inter_socket_bytes_per_s: float = 80.7 * GB  # not public: fitted [100 GB/s]
     # Gap between kernel calls: host-orchestrated (a host round trip and synchronisation per
     # call) or AGCU-orchestrated (the on-chip sequencer starts the next call) [SN40L].
-    launch_seconds_software: float = 18.6e-6  # not public: fitted [10 us]
-    launch_seconds_hardware: float = 1.30e-6  # not public: fitted [1 us]
+    launch_seconds_software: float = 18.0e-6  # not public: fitted [10 us]
+    launch_seconds_hardware: float = 1.04e-6  # not public: fitted [1 us]
     host_link_bytes_per_s: float = 32 * GB  # not public: assumed, PCIe 4 x16-class link
     # Fraction of the public HBM / DDR peak a streaming kernel (or a DDR -> HBM copy) reaches.
-    hbm_efficiency: float = 0.898  # not public: fitted [0.9] ([SN40L]: > 85% used in decode)
-    ddr_efficiency: float = 0.810  # not public: fitted [0.8] (STREAM-class DDR5 efficiency)
+    hbm_efficiency: float = 0.896  # not public: fitted [0.9] ([SN40L]: > 85% used in decode)
+    ddr_efficiency: float = 0.807  # not public: fitted [0.8] (STREAM-class DDR5 efficiency)
     # [SN40L] gives the DDR bandwidth as a lower bound ("over 200 GB/s"): the true peak is
     # this factor times the figure in ``ChipSpec.ddr_bytes_per_s`` (>= 1 by the paper's
     # wording; for SN10/SN30, whose figure is itself assumed, it scales the assumption).
-    ddr_peak_factor: float = 1.23  # not public: fitted [1.2]
+    ddr_peak_factor: float = 1.236  # not public: fitted [1.2]
     # Latency of a kernel call's first off-chip access (HBM/DDR latency through the AGCU): a call
     # cannot prefetch before it starts, a pipelined (looped) kernel pays it once.
-    offchip_latency_seconds: float = 1.21e-6  # not public: fitted [1 us]
+    offchip_latency_seconds: float = 1.07e-6  # not public: fitted [1 us]
     # Cycles a tile spends in one pipeline stage beyond its work (network hops, PCU pipeline
     # depth): adds to a kernel's fill and drain.
     stage_latency_cycles: float = 32.0  # not public: assumed
     # One hop of a collective between sockets (a recursive-doubling all-reduce takes log2(P)).
-    inter_socket_latency_seconds: float = 1.82e-6  # not public: fitted [1 us]
+    inter_socket_latency_seconds: float = 1.90e-6  # not public: fitted [1 us]
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -202,19 +202,19 @@ class GpuParameters:
 
     # Fitted by benchmarks/calibration.py within ``ranges.RANGES`` ("gpu.<field>": range,
     # source, the value assumed before fitting, also in brackets).
-    launch_sync_seconds: float = 3.79e-6  # not public: fitted [5 us]; community: 3-7 us
+    launch_sync_seconds: float = 3.70e-6  # not public: fitted [5 us]; community: 3-7 us
     # Fraction of the tensor-core peak the best-shaped large GEMM reaches (one full wave of
     # large tiles, long K): the ceiling of ``gpu_kernels.gemm_efficiency`` [CUBLAS].
-    achievable_compute_fraction: float = 0.69  # not public: fitted [0.75]
-    achievable_bandwidth_fraction: float = 0.874  # not public: fitted [0.88], streaming HBM
+    achievable_compute_fraction: float = 0.699  # not public: fitted [0.75]
+    achievable_bandwidth_fraction: float = 0.882  # not public: fitted [0.88], streaming HBM
     # Host links a DGX uses at once to copy one model into its GPUs (DGX A100 system
     # architecture: 4 PCIe switches, 2 GPUs each; the DGX H100 topology is taken the same).
-    host_copy_links: float = 2.21  # not public: fitted [2]
+    host_copy_links: float = 2.22  # not public: fitted [2]
     # Fraction of a PCIe link's peak a pinned host -> GPU copy reaches (bandwidthTest-class).
-    pcie_copy_efficiency: float = 0.798  # not public: fitted [0.8]
+    pcie_copy_efficiency: float = 0.790  # not public: fitted [0.8]
     # Fraction of the per-direction NVLink / NIC bandwidth a NCCL collective reaches (bus
     # bandwidth / link bandwidth) [NCCL].
-    collective_bandwidth_fraction: float = 0.85  # not public: fitted [0.8]
+    collective_bandwidth_fraction: float = 0.809  # not public: fitted [0.8]
     # Fraction of the tensor-core peak a fused (FlashAttention-2-style) attention kernel
     # reaches, forward and backward together [FA2].
     flash_attention_fraction: float = 0.55  # not public: assumed

@@ -136,8 +136,16 @@ def headline(cfg, graph, rdu: perf.ProgramPerf, planned: tuple) -> Headline:
 
 
 def rdu_memory_line(r: perf.ProgramPerf, sockets: int) -> str:
-    """Memory per socket of the RDU's placement: resident state, activations placed over the
-    step (the placement keeps the live set of each tier within its capacity), capacity, fit."""
+    """Memory per socket: with a parallel plan, its busiest socket's bytes by category against
+    HBM + DDR (the plan's own check); else the placement's resident state, activations placed
+    over the step (the placement keeps each tier's live set within its capacity), capacity."""
+    if r.plan is not None:
+        busiest = max(r.plan.memory, key=lambda m: sum(m.values()))
+        parts = ", ".join(f"{c} {b / 1e9:.3g}" for c, b in busiest.items() if b)
+        cap = r.chip.hbm_bytes + r.chip.ddr_bytes
+        return (f"memory of the busiest socket {sum(busiest.values()) / 1e9:.4g} GB ({parts} GB) "
+                f"of HBM {r.chip.hbm_bytes / 1e9:.4g} + DDR {r.chip.ddr_bytes / 1e9:.4g} GB "
+                f"({'fits' if r.plan.fits and sum(busiest.values()) <= cap else 'does NOT fit'})")
     plan = r.memory
     if plan is None:
         return "memory not planned"
@@ -162,9 +170,8 @@ def lines(h: Headline) -> list[str]:
         f"{g.memory_bytes / 1e9:.1f} GB of {g.gpu.hbm_bytes / 1e9:.0f} GB ({mem} GB); "
         f"step {g.step_s:.4g} s",
         f"  RDU: {h.sockets} x {r.chip.name}, this recipe"
-        + (f", {opt.parallel} parallel" if opt.sockets > 1 else "")
-        + (f", {opt.micro_batches or 4 * opt.sockets} micro-batches, {opt.schedule}"
-           if opt.sockets > 1 and opt.parallel == "pipeline" else "")
+        + (f", {r.plan.plan.describe(opt.batch)}" if r.plan is not None
+           else f", {opt.parallel} parallel" if opt.sockets > 1 else "")
         + f"; {rdu_memory_line(r, h.sockets)}; step {r.step_s:.4g} s",
         f"  speedup per system {x['speedup_per_system']:.3g}x, per chip "
         f"{x['speedup_per_chip']:.3g}x",
