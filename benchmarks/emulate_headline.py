@@ -24,6 +24,20 @@ ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S, BUDGET_BYTES = 15.0, 2e9
 
 
+def cpu_description() -> str:
+    """CPU model and the widest x86 vector ISA it has, from /proc/cpuinfo ('unknown' elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("model name")), "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "no avx2"
+    return f"{model}, {isa}"
+
+
 def run(recipe: str, cores: int) -> tuple[dict, dict]:
     """(report.json of the run, measurements: wall_s, cpu_s, max_rss_bytes)."""
     cmd = [sys.executable, "-m", "sparsetrain.cli", "emulate", recipe, "--vs", "a100",
@@ -53,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     s = data["summary"]
     result = {
         "command": f"sparsetrain emulate {args.recipe} --vs a100",
-        "cores": args.cores, **measured,
+        "cores": args.cores, "cpu": cpu_description(), **measured,
         "within_budget": (measured["wall_s"] <= BUDGET_S
                           and measured["max_rss_bytes"] <= BUDGET_BYTES),
         "rdu": f"{s['sockets']} x {s['chip']}", "gpu": f"{s['gpus']} x {s['gpu']}",
@@ -65,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "emulate_headline.json").write_text(json.dumps(result, indent=2) + "\n")
     h = result["headline"] or {}
     print(f"{result['command']}: {measured['wall_s']:.1f} s wall, {measured['cpu_s']:.1f} s CPU, "
-          f"{measured['max_rss_bytes'] / 1e9:.2f} GB peak on {args.cores} cores "
+          f"{measured['max_rss_bytes'] / 1e9:.2f} GB peak on {args.cores} cores of "
+          f"{result['cpu']} "
           f"(budget {BUDGET_S:.0f} s, {BUDGET_BYTES / 1e9:.0f} GB)")
     print(f"{result['rdu']} vs {result['gpu']} ({result['gpu_plan']}): "
           f"{h.get('speedup_per_system', float('nan')):.3g}x per system, "

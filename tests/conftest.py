@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -42,3 +43,15 @@ def tiny_recipe(tmp_path: Path, corpus: Path, sparse: bool = True, **sections) -
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def causal_attention_reference(q, k, v) -> np.ndarray:
+    """Independent float64 reference: softmax(q k^T / sqrt(D) + causal mask) v of (B, T, heads, D)
+    arrays (any float dtype, bfloat16 included)."""
+    q, k, v = (np.asarray(np.asarray(a, np.float32), np.float64) for a in (q, k, v))
+    T, D = q.shape[1], q.shape[3]
+    s = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(D)
+    s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return np.einsum("bhqk,bkhd->bqhd", p, v)

@@ -10,6 +10,7 @@ from sparsetrain.kernels import ffi
 from sparsetrain.kernels.attention import causal_attention
 from sparsetrain.kernels.dispatch import kernel_backend, use_kernel_backend
 from sparsetrain.rdu.programs import lower_program
+from conftest import causal_attention_reference
 
 compiled = pytest.mark.skipif(not ffi.AVAILABLE, reason=f"compiled kernel {ffi.DESCRIPTION}")
 
@@ -27,17 +28,6 @@ def _reference(q, k, v):
     return jax.nn.dot_product_attention(q, k, v, is_causal=True)
 
 
-def _masked_numpy(q, k, v):
-    """Independent float64 reference: softmax(q k^T / sqrt(D) + causal mask) v."""
-    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
-    T, D = q.shape[1], q.shape[3]
-    s = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(D)
-    s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    return np.einsum("bhqk,bkhd->bqhd", p, v)
-
-
 @compiled
 @pytest.mark.parametrize("shape", SHAPES)
 def test_compiled_forward_and_gradients_equal_reference(shape):
@@ -48,7 +38,7 @@ def test_compiled_forward_and_gradients_equal_reference(shape):
         grads = vjp(do)
     o_ref, vjp_ref = jax.vjp(_reference, q, k, v)
     # float32 sums of up to 256 terms of |v| ~ 2-8: absolute error ~1e-5 on small outputs
-    np.testing.assert_allclose(o, _masked_numpy(q, k, v), rtol=1e-5, atol=4e-5)
+    np.testing.assert_allclose(o, causal_attention_reference(q, k, v), rtol=1e-5, atol=4e-5)
     np.testing.assert_allclose(o, o_ref, rtol=1e-5, atol=4e-5)
     for g, g_ref in zip(grads, vjp_ref(do)):
         scale = float(jnp.abs(g_ref).max())
@@ -76,7 +66,7 @@ def test_extreme_scores_stay_finite():
         o, vjp = jax.vjp(causal_attention, q, k, v)
         grads = vjp(do)
     assert all(bool(jnp.isfinite(a).all()) for a in (o, *grads))
-    np.testing.assert_allclose(o, _masked_numpy(q, k, v), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(o, causal_attention_reference(q, k, v), rtol=1e-4, atol=1e-4)
 
 
 def test_kernel_choice():

@@ -11,17 +11,7 @@ import pytest
 
 from sparsetrain.kernels.attention import attention_kernel, cudnn_or_xla_attention
 from sparsetrain.kernels.dispatch import use_kernel_backend
-
-
-def _masked_numpy(q, k, v):
-    """float64 softmax(q k^T / sqrt(D) + causal mask) v of (B, T, heads, D) arrays."""
-    q, k, v = (np.asarray(a.astype(jnp.float32), np.float64) for a in (q, k, v))
-    T, D = q.shape[1], q.shape[3]
-    s = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(D)
-    s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    return np.einsum("bhqk,bkhd->bqhd", p, v)
+from conftest import causal_attention_reference
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=["bfloat16", "float32"])
@@ -31,7 +21,7 @@ def test_cudnn_or_xla_is_causal_attention(dtype):
     o = jax.jit(cudnn_or_xla_attention)(q, k, v)
     assert o.dtype == dtype and o.shape == q.shape
     tol = 1e-5 if dtype == jnp.float32 else 2e-2  # bfloat16 output: 8 mantissa bits
-    np.testing.assert_allclose(np.asarray(o, np.float64), _masked_numpy(q, k, v), rtol=tol, atol=tol)
+    np.testing.assert_allclose(np.asarray(o, np.float64), causal_attention_reference(q, k, v), rtol=tol, atol=tol)
     # Token 0 attends only to itself: its output is its own value row.
     np.testing.assert_allclose(np.asarray(o[:, 0], np.float32), np.asarray(v[:, 0], np.float32),
                                rtol=tol, atol=tol)
