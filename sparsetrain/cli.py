@@ -18,30 +18,39 @@ checkpoint that cannot be saved (full disk) with 4; both keep the earlier checkp
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from sparsetrain.commands import (compare, emulate, evaluate, export_hf, fields, generate, import_hf,
-                                  info, train)
 from sparsetrain.errors import CheckpointMismatchError, CheckpointSaveError
 
+# Command name -> its module under sparsetrain/commands/, in the order --help lists them. A
+# command's module imports the libraries it runs (datasets, Orbax, ...): only the module of the
+# command given is imported, so `sparsetrain emulate` does not pay for the data pipeline.
+COMMANDS = {"train": "train", "info": "info", "fields": "fields", "emulate": "emulate",
+            "eval": "evaluate", "compare": "compare", "import-hf": "import_hf",
+            "export-hf": "export_hf", "generate": "generate"}
 
-def _parser() -> argparse.ArgumentParser:
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every command, or with ``command``'s alone when it is a known one."""
     parser = argparse.ArgumentParser(prog="sparsetrain", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for register in _commands():
+    for register in _commands(command):
         register(sub)
     return parser
 
 
-def _commands():
-    """`register(subparsers)` of every command module (sparsetrain/commands/). Each adds a
-    subparser with `set_defaults(run=fn)`, where `fn(args) -> int` is the exit status."""
-    return [train.register, info.register, fields.register, emulate.register, evaluate.register,
-            compare.register, import_hf.register, export_hf.register, generate.register]
+def _commands(command: str | None = None):
+    """`register(subparsers)` of the command modules (sparsetrain/commands/): ``command``'s, or
+    all. Each adds a subparser with `set_defaults(run=fn)`, where `fn(args) -> int` is the exit
+    status."""
+    names = [COMMANDS[command]] if command in COMMANDS else list(COMMANDS.values())
+    return [importlib.import_module(f"sparsetrain.commands.{name}").register for name in names]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(argv[0] if argv else None).parse_args(argv)
     try:
         return args.run(args)
     except CheckpointMismatchError as e:

@@ -202,10 +202,11 @@ def marginal_layer_seconds(plan: par.ParallelPlan, works, st: Structure, chip, t
 
 
 def lay_out_and_time(plan: par.ParallelPlan, virtual_stages: int, works, st: Structure, chip,
-                     time_fn) -> PlanTiming:
-    """Whole layers per chunk for ``plan`` (v virtual stages when the layers and micro-batches
-    allow), balanced at the whole batch's costs, then again at one micro-batch's marginal
-    costs; the faster layout's timing."""
+                     time_fn) -> list[PlanTiming]:
+    """Timings of ``plan`` with whole layers per chunk (v virtual stages when the layers and
+    micro-batches allow): balanced at the whole batch's costs, then at one micro-batch's
+    marginal costs, and the even split; best closed-form estimate first (the estimate cannot
+    rank close layouts: ``choose_plan`` simulates the layouts of its best plans)."""
     v = virtual_stages
     if plan.pipeline == 1 or st.layers < plan.pipeline * v or plan.micro_batches % (
             plan.pipeline if v > 1 else 1):
@@ -216,18 +217,14 @@ def lay_out_and_time(plan: par.ParallelPlan, virtual_stages: int, works, st: Str
               if st.layers > 1 else (1,) * plan.pipeline)
     plan = dataclasses.replace(plan, virtual_stages=v, layers=layers)
     timed = time_plan(plan, works, st, chip, time_fn)
+    timings = [timed]
     if st.layers > 1 and plan.chunks > 1:
-        # Other layouts: balanced at one micro-batch's marginal costs, and the even split; the
-        # simulated schedule picks (the closed-form estimate cannot rank close layouts).
         layouts = {par.assign_layers(st.layers, plan.chunks, *timed.balance)}
         if st.layers % plan.chunks == 0:
             layouts.add((st.layers // plan.chunks,) * plan.chunks)
-        timings = [timed] + [time_plan(dataclasses.replace(plan, layers=other), works, st, chip,
-                                       time_fn) for other in layouts - {layers}]
-        if len(timings) > 1:
-            timed = min((t.simulate() for t in timings),
-                        key=lambda t: (not t.fits, t.step_s))
-    return timed
+        timings += [time_plan(dataclasses.replace(plan, layers=other), works, st, chip, time_fn)
+                    for other in sorted(layouts - {layers})]
+    return sorted(timings, key=lambda t: (not t.fits, t.estimate_s))
 
 
 def choose_plan(graph, chip, options, works_for, time_fn) -> tuple[PlanTiming, list[str]]:
@@ -264,9 +261,10 @@ def choose_plan(graph, chip, options, works_for, time_fn) -> tuple[PlanTiming, l
                                     par.tensor_degrees(options.sockets, width, options.heads),
                                     kinds, options.schedule, micro_batches, recompute)
         return [lay_out_and_time(p, options.virtual_stages, works_for(p.tensor), st, chip,
-                                 time_fn) for p in plans]
+                                 time_fn) for p in plans]  # per plan: its layouts
 
-    timed = evaluate(kinds, options.micro_batches)
+    layouts = evaluate(kinds, options.micro_batches)
+    timed = [ts[0] for ts in layouts]
     fitting = [t for t in timed if t.fits]
     for again_kinds, why in ((kinds, "micro-batches chosen instead"),
                              (("tensor", "pipeline", "data"), "re-planned over all splits")):
@@ -276,7 +274,8 @@ def choose_plan(graph, chip, options, works_for, time_fn) -> tuple[PlanTiming, l
         notes.append(f"plan: no {options.parallel}-parallel plan of {options.sockets} sockets "
                      f"with {options.micro_batches or 'any number of'} micro-batches fits HBM + "
                      f"DDR (or the batch does not split so); {why}")
-        timed = evaluate(again_kinds, None)
+        layouts = evaluate(again_kinds, None)
+        timed = [ts[0] for ts in layouts]
         fitting = [t for t in timed if t.fits]
     if not fitting:
         need = min((max(sum(m.values()) for m in t.memory) for t in timed), default=0.0)
@@ -288,8 +287,9 @@ def choose_plan(graph, chip, options, works_for, time_fn) -> tuple[PlanTiming, l
         notes.append(f"plan: {refused} of {len(timed)} candidate plans refused: a socket's "
                      "parameters, gradients, optimizer state and held activations exceed its "
                      "HBM + DDR")
-    best = sorted(fitting, key=lambda t: t.estimate_s)[:SIMULATED]
-    chosen = min((t.simulate() for t in best), key=lambda t: t.step_s)
+    best = sorted(range(len(timed)), key=lambda i: (not timed[i].fits, timed[i].estimate_s))
+    chosen = min((t.simulate() for i in best[:SIMULATED] for t in layouts[i] if t.fits),
+                 key=lambda t: t.step_s)
     if st.recomputes:
         notes.append("plan: the traced program already recomputes activations (remat): only "
                      "layer inputs are held for the backward")
