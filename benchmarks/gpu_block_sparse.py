@@ -36,12 +36,12 @@ import numpy as np
 from sparsetrain.config import load_recipe
 from sparsetrain.kernels import pallas_block_sparse
 from sparsetrain.kernels.attention import attention_kernel
-from sparsetrain.models.gpt import GPTSpec, build_model
-from sparsetrain.training.optim import make_optimizer
 from sparsetrain.sparsity import (block_sparse_matmul, dense_to_values, random_balanced,
                                  values_to_dense)
 from sparsetrain.kernels.dispatch import kernel_backend, kernel_backend_info, use_kernel_backend
-from sparsetrain.training.step import ModelFunctions, init_state, make_train_step
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import make_jax_step  # noqa: E402  (the same random-token train step)
 
 FULL = {  # the GPU targets: GPT-3 13B linears, 8192 tokens
     "shapes": {"qkv": (5120, 15360), "attn_out": (5120, 5120), "mlp_up": (5120, 20480),
@@ -146,22 +146,8 @@ def bench_linear(name, shape, tokens, block, densities, rounds, tiles=()) -> lis
 
 def make_step(path: str, overrides: list[str]):
     """(run one train step and wait, tokens per step) for a recipe on random tokens."""
-    cfg = load_recipe(REPO / path, overrides, check_data=False)
-    vocab = cfg.data.vocab_size
-    fns = ModelFunctions(build_model(GPTSpec.from_config(cfg, vocab), 0))
-    tx, schedule = make_optimizer(cfg.optimizer, 1000)
-    step = make_train_step(fns, tx, schedule)
-    rng = np.random.default_rng(0)
-    shape = (cfg.data.batch_size, cfg.data.seq_len)
-    batch = {"tokens": rng.integers(0, vocab, shape, dtype=np.int32),
-             "targets": rng.integers(0, vocab, shape, dtype=np.int32)}
-    box = [init_state(fns, tx, 0)]
-
-    def run():
-        box[0], m = step(box[0], batch)
-        jax.block_until_ready(m)
-
-    return run, shape[0] * shape[1]
+    run, facts = make_jax_step(load_recipe(REPO / path, overrides, check_data=False))
+    return run, facts["tokens"]
 
 
 def bench_step(recipes, overrides, rounds) -> dict:

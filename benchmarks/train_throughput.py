@@ -52,7 +52,8 @@ def recipe(preset: str, batch: int, seq_len: int, block: int, density: float) ->
 
 def make_jax_step(cfg: Config):
     """(run one train step and wait for it, facts) for the recipe's model on random tokens."""
-    spec = GPTSpec.from_config(cfg, VOCAB)
+    vocab = cfg.data.vocab_size
+    spec = GPTSpec.from_config(cfg, vocab)
     model = build_model(spec, 0)
     counts = model_counts(model, cfg.data.seq_len)
     fns = ModelFunctions(model)
@@ -60,8 +61,8 @@ def make_jax_step(cfg: Config):
     step = make_train_step(fns, tx, schedule)
     rng = np.random.default_rng(0)
     shape = (cfg.data.batch_size, cfg.data.seq_len)
-    batch = {"tokens": rng.integers(0, VOCAB, shape, dtype=np.int32),
-             "targets": rng.integers(0, VOCAB, shape, dtype=np.int32)}
+    batch = {"tokens": rng.integers(0, vocab, shape, dtype=np.int32),
+             "targets": rng.integers(0, vocab, shape, dtype=np.int32)}
     box = [init_state(fns, tx, 0)]
 
     def run():

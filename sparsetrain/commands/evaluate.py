@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from sparsetrain.commands.recipe_args import add_sampling_args
 from sparsetrain.evaluation.evaluate import DEFAULT_PROMPT, evaluate_run, format_eval
 
 
@@ -34,8 +35,6 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="text the samples continue")
     p.add_argument("--samples", type=int, default=3, help="number of sampled continuations")
     p.add_argument("--tokens", type=int, default=64, help="tokens per sample")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy")
-    p.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (0 = all)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    add_sampling_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_run_cli)

@@ -14,6 +14,7 @@ import time
 
 import jax
 
+from sparsetrain.commands.recipe_args import add_sampling_args
 from sparsetrain.errors import CheckpointMismatchError
 from sparsetrain.evaluation.generate import Generator
 from sparsetrain.data.pipeline import TOKENIZER_FILENAME, load_tokenizer
@@ -49,9 +50,7 @@ def register(subparsers) -> None:
     p.add_argument("run_dir", metavar="RUN", help="run directory (checkpoints/, tokenizer.json)")
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy")
-    p.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (0 = all)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    add_sampling_args(p)
     p.add_argument("--samples", type=int, default=1, help="continuations to sample at once")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     p.set_defaults(run=run)

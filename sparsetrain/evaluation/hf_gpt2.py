@@ -22,6 +22,7 @@ one line naming the file and the field or tensor.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -280,18 +281,26 @@ def import_run(source: str, out: str | Path, overrides: list[str] = ()) -> dict:
     tok = read_tokenizer(src, hf["vocab_size"])
     params = params_from_hf(read_weights(src, hf), hf["n_layer"])
     cfg = imported_recipe(hf, out, overrides)
-    tmp = out.with_name(f".{out.name}.importing")
+    with _staged(out, "importing") as tmp:
+        tok.save(str(tmp / TOKENIZER_FILE))
+        summary = _write_run(cfg, params, tmp, str(source))
+    return summary
+
+
+@contextlib.contextmanager
+def _staged(out: Path, what: str):
+    """A fresh hidden directory beside `out` to write into; it becomes `out` (an empty `out`
+    replaced) only when the block completes, and is removed whatever happens."""
+    tmp = out.with_name(f".{out.name}.{what}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        tok.save(str(tmp / TOKENIZER_FILE))
-        summary = _write_run(cfg, params, tmp, str(source))
+        yield tmp
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return summary
 
 
 def _write_run(cfg: Config, params: dict, where: Path, source: str) -> dict:
@@ -351,17 +360,9 @@ def export_run(run_dir: str | Path, out: str | Path, step: int | None = None) ->
     m = cfg.model
     config = hf_config(shape, int(meta["vocab_size"]), tok.token_to_id(EOT_TOKEN),
                        (m.embd_dropout, m.attn_dropout, m.resid_dropout))
-    tmp = out.with_name(f".{out.name}.exporting")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with _staged(out, "exporting") as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         tok.save(str(tmp / TOKENIZER_FILE))
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(shape.context), indent=2))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
