@@ -59,13 +59,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from rdu_xla_backend.mapping import parallel as par
 from rdu_xla_backend.mapping import tiers
 from rdu_xla_backend.mapping import pipeline as pl
 from rdu_xla_backend.cost import rdu_plan
-from rdu_xla_backend.workload.graph import Graph, Kernel
+from rdu_xla_backend.workload.graph import Graph, Kernel, values_fingerprint
 from rdu_xla_backend.hardware import ChipSpec
 from rdu_xla_backend.mapping.kernel_work import KernelWork, kernel_work
 from rdu_xla_backend.mapping.placement import MemoryPlan, plan_memory
@@ -282,8 +281,7 @@ def _structure(chip: ChipSpec) -> tuple:
 
 def _concrete_key(graph: Graph) -> tuple:
     """The graph's concrete index values as a hashable key (shapes and a hash of the bytes)."""
-    return tuple((pos, a.shape, hash(np.ascontiguousarray(a).tobytes()))
-                 for pos, a in sorted(graph.concrete.items()))
+    return tuple((pos, values_fingerprint(a)) for pos, a in sorted(graph.concrete.items()))
 
 
 def program_work(graph: Graph, chip: ChipSpec, shards: int, placement_sockets: int):

@@ -46,7 +46,7 @@ import numpy as np
 
 from rdu_xla_backend.hardware import ChipSpec
 from rdu_xla_backend.mapping import banks as mem
-from rdu_xla_backend.workload.graph import BlockSparseInfo, Graph
+from rdu_xla_backend.workload.graph import BlockSparseInfo, Graph, values_fingerprint
 
 MAX_PRICED_LAYERS = 4  # layers of a stacked index array whose gathers are simulated (evenly spaced)
 MAX_LISTS = 64  # index lists simulated per gather (evenly sampled); the total is scaled
@@ -161,7 +161,7 @@ def sparse_cycles(info: BlockSparseInfo, graph: Graph, chip: ChipSpec,
     """Cycles of ONE execution of a block-sparse matmul call on ``chip`` (module docstring)."""
     rows_all = layer_indices(info, graph)
     key = ("block_sparse", info, mem.PmuConfig.from_chip(chip), chip.stages_per_pcu,
-           _fingerprint(rows_all))
+           values_fingerprint(rows_all))
     if cache is not None and key in cache:
         return cache[key]
     pmu = mem.PmuConfig.from_chip(chip)
@@ -189,11 +189,6 @@ def sparse_cycles(info: BlockSparseInfo, graph: Graph, chip: ChipSpec,
     if cache is not None:
         cache[key] = out
     return out
-
-
-def _fingerprint(a: np.ndarray) -> tuple:
-    """A key that changes when the index values change (shape plus a hash of the bytes)."""
-    return (a.shape, hash(np.ascontiguousarray(a).tobytes()))
 
 
 def summary(graph: Graph, chip: ChipSpec, cache: dict | None = None) -> list[str]:

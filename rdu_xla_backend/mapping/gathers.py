@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from rdu_xla_backend.mapping import banks as mem
-from rdu_xla_backend.workload.graph import GatherInfo, Graph
+from rdu_xla_backend.workload.graph import GatherInfo, Graph, values_fingerprint
 
 MAX_GATHER_LISTS = 64  # index lists simulated per gather (evenly sampled); the rest scales
 MAX_GATHER_FEATURES = 1 << 16  # elements per simulated list; longer lists are sampled and scaled
@@ -46,7 +46,7 @@ def index_fingerprint(info: GatherInfo, graph: Graph) -> tuple:
     arr = graph.concrete.get(info.origin) if info.origin is not None else None
     if arr is None:
         return ()
-    return (arr.shape, hash(np.ascontiguousarray(arr).tobytes()))
+    return values_fingerprint(arr)
 
 
 def gather_cost(info: GatherInfo, graph: Graph, pmu: mem.PmuConfig,

@@ -28,6 +28,12 @@ PMU_KINDS = ("memory", "gather")
 KINDS = PCU_KINDS + PMU_KINDS + ("free",)
 
 
+def values_fingerprint(a: np.ndarray) -> tuple:
+    """A hashable key that changes when an array's values change: its shape and a hash of its
+    bytes (caches of gather and block-sparse costs hold it, so new indices are repriced)."""
+    return (a.shape, hash(np.ascontiguousarray(a).tobytes()))
+
+
 # What a program input is to the program, in the HBM priority order of the placement: the caller of
 # ``lower`` names them (the workload cannot know a KV cache from a weight by its shape).
 ROLES = ("activations", "kv_cache", "weights", "optimizer_state")

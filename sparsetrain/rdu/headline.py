@@ -142,10 +142,9 @@ def rdu_memory_line(r: perf.ProgramPerf, sockets: int) -> str:
     if r.plan is not None:
         busiest = max(r.plan.memory, key=lambda m: sum(m.values()))
         parts = ", ".join(f"{c} {b / 1e9:.3g}" for c, b in busiest.items() if b)
-        cap = r.chip.hbm_bytes + r.chip.ddr_bytes
         return (f"memory of the busiest socket {sum(busiest.values()) / 1e9:.4g} GB ({parts} GB) "
                 f"of HBM {r.chip.hbm_bytes / 1e9:.4g} + DDR {r.chip.ddr_bytes / 1e9:.4g} GB "
-                f"({'fits' if r.plan.fits and sum(busiest.values()) <= cap else 'does NOT fit'})")
+                f"({'fits' if r.plan.fits else 'does NOT fit'})")
     plan = r.memory
     if plan is None:
         return "memory not planned"
