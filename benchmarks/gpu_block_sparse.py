@@ -26,7 +26,6 @@ import functools
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -41,7 +40,8 @@ from sparsetrain.sparsity import (block_sparse_matmul, dense_to_values, random_b
 from sparsetrain.kernels.dispatch import kernel_backend, kernel_backend_info, use_kernel_backend
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import make_jax_step  # noqa: E402  (the same random-token train step)
+from train_throughput import make_jax_step  # noqa: E402  (the same train step and timing)
+from train_throughput import timed_rounds as interleaved_rounds  # noqa: E402
 
 FULL = {  # the GPU targets: GPT-3 13B linears, 8192 tokens
     "shapes": {"qkv": (5120, 15360), "attn_out": (5120, 5120), "mlp_up": (5120, 20480),
@@ -64,15 +64,7 @@ TARGET_STEP = 2.0  # sparse/dense gpt2-small step speed
 
 def timed_rounds(runners: dict, rounds: int) -> dict[str, float]:
     """Median seconds per call of each runner: two warm calls each, then interleaved rounds."""
-    for run in runners.values():
-        run(), run()
-    times = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            t0 = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in interleaved_rounds(runners, rounds).items()}
 
 
 @jax.jit
