@@ -10,18 +10,21 @@
     sparsetrain export-hf RUN --out DIR       # a run's checkpoint as a Hugging Face GPT-2
     sparsetrain generate RUN --prompt TEXT    # continue a prompt with the KV cache
 
-Recipe errors are printed as one line naming the field, the value and what is allowed, with
-exit status 2, before anything is compiled. A run stopped by a NaN/inf loss exits with 3, a
-checkpoint that cannot be saved (full disk) with 4; both keep the earlier checkpoints.
+Every expected error is printed as one line, `sparsetrain: KIND: MESSAGE`, with the exit status
+of its class in sparsetrain/errors.py (2 bad input, 3 training stopped by a NaN/inf loss, 4 a
+failed write such as a full disk, 5 damaged run files, 6 a lost process), before anything is
+written when it is bad input. An unexpected error prints one line and exits with 1;
+`sparsetrain --debug ...` (or SPARSETRAIN_DEBUG=1) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from sparsetrain.errors import CheckpointMismatchError, CheckpointSaveError
+from sparsetrain.errors import SparsetrainError
 
 # Command name -> its module under sparsetrain/commands/, in the order --help lists them. A
 # command's module imports the libraries it runs (datasets, Orbax, ...): only the module of the
@@ -34,6 +37,8 @@ COMMANDS = {"train": "train", "info": "info", "fields": "fields", "emulate": "em
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser with every command, or with ``command``'s alone when it is a known one."""
     parser = argparse.ArgumentParser(prog="sparsetrain", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (also SPARSETRAIN_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     for register in _commands(command):
         register(sub)
@@ -50,21 +55,34 @@ def _commands(command: str | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser(argv[0] if argv else None).parse_args(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = _parser(command).parse_args(argv)
+    debug = args.debug or os.environ.get("SPARSETRAIN_DEBUG", "") not in ("", "0")
     try:
         return args.run(args)
-    except CheckpointMismatchError as e:
-        print(f"sparsetrain: checkpoint error: {e}", file=sys.stderr)
+    except Exception as e:
+        if debug:
+            raise
+        return report(e)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("sparsetrain: interrupted", file=sys.stderr)
+        return 130
+
+
+def report(e: BaseException) -> int:
+    """Print `e` as one line on stderr; return its exit status (1 when it is unexpected)."""
+    if isinstance(e, SparsetrainError):
+        print(f"sparsetrain: {e.kind}: {e}", file=sys.stderr)
+        return e.exit_code
+    if isinstance(e, ValueError):  # field errors of the data loader and argument checks
+        print(f"sparsetrain: input error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:  # ConfigError and the data loader's field errors
-        print(f"sparsetrain: recipe error: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:  # a NaN/inf loss (run.nonfinite)
-        print(f"sparsetrain: training stopped: {e}", file=sys.stderr)
-        return 3
-    except CheckpointSaveError as e:  # a full disk: earlier checkpoints kept
-        print(f"sparsetrain: checkpoint error: {e}", file=sys.stderr)
-        return 4
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    print(f"sparsetrain: unexpected error: {type(e).__name__}: {first[:300]} "
+          "(rerun with --debug for the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

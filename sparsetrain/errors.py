@@ -1,10 +1,34 @@
-"""Errors a run reports to the user (importable without JAX or Orbax, so the CLI starts fast)."""
+"""Errors a run reports to the user (importable without JAX or Orbax, so the CLI starts fast).
+
+Every error the `sparsetrain` command expects is a `SparsetrainError`: the CLI prints it as one
+line, `sparsetrain: KIND: MESSAGE`, and exits with its `exit_code` (no traceback unless
+`--debug`). The exit codes, also listed in the README:
+
+    0  success
+    1  an unexpected error (a bug: rerun with --debug for the traceback)
+    2  bad input: a recipe field, a command-line argument, a path, a checkpoint of another model
+    3  training stopped: non-finite loss or gradient (run.nonfinite)
+    4  a write failed (full disk, lost mount): what was saved before is kept
+    5  a run's files are damaged (no checkpoint restores, a corrupt tokenizer or recipe)
+    6  another process of a multi-process run died or stopped answering
+  130  interrupted (Ctrl-C)
+"""
 
 from __future__ import annotations
 
 
-class ConfigError(ValueError):
+class SparsetrainError(Exception):
+    """Base of the errors the CLI reports as one line with a documented exit status."""
+
+    exit_code = 1
+    kind = "error"
+
+
+class ConfigError(SparsetrainError, ValueError):
     """A recipe field has a value that is not allowed."""
+
+    exit_code = 2
+    kind = "recipe error"
 
 
 def require(ok: bool, where: str, value, allowed: str) -> None:
@@ -13,9 +37,52 @@ def require(ok: bool, where: str, value, allowed: str) -> None:
         raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {allowed}")
 
 
-class CheckpointSaveError(OSError):
+class InputError(SparsetrainError, ValueError):
+    """A command-line argument or path that cannot be used (a run directory that does not exist,
+    a recipe given where a run is expected, ...)."""
+
+    exit_code = 2
+    kind = "input error"
+
+
+class CheckpointMismatchError(SparsetrainError, ValueError):
+    """A checkpoint's arrays do not fit the recipe's model (another shape, another optimizer)."""
+
+    exit_code = 2
+    kind = "checkpoint error"
+
+
+class TrainingStoppedError(SparsetrainError, FloatingPointError):
+    """A non-finite loss or gradient stopped the run (run.nonfinite); earlier checkpoints kept."""
+
+    exit_code = 3
+    kind = "training stopped"
+
+
+class CheckpointSaveError(SparsetrainError, OSError):
     """A checkpoint could not be written (full disk, lost mount); the earlier ones are intact."""
 
+    exit_code = 4
+    kind = "checkpoint error"
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint's arrays do not fit the recipe's model (another shape, another optimizer)."""
+
+class WriteError(SparsetrainError, OSError):
+    """A run file (tokenizer, recipe, metrics, summary) could not be written; nothing half-written
+    is left and what existed before is unchanged."""
+
+    exit_code = 4
+    kind = "write error"
+
+
+class DamagedFileError(SparsetrainError, OSError):
+    """A file a run wrote earlier cannot be read (truncated, deleted, garbled)."""
+
+    exit_code = 5
+    kind = "damaged file"
+
+
+class ProcessLostError(SparsetrainError, RuntimeError):
+    """Another process of a multi-process run died or stopped answering."""
+
+    exit_code = 6
+    kind = "distributed error"

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from sparsetrain.config import Config, ConfigError, check_trainable, save_recipe
 from sparsetrain.data.pipeline import TOKENIZER_FILENAME, BatchIterator, Datasets, build_datasets
-from sparsetrain.errors import CheckpointSaveError
+from sparsetrain.errors import CheckpointSaveError, TrainingStoppedError
 from sparsetrain.models.accounting import ModelCounts, model_counts
 from sparsetrain.rdu.step import EmulatedTrainStep
 from sparsetrain.sparsity.schedule import pruned_params
@@ -68,7 +68,7 @@ class _Progress:
 
 def _check_finite(cfg: Config, row: dict, done: int, prog: _Progress, tracker: Tracker,
                   ckpt: Checkpointer) -> None:
-    """Count a non-finite step; stop (FloatingPointError) per run.nonfinite, else mark it skipped."""
+    """Count a non-finite step; stop (TrainingStoppedError) per run.nonfinite, else mark it skipped."""
     finite = math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])
     prog.skipped_in_a_row = 0 if finite else prog.skipped_in_a_row + 1
     prog.skipped += not finite
@@ -80,7 +80,7 @@ def _check_finite(cfg: Config, row: dict, done: int, prog: _Progress, tracker: T
         tracker.finish()
         why = (f"{prog.skipped_in_a_row} non-finite steps in a row (run.max_skipped_steps="
                f"{r.max_skipped_steps})" if r.nonfinite == "skip" else "run.nonfinite=stop")
-        raise FloatingPointError(
+        raise TrainingStoppedError(
             f"loss {row['loss']}, gradient norm {row['grad_norm']} at step {done}; stopping ({why}). "
             f"The last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}")
     row["skipped"] = 1.0
