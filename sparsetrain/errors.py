@@ -16,6 +16,8 @@ line, `sparsetrain: KIND: MESSAGE`, and exits with its `exit_code` (no traceback
 
 from __future__ import annotations
 
+import errno
+
 
 class SparsetrainError(Exception):
     """Base of the errors the CLI reports as one line with a documented exit status."""
@@ -86,3 +88,13 @@ class ProcessLostError(SparsetrainError, RuntimeError):
 
     exit_code = 6
     kind = "distributed error"
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    """Whether `e`, or an exception it was raised from, says the disk or quota is full."""
+    while e is not None:
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or \
+                "No space left" in str(e) or "Disk quota" in str(e) or "File too large" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False

@@ -24,6 +24,7 @@ import yaml
 
 from sparsetrain.config.presets import PRESETS, ModelShape
 from sparsetrain.errors import ConfigError
+from sparsetrain.run_files import write_atomic
 
 
 def _f(default: Any, doc: str):
@@ -276,10 +277,7 @@ def apply_override(raw: dict, override: str) -> None:
 
 def save_recipe(cfg: Config, path: Path) -> None:
     """Write the fully resolved recipe (all defaults filled in) as YAML."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")  # atomic: a kill mid-write leaves the old file
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # a failure leaves the old file
 
 
 def describe_fields(cls=Config, prefix: str = "") -> list[str]:

@@ -4,6 +4,9 @@ fields of `config.DataConfig`)."""
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,45 @@ def validate_data_section(d: Any, check_files: bool = True) -> None:
                  "'bpe' or the path of an existing tokenizer.json")
     if check_files and d.dataset != "shakespeare":
         try:
-            resolve_data_files(d.dataset)
+            files = resolve_data_files(d.dataset)
         except ValueError as e:
             require(False, "data.dataset", d.dataset, f"'shakespeare', an existing file/dir/glob of "
                      f"{'/'.join(BUILDERS)} files, or a hub dataset name ({e})")
+        if files is None:  # a hub name: refused now if it cannot be read, not after a minute of retries
+            require(_hub_name_cached(d.dataset, Path(d.cache_dir)) or hub_reachable(),
+                    "data.dataset", d.dataset,
+                    f"an existing file/dir/glob of {'/'.join(BUILDERS)} files, 'shakespeare', or a "
+                    "hub dataset name already in data.cache_dir; it is not a local path and the "
+                    "Hugging Face hub cannot be reached (offline)")
+
+
+HUB_HOST = "huggingface.co"
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def _hub_name_cached(name: str, cache_dir: Path) -> bool:
+    """Whether HF `datasets` has `name` (e.g. 'user/corpus') in data.cache_dir's cache, where
+    it is stored as a folder `user___corpus`."""
+    folder = name.replace("/", "___")
+    root = cache_dir / "hf_datasets"
+    return root.is_dir() and any(p.name == folder for p in root.iterdir())
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """False when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set or the hub's host name does not
+    resolve within `timeout_s` (no network); True otherwise (loading may still fail later)."""
+    if any(os.environ.get(v, "") not in ("", "0", "false", "False") for v in _OFFLINE_VARIABLES):
+        return False
+    found: list[bool] = []
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(HUB_HOST, 443)
+            found.append(True)
+        except OSError:
+            found.append(False)
+
+    thread = threading.Thread(target=lookup, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return bool(found and found[0])

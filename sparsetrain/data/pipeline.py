@@ -18,7 +18,6 @@ The path of the data, top to bottom:
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -29,6 +28,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from sparsetrain.data.checks import validate_data_section
 from sparsetrain.data.corpus import prepare_shakespeare
 from sparsetrain.data.files import BUILDERS, resolve_data_files
+from sparsetrain.run_files import write_atomic
 
 EOT_TOKEN = "<|endoftext|>"
 TOKENIZER_FILENAME = "tokenizer.json"
@@ -240,9 +240,7 @@ def _run_tokenizer(cfg: Any, run_dir: Path, train_docs: Sequence[str]) -> Tokeni
     else:
         tokenizer = load_tokenizer(Path(cfg.tokenizer))
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_name(saved.name + ".tmp")
-    tokenizer.save(str(tmp))
-    os.replace(tmp, saved)
+    write_atomic(saved, lambda tmp: tokenizer.save(str(tmp)))
     return tokenizer
 
 

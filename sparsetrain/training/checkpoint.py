@@ -9,7 +9,6 @@ No pickle anywhere.
 
 from __future__ import annotations
 
-import errno
 import shutil
 import time
 from pathlib import Path
@@ -19,16 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from sparsetrain.errors import CheckpointMismatchError, CheckpointSaveError
-
-
-def _is_disk_full(e: BaseException) -> bool:
-    while e is not None:
-        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or \
-                "No space left" in str(e) or "Disk quota" in str(e) or "File too large" in str(e):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
+from sparsetrain.errors import CheckpointMismatchError, CheckpointSaveError, is_disk_full
 
 
 class Checkpointer:
@@ -82,7 +72,7 @@ class Checkpointer:
             self.manager = self._make_manager()
             kept = (f"the previous checkpoint (step {previous}) is kept and restorable"
                     if previous is not None else "there is no earlier checkpoint")
-            full = " (the disk is full)" if _is_disk_full(e) else ""
+            full = " (the disk is full)" if is_disk_full(e) else ""
             raise CheckpointSaveError(
                 f"saving the checkpoint of step {step} in {self.directory} failed{full}: "
                 f"{type(e).__name__}: {e}; {kept}; resume with --resume after freeing space") from e

@@ -9,6 +9,7 @@ recipe's cadence, and write the summary.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -17,13 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 from sparsetrain.config import Config, ConfigError, check_trainable, save_recipe
 from sparsetrain.data.pipeline import TOKENIZER_FILENAME, BatchIterator, Datasets, build_datasets
 from sparsetrain.errors import CheckpointSaveError, TrainingStoppedError
+from sparsetrain.kernels.attention import attention_kernel
+from sparsetrain.kernels.dispatch import kernel_backend, kernel_backend_info
 from sparsetrain.models.accounting import ModelCounts, model_counts
 from sparsetrain.rdu.step import EmulatedTrainStep
+from sparsetrain.run_files import write_atomic
 from sparsetrain.sparsity.schedule import pruned_params
 from sparsetrain.training.checkpoint import Checkpointer
 from sparsetrain.training.sharding import batch_sharding, make_mesh, tree_shardings
@@ -119,9 +124,69 @@ def _summary(cfg: Config, data: Datasets, counts: ModelCounts, setup: Setup, tra
     }
 
 
+def _prepare(cfg: Config, resume: bool) -> tuple[Datasets, Setup, ModelCounts, Checkpointer, Start]:
+    """Data (tokenizer written), model, checkpointer and start state; then recipe.yaml."""
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpointer(out / "checkpoints", cfg.run.keep_checkpoints)
+    try:
+        converting = cfg.sparsity.init_from and not (resume and ckpt.latest_step() is not None)
+        if converting and not (out / TOKENIZER_FILENAME).is_file():  # the embeddings need its tokens
+            write_atomic(out / TOKENIZER_FILENAME,
+                         (Path(cfg.sparsity.init_from) / TOKENIZER_FILENAME).read_bytes())
+        data = build_datasets(cfg.data, out)
+        setup = build_setup(cfg, data.vocab_size)
+        counts = model_counts(setup.model, cfg.data.seq_len)
+        tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+        start = initial_state(cfg, setup, data, ckpt, resume,
+                              counts.train_flops_per_token_effective * tokens_per_step)
+        save_recipe(cfg, out / "recipe.yaml")  # only once the recipe is known to fit the checkpoints
+    except BaseException:
+        ckpt.close()
+        raise
+    return data, setup, counts, ckpt, start
+
+
+def check_before_writing(cfg: Config, resume: bool) -> None:
+    """Every check that needs no data, run before anything is written or compiled.
+
+    Raises:
+      ConfigError: a Llama preset (not trainable), a mesh larger than this process's devices, a
+        run directory that cannot be created, or checkpoints already there without --resume.
+    """
+    check_trainable(cfg)
+    _mesh_of(cfg)  # the mesh against the device count (batch divisibility: recipe validation)
+    out = cfg.out_dir
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"run.out_dir: {str(out)!r} is a file; expected a run directory")
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        raise ConfigError(f"run.out_dir: {str(out)!r} cannot be created ({parent} is not a "
+                          "writable directory)")
+    if not resume and (out / "checkpoints").is_dir():
+        ckpt = Checkpointer(out / "checkpoints", cfg.run.keep_checkpoints)
+        try:
+            if ckpt.latest_step() is not None:
+                raise ConfigError(f"run.name: {cfg.run.name!r} already has checkpoints in {out}; "
+                                  "pass --resume to continue it, or choose another run.name "
+                                  "(nothing was changed)")
+        finally:
+            ckpt.close()
+
+
+def kernels_in_use(cfg: Config) -> dict:
+    """The kernels the run's step traces: block-sparse matmul and causal attention."""
+    dtype = jnp.dtype(cfg.model.dtype)
+    return {"block_sparse": kernel_backend(dtype), "attention": attention_kernel(dtype),
+            "block_sparse_detail": kernel_backend_info()}
+
+
 def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
           progress: bool | None = None) -> dict:
     """Train a GPT from a validated recipe. Returns the run summary (also in OUT/summary.json).
+
+    Every check that needs no data runs first (`check_before_writing`); a run directory this call
+    creates is removed again if building the data, the model or the start state fails.
 
     Args:
       cfg: the recipe (already validated by `load_recipe`).
@@ -130,24 +195,17 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
         schedule still spans `run.steps`.
       progress: show a progress bar (default: the recipe's `run.progress`).
     """
-    check_trainable(cfg)  # a Llama preset is refused here, before any data or compile
-    out = cfg.out_dir
-    ckpt = Checkpointer(out / "checkpoints", cfg.run.keep_checkpoints)
-    if ckpt.latest_step() is not None and not resume:
-        raise ConfigError(f"run.name: {cfg.run.name!r} already has checkpoints in {out}; pass "
-                          "--resume to continue it, or choose another run.name (nothing was changed)")
-    out.mkdir(parents=True, exist_ok=True)
-    converting = cfg.sparsity.init_from and not (resume and ckpt.latest_step() is not None)
-    if converting and not (out / TOKENIZER_FILENAME).is_file():  # the embeddings need its tokens
-        shutil.copy(Path(cfg.sparsity.init_from) / TOKENIZER_FILENAME, out / TOKENIZER_FILENAME)
-
-    data = build_datasets(cfg.data, out)
-    setup = build_setup(cfg, data.vocab_size)
-    counts = model_counts(setup.model, cfg.data.seq_len)
-    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-    start = initial_state(cfg, setup, data, ckpt, resume,
-                          counts.train_flops_per_token_effective * tokens_per_step)
-    save_recipe(cfg, out / "recipe.yaml")  # only once the recipe is known to fit the run's checkpoints
+    check_before_writing(cfg, resume)
+    out, kernels = cfg.out_dir, kernels_in_use(cfg)
+    print(f"{cfg.run.name}: writing {out.absolute()}; kernels: block-sparse "
+          f"{kernels['block_sparse_detail']}, attention {kernels['attention']}", file=sys.stderr)
+    created = not out.exists()
+    try:
+        data, setup, counts, ckpt, start = _prepare(cfg, resume)
+    except BaseException:
+        if created:  # nothing of a run that never started is left behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     tracker = Tracker(out, cfg.run.wandb, cfg.run.wandb_project, cfg.run.name, cfg.to_dict(), resume=resume)
     state, mesh, out_shardings = start.state, _mesh_of(cfg), None
     if mesh is not None:  # place the state on the mesh; XLA (GSPMD) partitions the step
@@ -159,7 +217,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
     prog = _Progress(start)
     state = _run_steps(cfg, setup, data, counts, train_step, state, mesh, prog, tracker, ckpt, end,
                        cfg.run.progress if progress is None else progress)
-    summary = _summary(cfg, data, counts, setup, train_step, state, prog, end)
+    summary = {**_summary(cfg, data, counts, setup, train_step, state, prog, end), "kernels": kernels}
     tracker.summary(summary)
     tracker.finish()
     ckpt.close()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sparsetrain.config import Config, ConfigError, from_dict
 from sparsetrain.data.pipeline import Datasets
+from sparsetrain.run_files import write_atomic
 from sparsetrain.sparsity.convert import convert_state
 from sparsetrain.sparsity.schedule import sparse_kinds
 from sparsetrain.training.checkpoint import Checkpointer
@@ -75,7 +76,7 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
     """Drop rows logged after `last_step` (a crash after the checkpoint logged them once already)."""
     if path.is_file():
         rows = [r for r in read_jsonl(path) if r["step"] <= last_step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def restore_run(run_dir: Path, step: int | None = None) -> tuple[Config, Setup, dict, dict]:
@@ -105,7 +106,7 @@ def _from_other_run(cfg: Config, setup: Setup, data: Datasets, out: Path) -> Sta
                           sparse_kinds(setup.spec), magnitude=cfg.sparsity.pattern == "magnitude")
     rows = [r for r in read_jsonl(src_dir / "metrics.jsonl") if r["step"] <= int(meta["step"])] \
         if (src_dir / "metrics.jsonl").is_file() else []
-    (out / "metrics.jsonl").write_text("".join(json.dumps({**r, "init_from": True}) + "\n" for r in rows))
+    write_atomic(out / "metrics.jsonl", "".join(json.dumps({**r, "init_from": True}) + "\n" for r in rows))
     return Start(state, int(meta["step"]), meta["data_state"], float(meta.get("wall_time_s", 0.0)),
                  flops_before=float(rows[-1].get("train_flops", 0.0)) if rows else 0.0)
 

@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from sparsetrain.run_files import append_line, write_atomic
+
 
 def _has_wandb_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
@@ -62,7 +64,7 @@ class Tracker:
         if resume and id_file.is_file():
             return id_file.read_text().strip()
         run_id = uuid.uuid4().hex[:12]
-        id_file.write_text(run_id)
+        write_atomic(id_file, run_id)
         return run_id
 
     def _warn(self, message: str) -> None:
@@ -78,8 +80,7 @@ class Tracker:
     def log(self, metrics: dict[str, Any], step: int) -> None:
         """Record `metrics` (floats, ints or strings) at `step` in the JSONL and in W&B."""
         row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_line(self.jsonl_path, json.dumps(row))
         if self.run is not None:
             try:
                 self.run.log(row, step=int(step))
@@ -88,7 +89,7 @@ class Tracker:
 
     def summary(self, values: dict[str, Any]) -> None:
         """Final values of a run (also written to `summary.json`)."""
-        (self.out_dir / "summary.json").write_text(json.dumps(
+        write_atomic(self.out_dir / "summary.json", json.dumps(
             {k: _plain(v) for k, v in values.items()}, indent=2))
         if self.run is not None:
             try:
