@@ -48,16 +48,18 @@ def append_line(path: str | os.PathLike, line: str) -> None:
     """Append `line` plus a newline to `path` (created if missing).
 
     Raises:
-        WriteError: the append failed; the file is truncated back to its length before.
+        WriteError: the append failed; the file is truncated back to its length before (removed
+            if it did not exist).
     """
     path = Path(path)
-    before = path.stat().st_size if path.exists() else 0
+    existed = path.exists()
+    before = path.stat().st_size if existed else 0
     try:
         with open(path, "a") as f:
             f.write(line + "\n")
     except OSError as e:
         try:
-            os.truncate(path, before)
+            os.truncate(path, before) if existed else path.unlink(missing_ok=True)
         except OSError:
             pass
         raise _write_error(path, e) from e

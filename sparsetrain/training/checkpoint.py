@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from sparsetrain.errors import CheckpointMismatchError, CheckpointSaveError, is_disk_full
+from sparsetrain.training.save_noise import held_back
 
 
 class Checkpointer:
@@ -55,27 +56,33 @@ class Checkpointer:
                 are removed and the earlier checkpoints are untouched and restorable.
         """
         previous = self.latest_step()
-        try:
-            self.manager.save(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                metrics={"val_loss": float(val_loss)},
-                force=True,
-            )
-            self.manager.wait_until_finished()
-        except Exception as e:
-            try:  # let the other items' background writes end before removing their directory
-                self.manager.close()
-            except Exception:
-                pass
-            self._remove_partial(step)
-            self.manager = self._make_manager()
-            kept = (f"the previous checkpoint (step {previous}) is kept and restorable"
-                    if previous is not None else "there is no earlier checkpoint")
-            full = " (the disk is full)" if is_disk_full(e) else ""
-            raise CheckpointSaveError(
-                f"saving the checkpoint of step {step} in {self.directory} failed{full}: "
-                f"{type(e).__name__}: {e}; {kept}; resume with --resume after freeing space") from e
+        with held_back() as held:  # Orbax's own failure reports: one line says it all
+            try:
+                self.manager.save(
+                    step,
+                    args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                    metrics={"val_loss": float(val_loss)},
+                    force=True,
+                )
+                self.manager.wait_until_finished()
+            except Exception as e:
+                held.failed()
+                error = e
+                try:  # let the other items' background writes end before removing their directory
+                    self.manager.close()
+                except Exception:
+                    pass
+                self._remove_partial(step)
+                self.manager = self._make_manager()
+        if held.ok:
+            return
+        kept = (f"the previous checkpoint (step {previous}) is kept and restorable"
+                if previous is not None else "there is no earlier checkpoint")
+        full = " (the disk is full)" if is_disk_full(error) else ""
+        raise CheckpointSaveError(
+            f"saving the checkpoint of step {step} in {self.directory} failed{full}: "
+            f"{type(error).__name__}: {str(error)[:200]}; {kept}; resume with --resume after freeing "
+            "space") from error
 
     def _remove_partial(self, step: int, settle_s: float = 0.5, limit_s: float = 10.0) -> None:
         """Delete what a failed save of `step` left (its temporary directories, never a complete one).

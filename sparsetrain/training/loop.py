@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from sparsetrain.config import Config, ConfigError, check_trainable, save_recipe
 from sparsetrain.data.pipeline import TOKENIZER_FILENAME, BatchIterator, Datasets, build_datasets
-from sparsetrain.errors import CheckpointSaveError, TrainingStoppedError
+from sparsetrain.errors import TrainingStoppedError
 from sparsetrain.kernels.attention import attention_kernel
 from sparsetrain.kernels.dispatch import kernel_backend, kernel_backend_info
 from sparsetrain.models.accounting import ModelCounts, model_counts
@@ -91,14 +91,6 @@ def _check_finite(cfg: Config, row: dict, done: int, prog: _Progress, tracker: T
     row["skipped"] = 1.0
     print(f"{r.name}: non-finite loss/gradient at step {done}: update skipped "
           f"({prog.skipped_in_a_row} in a row, at most {r.max_skipped_steps})", file=sys.stderr)
-
-
-def _save(ckpt: Checkpointer, tracker: Tracker, state: dict, done: int, meta: dict) -> None:
-    try:
-        ckpt.save(done, state, meta, meta["val_loss"])
-    except CheckpointSaveError:  # reported with the step that is kept; W&B closed cleanly
-        tracker.finish()
-        raise
 
 
 def _summary(cfg: Config, data: Datasets, counts: ModelCounts, setup: Setup, train_step, state: dict,
@@ -215,12 +207,15 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
     train_step = choose_train_step(cfg, setup, out_shardings)
     end = cfg.run.steps if stop_after is None else min(stop_after, cfg.run.steps)
     prog = _Progress(start)
-    state = _run_steps(cfg, setup, data, counts, train_step, state, mesh, prog, tracker, ckpt, end,
-                       cfg.run.progress if progress is None else progress)
-    summary = {**_summary(cfg, data, counts, setup, train_step, state, prog, end), "kernels": kernels}
-    tracker.summary(summary)
-    tracker.finish()
-    ckpt.close()
+    try:  # whatever stops the run, the W&B run and the checkpointer are closed
+        state = _run_steps(cfg, setup, data, counts, train_step, state, mesh, prog, tracker, ckpt,
+                           end, cfg.run.progress if progress is None else progress)
+        summary = {**_summary(cfg, data, counts, setup, train_step, state, prog, end),
+                   "kernels": kernels}
+        tracker.summary(summary)
+    finally:
+        tracker.finish()
+        ckpt.close()
     return summary
 
 
@@ -269,11 +264,11 @@ def _run_steps(cfg: Config, setup: Setup, data: Datasets, counts: ModelCounts, t
         tracker.log(row, done)
         bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{prog.val_loss:.3f}")
         if checkpoint:
-            _save(ckpt, tracker, state, done, {
+            ckpt.save(done, state, {
                 "step": done, "data_state": batches.state(), "recipe": cfg.to_dict(),
                 "vocab_size": data.vocab_size, "fingerprint": data.fingerprint,
                 "val_loss": prog.val_loss, "best_val_loss": start.best_val,
                 "train_flops": start.flops_before + (done - start.step) * flops_per_step,
-                "wall_time_s": start.wall_before + time.perf_counter() - prog.t_run})
+                "wall_time_s": start.wall_before + time.perf_counter() - prog.t_run}, prog.val_loss)
     bar.close()
     return state
