@@ -26,6 +26,13 @@ import sys
 
 from sparsetrain.errors import SparsetrainError
 
+DESCRIPTION = ("Train dense and block-sparse GPTs, evaluate and compare them, and estimate their\n"
+               "step on an emulated SambaNova RDU.")
+EPILOG = """errors are one line, `sparsetrain: KIND: MESSAGE`; exit status 0 success, 1 unexpected (a bug:
+rerun with --debug), 2 bad input, 3 training stopped (non-finite loss), 4 a write failed (full
+disk), 5 damaged run files, 6 a lost process, 130 interrupted. `sparsetrain COMMAND --help`
+describes a command."""
+
 # Command name -> its module under sparsetrain/commands/, in the order --help lists them. A
 # command's module imports the libraries it runs (datasets, Orbax, ...): only the module of the
 # command given is imported, so `sparsetrain emulate` does not pay for the data pipeline.
@@ -36,7 +43,10 @@ COMMANDS = {"train": "train", "info": "info", "fields": "fields", "emulate": "em
 
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser with every command, or with ``command``'s alone when it is a known one."""
-    parser = argparse.ArgumentParser(prog="sparsetrain", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="sparsetrain", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=24,
+                                                                           width=100))
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error (also SPARSETRAIN_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,8 +66,17 @@ def _commands(command: str | None = None):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = _parser(command).parse_args(argv)
-    debug = args.debug or os.environ.get("SPARSETRAIN_DEBUG", "") not in ("", "0")
+    debug = "--debug" in argv[:argv.index(command) if command in argv else len(argv)] or \
+        os.environ.get("SPARSETRAIN_DEBUG", "") not in ("", "0")
+    if debug:  # libraries that hold back noise (a failed checkpoint save's) show it too
+        os.environ["SPARSETRAIN_DEBUG"] = "1"
+    try:
+        parser = _parser(command)  # imports the command's module (a bad $SPARSETRAIN_KERNEL stops here)
+    except Exception as e:
+        if debug:
+            raise
+        return report(e)
+    args = parser.parse_args(argv)
     try:
         return args.run(args)
     except Exception as e:
@@ -76,7 +95,8 @@ def report(e: BaseException) -> int:
     if isinstance(e, SparsetrainError):
         print(f"sparsetrain: {e.kind}: {e}", file=sys.stderr)
         return e.exit_code
-    if isinstance(e, ValueError):  # field errors of the data loader and argument checks
+    if isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError)):
+        # field errors of the data loader, argument checks, a path that is not there
         print(f"sparsetrain: input error: {e}", file=sys.stderr)
         return 2
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""

@@ -4,8 +4,11 @@ Each shown block is read from README.md itself, so the README and the code canno
 unnoticed. Timing lines ("in 0.1 s") vary from run to run and are compared without the number.
 """
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,17 @@ def test_fields_prints_the_lines_the_readme_shows(capsys, monkeypatch):
 def test_readme_links_stay_inside_the_repository(path):
     assert not path.startswith(("http://", "https://", "/", "..")), path
     assert (ROOT / path).exists(), path
+
+
+def test_info_mesh_prints_the_memory_plan_the_readme_shows():
+    """The README's FSDP plan of GPT-3 13B (scanned layers, as a GPU compiles them), in a fresh
+    process: `info --mesh` starts JAX with 8 virtual CPU devices."""
+    intro = "`sparsetrain info recipes/gpt3-13b.yaml --mesh 1x8x1 --set data.batch_size=8` plans"
+    shown = shown_block(intro)
+    command = re.search(r"`(sparsetrain info [^`]+)`", intro).group(1)
+    done = subprocess.run([sys.executable, "-m", "sparsetrain.cli", *shlex.split(command)[1:]],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = done.stdout.splitlines()
+    assert printed[-len(shown) - 1:-1] == shown, printed[-len(shown) - 1:]

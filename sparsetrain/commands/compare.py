@@ -1,22 +1,27 @@
-"""`sparsetrain compare RUN [RUN ...] [--baseline NAME] [--out DIR] [--batches N]`: a table and a
-plot of runs against a dense baseline (sparsetrain/evaluation/compare.py)."""
+"""`sparsetrain compare RUN [RUN ...] [--baseline NAME] [--out DIR] [--force] [--batches N]`: a
+table and a plot of runs against a dense baseline (sparsetrain/evaluation/compare.py).
+
+The output directory (default: `compare/` next to the first run) is refused when it already
+holds files, unless --force: an earlier comparison is never replaced silently.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from sparsetrain.commands.paths import new_directory, run_directory
+from sparsetrain.commands.recipe_args import positive_int
 from sparsetrain.evaluation.compare import compare_runs, log_to_wandb, markdown_table, write_outputs
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    try:
-        result = compare_runs(args.runs, args.baseline, args.batches)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"sparsetrain compare: {e}", file=sys.stderr)
-        return 2
+    for run in args.runs:  # before anything is evaluated or written
+        run_directory(run, "compare")
     out = Path(args.out or Path(args.runs[0]).parent / "compare")
+    if not args.force:
+        new_directory(out, "--out" if args.out else f"--out (default {out})")
+    result = compare_runs(args.runs, args.baseline, args.batches)
     paths = write_outputs(result, out)
     wandb_dir = log_to_wandb(result, paths, out)
     print(markdown_table(result))
@@ -29,6 +34,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("compare", help="table and plot of runs against a dense baseline")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (same data and tokenizer)")
     p.add_argument("--baseline", default=None, help="run name or dir of the baseline (default: first dense run)")
-    p.add_argument("--out", default=None, help="output directory (default: <parent of first run>/compare)")
-    p.add_argument("--batches", type=int, default=None, help="at most this many val batches per run")
+    p.add_argument("--out", default=None, help="output directory (default: <parent of first run>/compare); "
+                   "refused when it holds files, unless --force")
+    p.add_argument("--force", action="store_true", help="replace the files of an earlier comparison in --out")
+    p.add_argument("--batches", type=positive_int, default=None,
+                   help="at most this many val batches per run (default: the whole validation split)")
     p.set_defaults(run=_run_cli)

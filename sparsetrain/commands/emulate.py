@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+from sparsetrain.commands.paths import new_directory, run_directory
+from sparsetrain.commands.recipe_args import positive_int
 from sparsetrain.config import load_recipe
 from sparsetrain.rdu import headline as compare
 from sparsetrain.rdu.estimate import EmulateOptions, estimate
@@ -27,17 +28,17 @@ from sparsetrain.rdu.programs import MODES
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("emulate", help="estimate a recipe's step time on an emulated RDU "
-                              "vs a GPU baseline (abstract shapes: no weights allocated)")
+    p = subparsers.add_parser("emulate", help="a recipe's step time on an emulated RDU vs a GPU "
+                              "baseline (abstract shapes)")
     p.add_argument("recipe", help="YAML recipe file (see recipes/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set data.batch_size=8 (repeatable)")
     p.add_argument("--chip", default="sn40l", help="RDU: sn40l, sn30, sn10 (default sn40l)")
-    p.add_argument("--sockets", type=int, default=None, help="RDU sockets (default: one "
+    p.add_argument("--sockets", type=positive_int, default=None, help="RDU sockets (default: one "
                    "8-socket node for a training step, else 1)")
     p.add_argument("--vs", default="a100", help="GPU baseline: a100, a100-40gb, h100 (default "
                    "a100 = 80 GB)")
-    p.add_argument("--gpus", type=int, default=None, help="GPUs of the training baseline "
+    p.add_argument("--gpus", type=positive_int, default=None, help="GPUs of the training baseline "
                    "(default: the smallest count from one 8-GPU node up that a plan fits; "
                    "inference: as many as sockets)")
     p.add_argument("--gpu-attention", default="fused", choices=("fused", "unfused"),
@@ -49,7 +50,7 @@ def register(subparsers) -> None:
     p.add_argument("--parallel", default="auto", choices=("auto", "pipeline", "tensor", "data"),
                    help="how sockets split the step: auto (default: the fastest tensor x "
                    "pipeline x data plan that fits memory), or one split only")
-    p.add_argument("--micro-batches", type=int, default=None, help="micro-batches per data-"
+    p.add_argument("--micro-batches", type=positive_int, default=None, help="micro-batches per data-"
                    "parallel replica (default: chosen; decode at batch 1 is never cut)")
     p.add_argument("--schedule", default="1f1b", choices=("1f1b", "gpipe"),
                    help="pipeline schedule (default 1f1b: at most P micro-batches in flight)")
@@ -78,21 +79,16 @@ def _options(args: argparse.Namespace) -> EmulateOptions:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    try:
-        cfg = load_recipe(args.recipe, args.overrides, check_data=False)
-        dense_cfg = load_recipe(args.recipe, args.overrides + ["sparsity.pattern=dense",
-                                                               "sparsity.flow=static"],
-                                check_data=False)
-        if args.sockets is None:  # a training step: one node; inference: one socket
-            args.sockets = 8 if args.mode == "train" else 1
-        if args.sockets < 1:
-            raise ValueError(f"--sockets: {args.sockets} is not allowed; expected >= 1")
-        if args.gpus is not None and args.gpus < 1:
-            raise ValueError(f"--gpus: {args.gpus} is not allowed; expected >= 1")
-        r = estimate(cfg, dense_cfg, _options(args))
-    except ValueError as e:
-        print(f"sparsetrain emulate: {e}", file=sys.stderr)
-        return 2
+    if args.from_run is not None:
+        run_directory(args.from_run, "emulate --from-run")
+    if args.out is not None and not Path(args.out).is_dir():  # an existing folder: files replaced
+        new_directory(args.out, "--out")
+    cfg = load_recipe(args.recipe, args.overrides, check_data=False)
+    dense_cfg = load_recipe(args.recipe, args.overrides + ["sparsity.pattern=dense", "sparsity.flow=static"],
+                            check_data=False)
+    if args.sockets is None:  # a training step: one node; inference: one socket
+        args.sockets = 8 if args.mode == "train" else 1
+    r = estimate(cfg, dense_cfg, _options(args))  # a ValueError names the option (exit 2)
     rdu, report = r["rdu"], r["report"]
     dense, sparse, headline = r["gpu_dense"], r["gpu_sparse"], r["headline"]
     n = args.sockets

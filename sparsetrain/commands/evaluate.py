@@ -8,19 +8,18 @@ import json
 import sys
 from pathlib import Path
 
-from sparsetrain.commands.recipe_args import add_sampling_args
+from sparsetrain.commands.paths import run_directory
+from sparsetrain.commands.recipe_args import add_sampling_args, non_negative_int, positive_int
 from sparsetrain.evaluation.evaluate import DEFAULT_PROMPT, evaluate_run, format_eval
+from sparsetrain.run_files import write_atomic
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    try:
-        result = evaluate_run(args.run_dir, args.step, args.batches, args.prompt, args.samples, args.tokens,
-                              args.temperature, args.top_k, args.seed)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"sparsetrain eval: {e}", file=sys.stderr)
-        return 2
+    run_directory(args.run_dir, "eval")  # before anything is opened (or created) there
+    result = evaluate_run(args.run_dir, args.step, args.batches, args.prompt, args.samples, args.tokens,
+                          args.temperature, args.top_k, args.seed)
     out = Path(args.run_dir) / f"eval-{result['step']}.json"
-    out.write_text(json.dumps(result, indent=2))
+    write_atomic(out, json.dumps(result, indent=2))
     print(json.dumps(result, indent=2) if args.json else format_eval(result))
     print(f"(written to {out})", file=sys.stderr)
     return 0
@@ -30,11 +29,11 @@ def register(subparsers) -> None:
     """Add `sparsetrain eval`."""
     p = subparsers.add_parser("eval", help="val loss, perplexity, bits per byte and samples of a checkpoint")
     p.add_argument("run_dir", metavar="RUN", help="run directory (holds checkpoints/, tokenizer.json, metrics.jsonl)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
-    p.add_argument("--batches", type=int, default=None, help="at most this many val batches (default: all)")
+    p.add_argument("--step", type=positive_int, default=None, help="checkpoint step (default: newest)")
+    p.add_argument("--batches", type=positive_int, default=None, help="at most this many val batches (default: all)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="text the samples continue")
-    p.add_argument("--samples", type=int, default=3, help="number of sampled continuations")
-    p.add_argument("--tokens", type=int, default=64, help="tokens per sample")
+    p.add_argument("--samples", type=non_negative_int, default=3, help="number of sampled continuations")
+    p.add_argument("--tokens", type=non_negative_int, default=64, help="tokens per sample")
     add_sampling_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_run_cli)

@@ -14,8 +14,8 @@ import time
 
 import jax
 
-from sparsetrain.commands.recipe_args import add_sampling_args
-from sparsetrain.errors import CheckpointMismatchError
+from sparsetrain.commands.paths import run_directory
+from sparsetrain.commands.recipe_args import add_sampling_args, positive_int
 from sparsetrain.evaluation.generate import Generator
 from sparsetrain.data.pipeline import TOKENIZER_FILENAME, load_tokenizer
 from sparsetrain.models.kv_cache import CachedDecoder
@@ -23,18 +23,15 @@ from sparsetrain.training.start import restore_run
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        _, setup, state, meta = restore_run(args.run_dir, args.step)
-        tokenizer = load_tokenizer(f"{args.run_dir}/{TOKENIZER_FILENAME}")
-        ids = tokenizer.encode(args.prompt, add_special_tokens=False).ids
-        gen = Generator(CachedDecoder(setup.model).model(state["params"], state["indices"]))
-        t0 = time.perf_counter()
-        out = gen.sample(ids, args.max_new_tokens, args.temperature, args.top_k,
-                         jax.random.key(args.seed), args.samples)
-        seconds = time.perf_counter() - t0
-    except (FileNotFoundError, ValueError, CheckpointMismatchError) as e:
-        print(f"sparsetrain generate: {e}", file=sys.stderr)
-        return 2
+    run_directory(args.run_dir, "generate")  # before anything is opened (or created) there
+    _, setup, state, meta = restore_run(args.run_dir, args.step)
+    tokenizer = load_tokenizer(f"{args.run_dir}/{TOKENIZER_FILENAME}")
+    ids = tokenizer.encode(args.prompt, add_special_tokens=False).ids
+    gen = Generator(CachedDecoder(setup.model).model(state["params"], state["indices"]))
+    t0 = time.perf_counter()
+    out = gen.sample(ids, args.max_new_tokens, args.temperature, args.top_k,
+                     jax.random.key(args.seed), args.samples)
+    seconds = time.perf_counter() - t0
     for i, row in enumerate(out):
         if args.samples > 1:
             print(f"--- sample {i + 1}")
@@ -49,8 +46,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="continue a prompt with a run's model (KV cache)")
     p.add_argument("run_dir", metavar="RUN", help="run directory (checkpoints/, tokenizer.json)")
     p.add_argument("--prompt", required=True, help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate")
     add_sampling_args(p)
-    p.add_argument("--samples", type=int, default=1, help="continuations to sample at once")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    p.add_argument("--samples", type=positive_int, default=1, help="continuations to sample at once")
+    p.add_argument("--step", type=positive_int, default=None, help="checkpoint step (default: newest)")
     p.set_defaults(run=run)

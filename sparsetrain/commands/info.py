@@ -20,7 +20,7 @@ from sparsetrain.commands.recipe_args import add_recipe_args
 from sparsetrain.config import Config, load_recipe
 from sparsetrain.models.accounting import model_counts
 from sparsetrain.models.family import abstract_model, model_spec
-from sparsetrain.training.memory_plan import format_plan, memory_plan, parse_mesh
+from sparsetrain.training.memory_plan import DEVICE_MEMORY, format_plan, memory_plan, parse_mesh
 from sparsetrain.training.optim import make_optimizer
 
 
@@ -96,6 +96,8 @@ def _memory_plan(cfg: Config, mesh_text: str, device: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.mesh:
+        parse_mesh(args.mesh)  # a bad --mesh is refused before the model is built
     cfg = load_recipe(args.recipe, args.overrides, check_data=False)
     t0 = time.perf_counter()
     info = model_info(cfg)
@@ -113,11 +115,11 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add `sparsetrain info`."""
-    p = subparsers.add_parser("info", help="parameters, bytes and FLOPs of a recipe's model (no weights allocated)")
+    p = subparsers.add_parser("info", help="parameters, bytes and FLOPs of a recipe's model (nothing allocated)")
     add_recipe_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--mesh", default=None, metavar="DxFxT",
                    help="also plan per-device memory on a data x fsdp x tensor mesh, e.g. 1x8x1")
-    p.add_argument("--device", default="h100-80gb", help="device of the memory plan (h100-80gb, "
-                   "a100-80gb, a100-40gb, h200)")
+    p.add_argument("--device", default="h100-80gb", choices=list(DEVICE_MEMORY),
+                   help="device of the memory plan (default h100-80gb)")
     p.set_defaults(run=run)

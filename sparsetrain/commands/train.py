@@ -10,7 +10,7 @@ import os
 import datasets
 import jax
 
-from sparsetrain.commands.recipe_args import add_recipe_args
+from sparsetrain.commands.recipe_args import add_recipe_args, positive_int
 from sparsetrain.config import STEP_BACKENDS, load_recipe
 from sparsetrain.training.loop import train
 
@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a dense or block-sparse GPT from a recipe")
     add_recipe_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    p.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+    p.add_argument("--stop-after", type=positive_int, default=None, metavar="STEP",
                    help="stop with a checkpoint after STEP (the schedule still spans run.steps)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--backend", default=None, choices=STEP_BACKENDS,

@@ -87,7 +87,8 @@ def compare_runs(run_dirs: list[str | Path], baseline: str | None = None, max_ba
             # an imported (pretrained elsewhere) baseline did no training here: no FLOPs ratio
             r["flops_vs_base"] = r["train_flops"] / base["train_flops"] if base["train_flops"] else None
             r["params_vs_base"] = r["params_stored"] / base["params_stored"]
-    return {"baseline": base["run"] if base else None, "fingerprint": fingerprint, "rows": rows, "curves": curves}
+    return {"baseline": base["run"] if base else None, "fingerprint": fingerprint, "rows": rows,
+            "curves": curves, "batches": max_batches}
 
 
 def _recipe(run_dir: Path) -> dict:
@@ -121,7 +122,19 @@ def markdown_table(result: dict) -> str:
             cells += [f"{r['val_loss_vs_base']:+.4f} ({r['val_loss_vs_base_pct']:+.1f}%)",
                       "n/a" if r["flops_vs_base"] is None else f"{r['flops_vs_base']:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", caption(result)]
     return "\n".join(lines)
+
+
+def caption(result: dict) -> str:
+    """What the table's losses are, and how they differ from the plot's curves."""
+    tokens = sorted({r["eval_tokens"] for r in result["rows"]})
+    scope = (f"{tokens[0]:,} validation tokens" if len(tokens) == 1
+             else f"{tokens[0]:,}-{tokens[-1]:,} validation tokens")
+    return (f"val loss and bits/byte: each run's newest checkpoint re-evaluated now on {scope} "
+            f"({'the first --batches batches' if result.get('batches') else 'the whole split'}). "
+            "The plot's lines are the evaluations logged during training (run.eval_batches "
+            "batches each); its stars are these re-evaluated values.")
 
 
 def plot_curves(result: dict, path: Path) -> Path:
@@ -136,7 +149,11 @@ def plot_curves(result: dict, path: Path) -> Path:
         if not rows:
             continue
         for ax, x in zip(axes, ("tokens", "train_flops")):
-            ax.plot([r[x] for r in rows], [r["val_loss"] for r in rows], marker="o", ms=3, label=name)
+            line, = ax.plot([r[x] for r in rows], [r["val_loss"] for r in rows], marker="o", ms=3,
+                            label=f"{name} (during training)")
+            final = next(r for r in result["rows"] if r["run"] == name)
+            ax.plot([final[x]], [final["val_loss"]], marker="*", ms=12, ls="none",
+                    color=line.get_color(), label=f"{name} (final, re-evaluated)")
     axes[0].set_xlabel("training tokens")
     axes[1].set_xlabel("training FLOPs (stored blocks only)")
     axes[1].set_xscale("log")

@@ -9,6 +9,8 @@ for 8 x 80 GB runs on a laptop CPU. The CPU needs as many (virtual) devices as t
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 from rdu_xla_backend.hardware import A100_40GB, A100_80GB, H100, H200
@@ -40,10 +42,26 @@ def parse_mesh(text: str) -> tuple[int, int, int]:
     return parts
 
 
+def target_config(cfg: Config) -> Config:
+    """The recipe as the target accelerator compiles it: decoder layers scanned, not unrolled.
+
+    `model.unroll_layers` only speeds up XLA:CPU (where a scanned layer body runs slower); an
+    unrolled 40-layer step also keeps every layer's temporaries live at once in XLA's plan, so
+    planning with it would report several times the memory a GPU run needs. The activation
+    policy (`model.remat`) is the recipe's own.
+    """
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, unroll_layers=False))
+
+
 def memory_plan(cfg: Config, mesh_shape: tuple[int, int, int], device: str = "h100-80gb") -> dict:
-    """Per-device bytes of params, optimizer state and step temporaries; whether it fits."""
+    """Per-device bytes of params, optimizer state and step temporaries; whether it fits.
+
+    Planned for the target platform's program (`target_config`) whatever `model.unroll_layers`
+    says. Returns byte counts (ints) per device and "fits" (total <= the device's memory).
+    """
     if device not in DEVICE_MEMORY:
         raise ValueError(f"--device: {device!r} is not allowed; allowed: {', '.join(DEVICE_MEMORY)}")
+    cfg = target_config(cfg)
     mesh = make_mesh(*mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
     check_batch(cfg.data.batch_size, mesh)
     fns = ModelFunctions(abstract_model(GPTSpec.from_config(cfg)))
@@ -65,7 +83,8 @@ def memory_plan(cfg: Config, mesh_shape: tuple[int, int, int], device: str = "h1
     return {"mesh": dict(zip(("data", "fsdp", "tensor"), mesh_shape)), "device": device,
             "device_bytes": capacity, "params_bytes": params_b, "optimizer_bytes": opt_b,
             "activation_and_temp_bytes": temp_b, "total_bytes": total, "fits": total <= capacity,
-            "batch_per_device": cfg.data.batch_size // (mesh_shape[0] * mesh_shape[1])}
+            "batch_per_device": cfg.data.batch_size // (mesh_shape[0] * mesh_shape[1]),
+            "remat": cfg.model.remat}
 
 
 def format_plan(plan: dict) -> str:
