@@ -46,6 +46,12 @@ def test_compare_table_json_and_plot(runs, tmp_path, capsys):
     assert by["std"]["val_loss_vs_base"] == 0 and by["sparse"]["params_vs_base"] < 1
     assert by["sparse"]["flops_vs_base"] < 1
     assert (tmp_path / "cmp" / "val_loss.png").stat().st_size > 1000
+    assert (f"re-evaluated now on {by['std']['eval_tokens']:,} validation tokens (the first --batches "
+            "batches)") in table and "its stars are these re-evaluated values" in table
+    before = (tmp_path / "cmp" / "compare.json").stat().st_mtime_ns
+    assert main(["compare", str(std.out_dir), "--out", str(tmp_path / "cmp")]) == 2  # not replaced
+    assert "exists and is not an empty directory" in capsys.readouterr().err
+    assert (tmp_path / "cmp" / "compare.json").stat().st_mtime_ns == before
 
 
 def test_compare_refuses_runs_with_another_tokenizer_or_val_data(runs, tmp_path):
@@ -63,7 +69,8 @@ def test_compare_logs_table_and_plot_to_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     row = {"run": "a", "flow": "static", "init_from": None, "params_stored": 10, "train_flops": 1e9,
-           "tokens": 100, "wall_time_s": 1.0, "val_loss": 2.0, "bits_per_byte": 1.5, "wandb": "offline",
+           "tokens": 100, "wall_time_s": 1.0, "val_loss": 2.0, "bits_per_byte": 1.5, "eval_tokens": 64,
+           "wandb": "offline",
            "wandb_project": "sparsetrain-test"}
     result = {"baseline": None, "fingerprint": "f", "rows": [row],
               "curves": {"a": [{"step": 1, "tokens": 100, "train_flops": 1e9, "val_loss": 2.0}]}}

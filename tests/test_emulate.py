@@ -69,8 +69,10 @@ def test_bad_arguments_fail_with_exit_2(tmp_path, capsys):
     assert "not an RDU" in capsys.readouterr().err
     assert main(["emulate", str(recipe), "--vs", "tpu"]) == 2
     assert "allowed" in capsys.readouterr().err
-    assert main(["emulate", str(recipe), "--sockets", "0"]) == 2
-    assert main(["emulate", str(recipe), "--gpus", "0"]) == 2
+    for flag in ("--sockets", "--gpus"):  # argparse's usage error
+        with pytest.raises(SystemExit) as stop:
+            main(["emulate", str(recipe), flag, "0"])
+        assert stop.value.code == 2 and f"{flag}: '0' is not allowed" in capsys.readouterr().err
 
 
 def test_llama_8b_decode_on_16_sockets_is_not_cut_into_micro_batches(capsys):

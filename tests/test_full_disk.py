@@ -11,6 +11,7 @@ skipped, and test_faults.py's simulated ENOSPC covers the save path.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,9 +19,12 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sparsetrain.kernels.attention import attention_kernel
+from sparsetrain.kernels.dispatch import kernel_backend, kernel_backend_info
 from sparsetrain.training.start import restore_run
 from tests.conftest import tiny_recipe
 
@@ -105,7 +109,14 @@ def test_a_disk_full_during_a_later_checkpoint_keeps_the_earlier_and_resume_matc
     _, _, kept, meta = restore_run(run, 2)  # intact: it restores
     assert meta["step"] == 2
     (small_disk / "fill").unlink()  # space freed
-    assert train_cli("none", small_disk, recipe, compile_cache, "--resume").returncode == 0
+    resumed_run = train_cli("none", small_disk, recipe, compile_cache, "--resume")
+    assert resumed_run.returncode == 0, resumed_run.stderr[-3000:]
+    kernels = json.loads(resumed_run.stdout)["kernels"]  # what ran is recorded, and was said
+    assert kernels["block_sparse"] == kernel_backend(jnp.float32)
+    assert kernels["attention"] == attention_kernel(jnp.float32)
+    assert resumed_run.stderr.splitlines()[0] == (
+        f"t: writing {run}; kernels: block-sparse {kernel_backend_info()}, attention "
+        f"{kernels['attention']}")
     assert train_cli("none", small_disk, reference, compile_cache).returncode == 0
     _, _, resumed, _ = restore_run(run)
     _, _, uninterrupted, _ = restore_run(tmp_path / "ref" / "run")

@@ -81,3 +81,12 @@ def test_info_mesh_prints_the_memory_plan_the_readme_shows():
     assert done.returncode == 0, done.stderr[-2000:]
     printed = done.stdout.splitlines()
     assert printed[-len(shown) - 1:-1] == shown, printed[-len(shown) - 1:]
+
+
+def test_the_exit_code_table_is_the_one_errors_py_documents():
+    import sparsetrain.errors as errors
+
+    documented = re.findall(r"^\s+(\d+)\s+(.+)$", errors.__doc__, re.M)
+    section = README[README.index("## Exit codes and errors"):]
+    table = re.findall(r"^\| (\d+) \| (.+) \|$", section, re.M)
+    assert documented and [(c, m.replace("`", "")) for c, m in table] == documented
