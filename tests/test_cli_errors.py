@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from sparsetrain.cli import main
 from tests.conftest import tiny_recipe

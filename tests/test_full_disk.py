@@ -52,6 +52,12 @@ def compile_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("jax_cache")
 
 
+@pytest.fixture(scope="module")
+def data_cache(tmp_path_factory):
+    """One data.cache_dir for every run here (off the small disk: only run files are on it)."""
+    return str(tmp_path_factory.mktemp("data_cache"))
+
+
 def train_cli(point: str, disk: Path, recipe: Path, cache: Path, *args: str):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_COMPILATION_CACHE_DIR": str(cache),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "SPARSETRAIN_DEBUG": "0"}
@@ -83,10 +89,11 @@ def assert_one_line_and_nothing_partial(done, disk: Path, names: str) -> str:
     ("metrics:1", "metrics.jsonl", []),
     ("checkpoint:2", "checkpoint of step 2", []),
 ])
-def test_a_full_disk_before_a_write_stops_with_one_line(small_disk, compile_cache, text_corpus,
-                                                        tmp_path, point, names, kept):
+def test_a_full_disk_before_a_write_stops_with_one_line(small_disk, compile_cache, data_cache,
+                                                        text_corpus, tmp_path, point, names, kept):
     empty(small_disk)
-    recipe = tiny_recipe(tmp_path, text_corpus, run={"out_dir": str(small_disk / "run"), "steps": STEPS})
+    recipe = tiny_recipe(tmp_path, text_corpus, data={"cache_dir": data_cache},
+                         run={"out_dir": str(small_disk / "run"), "steps": STEPS})
     done = train_cli(point, small_disk, recipe, compile_cache)
     assert_one_line_and_nothing_partial(done, small_disk, names)
     run = small_disk / "run"
@@ -97,10 +104,12 @@ def test_a_full_disk_before_a_write_stops_with_one_line(small_disk, compile_cach
 
 
 def test_a_disk_full_during_a_later_checkpoint_keeps_the_earlier_and_resume_matches(
-        small_disk, compile_cache, text_corpus, tmp_path):
+        small_disk, compile_cache, data_cache, text_corpus, tmp_path):
     empty(small_disk)
-    recipe = tiny_recipe(tmp_path, text_corpus, run={"out_dir": str(small_disk / "run"), "steps": STEPS})
-    reference = tiny_recipe(tmp_path / "ref", text_corpus, run={"steps": STEPS})
+    recipe = tiny_recipe(tmp_path, text_corpus, data={"cache_dir": data_cache},
+                         run={"out_dir": str(small_disk / "run"), "steps": STEPS})
+    reference = tiny_recipe(tmp_path / "ref", text_corpus, data={"cache_dir": data_cache},
+                            run={"steps": STEPS})
     done = train_cli(f"checkpoint:{STEPS}:300000", small_disk, recipe, compile_cache)  # fails part-way
     line = assert_one_line_and_nothing_partial(done, small_disk, f"checkpoint of step {STEPS}")
     assert "(step 2) is kept" in line

@@ -4,6 +4,7 @@ fields of `config.DataConfig`)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -49,11 +50,13 @@ _OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 def _hub_name_cached(name: str, cache_dir: Path) -> bool:
-    """Whether HF `datasets` has `name` (e.g. 'user/corpus') in data.cache_dir's cache, where
-    it is stored as a folder `user___corpus`."""
-    folder = name.replace("/", "___")
-    root = cache_dir / "hf_datasets"
-    return root.is_dir() and any(p.name == folder for p in root.iterdir())
+    """Whether `name` (e.g. 'user/corpus') was downloaded before: HF `datasets`' cache in
+    data.cache_dir (folder `user___corpus`) or the Hugging Face hub cache (`datasets--user--corpus`
+    under $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)."""
+    hub_cache = Path(os.environ.get("HF_HUB_CACHE") or Path(
+        os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
+    return ((cache_dir / "hf_datasets" / name.replace("/", "___")).is_dir()
+            or (hub_cache / f"datasets--{name.replace('/', '--')}").is_dir())
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
@@ -61,11 +64,17 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
     resolve within `timeout_s` (no network); True otherwise (loading may still fail later)."""
     if any(os.environ.get(v, "") not in ("", "0", "false", "False") for v in _OFFLINE_VARIABLES):
         return False
+    return _resolves(HUB_HOST, timeout_s)
+
+
+@functools.lru_cache(maxsize=None)
+def _resolves(host: str, timeout_s: float) -> bool:
+    """Whether `host` resolves within `timeout_s` (asked once per process)."""
     found: list[bool] = []
 
     def lookup() -> None:
         try:
-            socket.getaddrinfo(HUB_HOST, 443)
+            socket.getaddrinfo(host, 443)
             found.append(True)
         except OSError:
             found.append(False)

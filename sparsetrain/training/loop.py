@@ -167,10 +167,13 @@ def check_before_writing(cfg: Config, resume: bool) -> None:
 
 
 def kernels_in_use(cfg: Config) -> dict:
-    """The kernels the run's step traces: block-sparse matmul and causal attention."""
+    """The kernels the run's step traces: block-sparse matmul and causal attention (names as in
+    sparsetrain.kernels.dispatch), and a line describing the block-sparse one."""
     dtype = jnp.dtype(cfg.model.dtype)
-    return {"block_sparse": kernel_backend(dtype), "attention": attention_kernel(dtype),
-            "block_sparse_detail": kernel_backend_info()}
+    name, detail = kernel_backend(dtype), kernel_backend_info()
+    if not detail.startswith(f"{name}:"):  # several devices or bfloat16: the pure-JAX kernel
+        detail = f"{name}: pure-JAX kernel ({jax.device_count()} devices, {dtype.name})"
+    return {"block_sparse": name, "attention": attention_kernel(dtype), "block_sparse_detail": detail}
 
 
 def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
@@ -191,12 +194,12 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
     out, kernels = cfg.out_dir, kernels_in_use(cfg)
     print(f"{cfg.run.name}: writing {out.absolute()}; kernels: block-sparse "
           f"{kernels['block_sparse_detail']}, attention {kernels['attention']}", file=sys.stderr)
-    created = not out.exists()
+    created = [p for p in (out.absolute(), *out.absolute().parents) if not p.exists()]
     try:
         data, setup, counts, ckpt, start = _prepare(cfg, resume)
     except BaseException:
         if created:  # nothing of a run that never started is left behind
-            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(created[-1], ignore_errors=True)
         raise
     tracker = Tracker(out, cfg.run.wandb, cfg.run.wandb_project, cfg.run.name, cfg.to_dict(), resume=resume)
     state, mesh, out_shardings = start.state, _mesh_of(cfg), None
