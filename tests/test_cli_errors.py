@@ -114,3 +114,18 @@ def test_a_bad_kernel_choice_is_one_line_in_a_fresh_process(tmp_path):
         "sparsetrain: input error: SPARSETRAIN_KERNEL: 'cuda' is not allowed; expected one of "
         "['auto', 'ffi', 'jax', 'pallas']"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_help_lists_every_command_on_one_line(capsys):
+    from sparsetrain.cli import COMMANDS
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = {}
+    for i, line in enumerate(lines):
+        words = line.split()
+        if line.startswith("    ") and words and words[0] in COMMANDS:
+            listed[words[0]] = len(words) > 1 and not lines[i + 1].startswith(" " * 8)
+    assert listed == {name: True for name in COMMANDS}
