@@ -50,8 +50,11 @@ def recipe(preset: str, batch: int, seq_len: int, block: int, density: float) ->
     return cfg
 
 
-def make_jax_step(cfg: Config):
-    """(run one train step and wait for it, facts) for the recipe's model on random tokens."""
+def make_jax_step(cfg: Config, parts: dict | None = None):
+    """(run one train step and wait for it, facts) for the recipe's model on random tokens.
+
+    `parts`: a dict that receives the model functions, optimizer and batch (for the profile).
+    """
     vocab = cfg.data.vocab_size
     spec = GPTSpec.from_config(cfg, vocab)
     model = build_model(spec, 0)
@@ -64,6 +67,8 @@ def make_jax_step(cfg: Config):
     batch = {"tokens": rng.integers(0, vocab, shape, dtype=np.int32),
              "targets": rng.integers(0, vocab, shape, dtype=np.int32)}
     box = [init_state(fns, tx, 0)]
+    if parts is not None:
+        parts.update(fns=fns, tx=tx, batch=batch)
 
     def run():
         box[0], m = step(box[0], batch)

@@ -25,6 +25,7 @@ from flax import nnx
 
 from sparsetrain.config import Config, ConfigError, ModelShape, linear_shapes
 from sparsetrain.kernels.attention import causal_attention, causal_attention_dropout
+from sparsetrain.kernels.fused_ops import bias_gelu, residual_gradient_barrier
 from sparsetrain.sparsity import BlockLayout, block_sparse_matmul, make_layout
 from sparsetrain.sparsity.resolve import KindSparsity, resolve_sparsity
 
@@ -131,8 +132,11 @@ def add_stacked_linears(module: nnx.Module, spec, layouts: dict[str, list[BlockL
         setattr(module, kind, StackedLinear(L, lin, s, layouts.get(kind), rngs=rngs))
 
 
-def linear_apply(p: dict, lin: LinearSpec, x: jax.Array) -> jax.Array:
-    """Apply one layer's slice of a StackedLinear. x: (..., n_in) -> (..., n_out), x's dtype."""
+def linear_apply(p: dict, lin: LinearSpec, x: jax.Array, add_bias: bool = True) -> jax.Array:
+    """Apply one layer's slice of a StackedLinear. x: (..., n_in) -> (..., n_out), x's dtype.
+
+    `add_bias=False`: the product only (the caller fuses the bias into what follows).
+    """
     if lin.sparse:
         layout = BlockLayout(row_indices=p["row_indices"], shape=(lin.n_in, lin.n_out),
                              block=(lin.block, lin.block))
@@ -147,7 +151,7 @@ def linear_apply(p: dict, lin: LinearSpec, x: jax.Array) -> jax.Array:
         else:
             y2 = jnp.dot(x2, w, preferred_element_type=jnp.float32).astype(x.dtype)
         y = y2.reshape(*x.shape[:-1], lin.n_out)
-    return y + p["bias"].astype(x.dtype) if lin.bias else y
+    return y + p["bias"].astype(x.dtype) if lin.bias and add_bias else y
 
 
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-5) -> jax.Array:
@@ -188,7 +192,11 @@ def layer_output(p: dict, x: jax.Array, att: jax.Array, spec: GPTSpec,
     a = linear_apply(p["attn_out"], spec.linear("attn_out"), att.reshape(B, T, d))
     x = x + dropout(a, spec.resid_dropout, k1)
     h = layer_norm(x, p["ln2_scale"], p["ln2_bias"])
-    h = jax.nn.gelu(linear_apply(p["mlp_up"], spec.linear("mlp_up"), h))
+    up = spec.linear("mlp_up")
+    if up.bias:  # bias and GELU in one pass each way (fused_ops.bias_gelu)
+        h = bias_gelu(linear_apply(p["mlp_up"], up, h, add_bias=False), p["mlp_up"]["bias"])
+    else:
+        h = jax.nn.gelu(linear_apply(p["mlp_up"], up, h))
     return x + dropout(linear_apply(p["mlp_down"], spec.linear("mlp_down"), h), spec.resid_dropout, k2)
 
 
@@ -196,7 +204,9 @@ def decoder_layer(p: dict, x: jax.Array, spec: GPTSpec, key: jax.Array | None = 
     """One pre-LN decoder layer. p: this layer's parameters; x: (B, T, d) -> (B, T, d).
 
     `key` (training with dropout): attention-probability and residual dropout of this layer.
+    The layer's input gradient is materialised once (`residual_gradient_barrier`).
     """
+    x = residual_gradient_barrier(x)
     q, k, v = attention_inputs(p, x, spec)
     if key is not None and spec.attn_dropout > 0.0:
         key, k_att = jax.random.split(key)
