@@ -86,3 +86,13 @@ class ProcessLostError(SparsetrainError, RuntimeError):
 
     exit_code = 6
     kind = "distributed error"
+
+
+class DamagedCheckpointError(DamagedFileError):
+    """One checkpoint cannot be restored: an item file is missing, truncated or garbled (not a
+    checkpoint of another model: that is CheckpointMismatchError). `step` and `reason` (one line)
+    let a caller skip it and name it."""
+
+    def __init__(self, directory, step: int, reason: str):
+        self.directory, self.step, self.reason = directory, step, reason
+        super().__init__(f"checkpoint step {step} in {directory} is damaged ({reason})")

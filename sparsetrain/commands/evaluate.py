@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from sparsetrain.commands.recipe_args import add_sampling_args
+from sparsetrain.errors import InputError
 from sparsetrain.evaluation.evaluate import DEFAULT_PROMPT, evaluate_run, format_eval
 
 
@@ -16,9 +17,8 @@ def _run_cli(args: argparse.Namespace) -> int:
     try:
         result = evaluate_run(args.run_dir, args.step, args.batches, args.prompt, args.samples, args.tokens,
                               args.temperature, args.top_k, args.seed)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"sparsetrain eval: {e}", file=sys.stderr)
-        return 2
+    except FileNotFoundError as e:  # no run directory or no checkpoint; other errors: see cli.report
+        raise InputError(str(e)) from e
     out = Path(args.run_dir) / f"eval-{result['step']}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2) if args.json else format_eval(result))
@@ -30,7 +30,8 @@ def register(subparsers) -> None:
     """Add `sparsetrain eval`."""
     p = subparsers.add_parser("eval", help="val loss, perplexity, bits per byte and samples of a checkpoint")
     p.add_argument("run_dir", metavar="RUN", help="run directory (holds checkpoints/, tokenizer.json, metrics.jsonl)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    p.add_argument("--step", type=int, default=None,
+                   help="checkpoint step (default: the newest that restores; damaged ones are skipped)")
     p.add_argument("--batches", type=int, default=None, help="at most this many val batches (default: all)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="text the samples continue")
     p.add_argument("--samples", type=int, default=3, help="number of sampled continuations")

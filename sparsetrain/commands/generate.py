@@ -17,15 +17,15 @@ import jax
 from sparsetrain.commands.recipe_args import add_sampling_args
 from sparsetrain.errors import CheckpointMismatchError
 from sparsetrain.evaluation.generate import Generator
-from sparsetrain.data.pipeline import TOKENIZER_FILENAME, load_tokenizer
+from sparsetrain.data.pipeline import load_run_tokenizer
 from sparsetrain.models.kv_cache import CachedDecoder
 from sparsetrain.training.start import restore_run
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        _, setup, state, meta = restore_run(args.run_dir, args.step)
-        tokenizer = load_tokenizer(f"{args.run_dir}/{TOKENIZER_FILENAME}")
+        _, setup, state, meta = restore_run(args.run_dir, args.step, using="generating with")
+        tokenizer = load_run_tokenizer(args.run_dir)
         ids = tokenizer.encode(args.prompt, add_special_tokens=False).ids
         gen = Generator(CachedDecoder(setup.model).model(state["params"], state["indices"]))
         t0 = time.perf_counter()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sparsetrain.errors import DamagedFileError
 from sparsetrain.evaluation.evaluate import evaluate_run
 from sparsetrain.training.tracking import read_jsonl, resolve_wandb_mode
 
@@ -26,7 +27,15 @@ def _summary(run_dir: Path) -> dict:
     path = run_dir / "summary.json"
     if not path.is_file():
         raise ComparisonError(f"{run_dir}: no summary.json (the run did not finish); nothing to compare")
-    return json.loads(path.read_text())
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        summary = e
+    if not isinstance(summary, dict) or not {"run", "steps", "tokens"} <= summary.keys():
+        raise DamagedFileError(f"{path}: damaged (not a run summary); restore it from a backup (compare "
+                               "tabulates its numbers; the checkpoints are intact and `sparsetrain eval "
+                               f"{run_dir}` evaluates the run without it)")
+    return summary
 
 
 def check_same_data(summaries: dict[str, dict]) -> str:
@@ -94,7 +103,17 @@ def _recipe(run_dir: Path) -> dict:
     import yaml
 
     path = run_dir / "recipe.yaml"
-    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        recipe = e
+    if not isinstance(recipe, dict):
+        raise DamagedFileError(f"{path}: damaged (not a YAML recipe); the run's checkpoints hold its recipe: "
+                               "restore recipe.yaml from a backup, or resume the run with its recipe, which "
+                               "writes it again")
+    return recipe
 
 
 def _pick_baseline(rows: list[dict], name: str | None) -> dict | None:

@@ -20,14 +20,15 @@ import jax
 from tqdm.auto import tqdm
 
 from sparsetrain.config import Config, ConfigError, check_trainable, save_recipe
-from sparsetrain.data.pipeline import TOKENIZER_FILENAME, BatchIterator, Datasets, build_datasets
+from sparsetrain.data.pipeline import TOKENIZER_FILENAME, BatchIterator, Datasets, build_datasets, \
+    load_run_tokenizer
 from sparsetrain.errors import CheckpointSaveError, TrainingStoppedError
 from sparsetrain.models.accounting import ModelCounts, model_counts
 from sparsetrain.rdu.step import EmulatedTrainStep
 from sparsetrain.sparsity.schedule import pruned_params
 from sparsetrain.training.checkpoint import Checkpointer
 from sparsetrain.training.sharding import batch_sharding, make_mesh, tree_shardings
-from sparsetrain.training.start import Start, initial_state
+from sparsetrain.training.start import Start, finished_summary, initial_state
 from sparsetrain.training.step import Setup, XlaTrainStep, build_setup, evaluate, make_eval_step, train_step_fn
 from sparsetrain.training.tracking import Tracker
 
@@ -120,7 +121,7 @@ def _summary(cfg: Config, data: Datasets, counts: ModelCounts, setup: Setup, tra
 
 
 def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
-          progress: bool | None = None) -> dict:
+          progress: bool | None = None, resume_step: int | None = None) -> dict:
     """Train a GPT from a validated recipe. Returns the run summary (also in OUT/summary.json).
 
     Args:
@@ -129,6 +130,8 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
       stop_after: stop (with a checkpoint) after this step, as if interrupted; the learning-rate
         schedule still spans `run.steps`.
       progress: show a progress bar (default: the recipe's `run.progress`).
+      resume_step: with `resume`, continue from this checkpoint instead of the newest that
+        restores (damaged ones are skipped, named on stderr and left on disk).
     """
     check_trainable(cfg)  # a Llama preset is refused here, before any data or compile
     out = cfg.out_dir
@@ -137,6 +140,8 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
         raise ConfigError(f"run.name: {cfg.run.name!r} already has checkpoints in {out}; pass "
                           "--resume to continue it, or choose another run.name (nothing was changed)")
     out.mkdir(parents=True, exist_ok=True)
+    if resume and ckpt.latest_step() is not None:
+        load_run_tokenizer(out)  # missing or damaged: DamagedFileError, never a new tokenizer
     converting = cfg.sparsity.init_from and not (resume and ckpt.latest_step() is not None)
     if converting and not (out / TOKENIZER_FILENAME).is_file():  # the embeddings need its tokens
         shutil.copy(Path(cfg.sparsity.init_from) / TOKENIZER_FILENAME, out / TOKENIZER_FILENAME)
@@ -146,7 +151,11 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
     counts = model_counts(setup.model, cfg.data.seq_len)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     start = initial_state(cfg, setup, data, ckpt, resume,
-                          counts.train_flops_per_token_effective * tokens_per_step)
+                          counts.train_flops_per_token_effective * tokens_per_step, resume_step)
+    end = cfg.run.steps if stop_after is None else min(stop_after, cfg.run.steps)
+    if start.step >= end:  # a finished run: report it, change nothing (no recipe, metrics, W&B)
+        ckpt.close()
+        return finished_summary(cfg, start.step, end)
     save_recipe(cfg, out / "recipe.yaml")  # only once the recipe is known to fit the run's checkpoints
     tracker = Tracker(out, cfg.run.wandb, cfg.run.wandb_project, cfg.run.name, cfg.to_dict(), resume=resume)
     state, mesh, out_shardings = start.state, _mesh_of(cfg), None
@@ -155,7 +164,6 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
         state = jax.device_put(state, shardings)
         out_shardings = (shardings, None)
     train_step = choose_train_step(cfg, setup, out_shardings)
-    end = cfg.run.steps if stop_after is None else min(stop_after, cfg.run.steps)
     prog = _Progress(start)
     state = _run_steps(cfg, setup, data, counts, train_step, state, mesh, prog, tracker, ckpt, end,
                        cfg.run.progress if progress is None else progress)
