@@ -4,18 +4,17 @@ plot of runs against a dense baseline (sparsetrain/evaluation/compare.py)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from sparsetrain.errors import InputError
 from sparsetrain.evaluation.compare import compare_runs, log_to_wandb, markdown_table, write_outputs
 
 
 def _run_cli(args: argparse.Namespace) -> int:
     try:
         result = compare_runs(args.runs, args.baseline, args.batches)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"sparsetrain compare: {e}", file=sys.stderr)
-        return 2
+    except FileNotFoundError as e:  # a run directory without checkpoints; others: see cli.report
+        raise InputError(str(e)) from e
     out = Path(args.out or Path(args.runs[0]).parent / "compare")
     paths = write_outputs(result, out)
     wandb_dir = log_to_wandb(result, paths, out)

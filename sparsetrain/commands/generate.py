@@ -15,7 +15,7 @@ import time
 import jax
 
 from sparsetrain.commands.recipe_args import add_sampling_args
-from sparsetrain.errors import CheckpointMismatchError
+from sparsetrain.errors import InputError
 from sparsetrain.evaluation.generate import Generator
 from sparsetrain.data.pipeline import load_run_tokenizer
 from sparsetrain.models.kv_cache import CachedDecoder
@@ -32,9 +32,8 @@ def run(args: argparse.Namespace) -> int:
         out = gen.sample(ids, args.max_new_tokens, args.temperature, args.top_k,
                          jax.random.key(args.seed), args.samples)
         seconds = time.perf_counter() - t0
-    except (FileNotFoundError, ValueError, CheckpointMismatchError) as e:
-        print(f"sparsetrain generate: {e}", file=sys.stderr)
-        return 2
+    except FileNotFoundError as e:  # a run directory without checkpoints; others: see cli.report
+        raise InputError(str(e)) from e
     for i, row in enumerate(out):
         if args.samples > 1:
             print(f"--- sample {i + 1}")

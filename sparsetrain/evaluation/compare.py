@@ -2,7 +2,8 @@
 
     sparsetrain compare RUN [RUN ...] [--baseline NAME] [--out DIR] [--batches N]
 
-Every run is evaluated on its newest checkpoint with `evaluate.py` (val loss, bits per byte).
+Every run is evaluated on its newest checkpoint that restores with `evaluate.py` (val loss, bits
+per byte); its recipe is that checkpoint's own (recipe.yaml, a copy for people, is not read).
 The table lists stored parameters, training FLOPs (the work the kernels did: stored blocks only),
 tokens, wall time, val loss, bits per byte, and the difference to the baseline (by default the
 first dense run). Runs whose tokenizer or validation windows differ (data fingerprints differ)
@@ -70,11 +71,12 @@ def compare_runs(run_dirs: list[str | Path], baseline: str | None = None, max_ba
     dirs = [Path(d) for d in run_dirs]
     summaries = {str(d): _summary(d) for d in dirs}
     fingerprint = check_same_data(summaries)  # before any evaluation work
+    logged = {str(d): curve(d, summaries[str(d)]) for d in dirs}  # read (or refused) before evaluating
     rows, curves = [], {}
     for d in dirs:
         s = summaries[str(d)]
-        recipe = json.loads(json.dumps(_recipe(d)))
         ev = evaluate_run(d, max_batches=max_batches, n_samples=0)
+        recipe = ev["recipe"]  # the evaluated checkpoint's own (recipe.yaml is a copy for people)
         sp = recipe.get("sparsity", {})
         name = s["run"] if s["run"] not in [r["run"] for r in rows] else str(d)
         rows.append({
@@ -86,7 +88,7 @@ def compare_runs(run_dirs: list[str | Path], baseline: str | None = None, max_ba
             "wandb": recipe.get("run", {}).get("wandb", "disabled"),
             "wandb_project": recipe.get("run", {}).get("wandb_project", "sparsetrain"),
         })
-        curves[name] = curve(d, s)
+        curves[name] = logged[str(d)]
     base = _pick_baseline(rows, baseline)
     for r in rows:
         if base is not None:
@@ -97,23 +99,6 @@ def compare_runs(run_dirs: list[str | Path], baseline: str | None = None, max_ba
             r["flops_vs_base"] = r["train_flops"] / base["train_flops"] if base["train_flops"] else None
             r["params_vs_base"] = r["params_stored"] / base["params_stored"]
     return {"baseline": base["run"] if base else None, "fingerprint": fingerprint, "rows": rows, "curves": curves}
-
-
-def _recipe(run_dir: Path) -> dict:
-    import yaml
-
-    path = run_dir / "recipe.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        recipe = yaml.safe_load(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        recipe = e
-    if not isinstance(recipe, dict):
-        raise DamagedFileError(f"{path}: damaged (not a YAML recipe); the run's checkpoints hold its recipe: "
-                               "restore recipe.yaml from a backup, or resume the run with its recipe, which "
-                               "writes it again")
-    return recipe
 
 
 def _pick_baseline(rows: list[dict], name: str | None) -> dict | None:

@@ -94,7 +94,7 @@ def evaluate_run(run_dir: str | Path, step: int | None = None, max_batches: int 
         out = sample(model, ids, n_new, temperature, top_k, jax.random.key(seed), n_samples)
         samples = [prompt + data.tokenizer.decode(row.tolist()) for row in out]
     return {"run": cfg.run.name, "run_dir": str(run_dir), "step": int(meta["step"]), **result,
-            "fingerprint": data.fingerprint, "samples": samples,
+            "fingerprint": data.fingerprint, "samples": samples, "recipe": cfg.to_dict(),
             "sampling": {"prompt": prompt, "temperature": temperature, "top_k": top_k, "tokens": n_new}}
 
 

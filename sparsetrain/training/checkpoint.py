@@ -73,15 +73,28 @@ def _one_line(e: BaseException, limit: int = 240) -> str:
     return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
-def _quiet_closed_loop(unraisable) -> None:
-    """After a failed TensorStore read, the reads still in flight call back into the asyncio loop
-    Orbax has closed; those 'Event loop is closed' reports are not ours to print."""
-    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
-        return
-    _PREVIOUS_HOOK(unraisable)
+class _QuietFailedReads:
+    """An unraisable-exception hook that drops the reports a failed TensorStore read leaves behind
+    (Orbax's other read coroutines, closed with the array error, and their callbacks into the
+    asyncio loop Orbax has already closed): the failure itself is raised, once, as damage.
+    Anything else goes to the hook that was installed before."""
+
+    NOISE = ("Event loop is closed", "Encountered error while reading array")
+
+    def __init__(self):
+        self.previous = sys.unraisablehook
+
+    def __call__(self, unraisable) -> None:
+        text = f"{unraisable.exc_value} {unraisable.exc_value.__cause__ if unraisable.exc_value else ''}"
+        if not any(n in text for n in self.NOISE):
+            self.previous(unraisable)
+
+    def install(self) -> None:
+        if sys.unraisablehook is not self:
+            self.previous, sys.unraisablehook = sys.unraisablehook, self
 
 
-_PREVIOUS_HOOK = sys.unraisablehook
+_QUIET = _QuietFailedReads()
 
 
 class Checkpointer:
@@ -154,6 +167,7 @@ class Checkpointer:
         (self.directory / str(step)).rename(target)
         self.manager.reload()
         self._val_loss.pop(step, None)
+        self.damaged.discard(step)
         print(f"sparsetrain: checkpoint step {step} in {self.directory} was moved to {target} before saving step "
               f"{step} again", file=sys.stderr)
 
@@ -175,9 +189,11 @@ class Checkpointer:
     def _meta_val_loss(self, step: int) -> float | None:
         if step not in self._val_loss:
             try:
-                self._val_loss[step] = float(self.read_meta(step).get("val_loss", math.nan))
-            except (DamagedCheckpointError, TypeError, ValueError):
+                value = self.read_meta(step).get("val_loss")
+            except DamagedCheckpointError:
                 self._val_loss[step] = None
+            else:  # an imported model's checkpoint has no val_loss: never the best
+                self._val_loss[step] = float(value) if isinstance(value, (int, float)) else math.nan
         return self._val_loss[step]
 
     def _remove_partial(self, step: int, settle_s: float = 0.5, limit_s: float = 10.0) -> None:
@@ -241,7 +257,7 @@ class Checkpointer:
         meta = self.read_meta(step)
         self._check_layout(step, abstract_state)
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        sys.unraisablehook = _quiet_closed_loop
+        _QUIET.install()
         try:
             state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
         except Exception as e:

@@ -120,8 +120,9 @@ def read_jsonl(path: Path) -> list[dict]:
     try:
         lines = Path(path).read_bytes().decode("utf-8", errors="replace").split("\n")
     except OSError as e:
-        raise DamagedFileError(f"{path}: does not read ({e}); restore it from a backup or delete it "
-                               "(it is the run's log; the checkpoints do not need it)") from e
+        what = "missing" if isinstance(e, FileNotFoundError) else f"does not read ({e})"
+        raise DamagedFileError(f"{path}: {what}; restore it from a backup (it is the run's log of "
+                               "metrics; the checkpoints do not need it)") from e
     if lines and lines[-1].strip():  # torn last line
         lines = lines[:-1]
     rows = []
