@@ -32,7 +32,11 @@ import numpy as np
 import pytest
 
 from sparsetrain.cli import main
+from sparsetrain.config import Config, from_dict
+from sparsetrain.errors import CheckpointMismatchError
+from sparsetrain.training.checkpoint import Checkpointer
 from sparsetrain.training.start import restore_run
+from sparsetrain.training.step import build_setup
 from sparsetrain.training.tracking import read_jsonl
 from tests.conftest import tiny_recipe
 
@@ -245,3 +249,19 @@ def test_compare_uses_the_checkpoints_recipe_not_a_damaged_recipe_yaml(runs, tmp
     assert main(["compare", str(run), "--batches", "1", "--out", str(tmp_path / "compare")]) == 0
     row = json.loads((tmp_path / "compare" / "compare.json").read_text())["rows"][0]
     assert row["pattern"] == "random_balanced" and row["step"] == STOPPED_AT
+
+
+def test_a_checkpoint_of_another_shape_is_a_mismatch_not_damage(runs, tmp_path):
+    """The stored layout (state/_METADATA) reads and differs from the model's: exit-2
+    CheckpointMismatchError naming an array, and no older checkpoint is tried instead."""
+    ckpt = Checkpointer(runs.base / "checkpoints", keep_last=KEEP)
+    try:
+        recipe = ckpt.read_meta(STOPPED_AT)["recipe"]
+        recipe["model"]["d_model"] = 128
+        wider = build_setup(from_dict(Config, recipe), 300, abstract=True).state
+        shapes = r"row_indices: stored int32\[2, 4, 1\], model int32\[2, 8, 2\]"
+        with pytest.raises(CheckpointMismatchError, match=r"does not match this recipe.s model .*" + shapes):
+            ckpt.restore_newest(lambda meta: wider)
+        assert ckpt.damaged == set()
+    finally:
+        ckpt.close()

@@ -59,13 +59,18 @@ def _layout(tree: Any) -> dict[str, tuple]:
             for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def _shown(entry: tuple | None) -> str:
+    """'int32[2, 4, 1]' for a (shape, dtype name) layout entry; 'absent' for None."""
+    return "absent" if entry is None else f"{entry[1]}{list(entry[0])}"
+
+
 def array_crcs(state: Any) -> dict[str, str] | None:
     """{array name: CRC-32 hex of its bytes}; None when an array is not all in this process."""
     leaves = jax.tree_util.tree_leaves_with_path(state)
     if not all(getattr(x, "is_fully_addressable", True) for _, x in leaves):
         return None
-    return {_name(p): f"{zlib.crc32(np.ascontiguousarray(jax.device_get(x)).tobytes()):08x}"
-            for p, x in leaves}
+    return {_name(p): f"{zlib.crc32(np.ascontiguousarray(jax.device_get(x)).reshape(-1).view(np.uint8)):08x}"
+            for p, x in leaves}  # the bytes as they are, no copy (bfloat16 included)
 
 
 def _one_line(e: BaseException, limit: int = 240) -> str:
@@ -238,8 +243,9 @@ class Checkpointer:
             raise self._damaged(step, "its array metadata state/_METADATA does not read", e) from e
         wanted = _layout(abstract_state)
         if stored != wanted:
-            names = sorted(set(stored) ^ set(wanted)) + sorted(k for k in stored if stored[k] != wanted.get(k, stored[k]))
-            diff = "; ".join(f"{k}: stored {stored.get(k)}, model {wanted.get(k)}" for k in names[:3])
+            names = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+            diff = "; ".join(f"{k}: stored {_shown(stored.get(k))}, model {_shown(wanted.get(k))}"
+                             for k in names[:3])
             raise CheckpointMismatchError(
                 f"checkpoint step {step} in {self.directory} does not match this recipe's model "
                 f"(parameter names, shapes or optimizer state differ: {diff})")
@@ -259,7 +265,8 @@ class Checkpointer:
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         _QUIET.install()
         try:
-            state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+            args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            state = self.manager.restore(step, args=args)["state"]
         except Exception as e:
             raise self._damaged(step, "its arrays do not read", e) from e
         saved, now = meta.get("array_crc32"), array_crcs(state)
@@ -299,7 +306,8 @@ class Checkpointer:
                 skipped.append(e)
                 continue
             for e in skipped:
-                print(f"sparsetrain: {e}; it is kept for inspection and skipped; {using} step {s}", file=sys.stderr)
+                print(f"sparsetrain: {e}; it is kept for inspection and skipped; {using} step {s}",
+                      file=sys.stderr)
             return state, meta
         if step is not None:
             others = [s for s in steps if s != step]
