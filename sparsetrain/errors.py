@@ -98,3 +98,13 @@ def is_disk_full(e: BaseException | None) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+class DamagedCheckpointError(DamagedFileError):
+    """One checkpoint cannot be restored: an item file is missing, truncated or garbled (not a
+    checkpoint of another model: that is CheckpointMismatchError). `step` and `reason` (one line)
+    let a caller skip it and name it."""
+
+    def __init__(self, directory, step: int, reason: str):
+        self.directory, self.step, self.reason = directory, step, reason
+        super().__init__(f"checkpoint step {step} in {directory} is damaged ({reason})")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sparsetrain.commands.paths import new_directory, run_directory
 from sparsetrain.commands.recipe_args import positive_int
+from sparsetrain.errors import InputError
 from sparsetrain.evaluation.compare import compare_runs, log_to_wandb, markdown_table, write_outputs
 
 
@@ -21,7 +22,10 @@ def _run_cli(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(args.runs[0]).parent / "compare")
     if not args.force:
         new_directory(out, "--out" if args.out else f"--out (default {out})")
-    result = compare_runs(args.runs, args.baseline, args.batches)
+    try:
+        result = compare_runs(args.runs, args.baseline, args.batches)
+    except FileNotFoundError as e:  # a run directory without checkpoints; others: see cli.report
+        raise InputError(str(e)) from e
     paths = write_outputs(result, out)
     wandb_dir = log_to_wandb(result, paths, out)
     print(markdown_table(result))

@@ -16,22 +16,26 @@ import jax
 
 from sparsetrain.commands.paths import run_directory
 from sparsetrain.commands.recipe_args import add_sampling_args, positive_int
+from sparsetrain.errors import InputError
 from sparsetrain.evaluation.generate import Generator
-from sparsetrain.data.pipeline import TOKENIZER_FILENAME, load_tokenizer
+from sparsetrain.data.pipeline import load_run_tokenizer
 from sparsetrain.models.kv_cache import CachedDecoder
 from sparsetrain.training.start import restore_run
 
 
 def run(args: argparse.Namespace) -> int:
     run_directory(args.run_dir, "generate")  # before anything is opened (or created) there
-    _, setup, state, meta = restore_run(args.run_dir, args.step)
-    tokenizer = load_tokenizer(f"{args.run_dir}/{TOKENIZER_FILENAME}")
-    ids = tokenizer.encode(args.prompt, add_special_tokens=False).ids
-    gen = Generator(CachedDecoder(setup.model).model(state["params"], state["indices"]))
-    t0 = time.perf_counter()
-    out = gen.sample(ids, args.max_new_tokens, args.temperature, args.top_k,
-                     jax.random.key(args.seed), args.samples)
-    seconds = time.perf_counter() - t0
+    try:
+        _, setup, state, meta = restore_run(args.run_dir, args.step, using="generating with")
+        tokenizer = load_run_tokenizer(args.run_dir)
+        ids = tokenizer.encode(args.prompt, add_special_tokens=False).ids
+        gen = Generator(CachedDecoder(setup.model).model(state["params"], state["indices"]))
+        t0 = time.perf_counter()
+        out = gen.sample(ids, args.max_new_tokens, args.temperature, args.top_k,
+                         jax.random.key(args.seed), args.samples)
+        seconds = time.perf_counter() - t0
+    except FileNotFoundError as e:  # a run directory without checkpoints; others: see cli.report
+        raise InputError(str(e)) from e
     for i, row in enumerate(out):
         if args.samples > 1:
             print(f"--- sample {i + 1}")

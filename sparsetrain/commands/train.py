@@ -21,8 +21,8 @@ def run(args: argparse.Namespace) -> int:
         jax.distributed.initialize()
     backend = [f"run.backend={args.backend}"] if args.backend else []
     cfg = load_recipe(args.recipe, [*args.overrides, *backend])
-    summary = train(cfg, resume=args.resume, stop_after=args.stop_after,
-                    progress=False if args.no_progress else None)
+    summary = train(cfg, resume=args.resume or args.resume_step is not None, stop_after=args.stop_after,
+                    progress=False if args.no_progress else None, resume_step=args.resume_step)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -31,7 +31,9 @@ def register(subparsers) -> None:
     """Add `sparsetrain train`."""
     p = subparsers.add_parser("train", help="train a dense or block-sparse GPT from a recipe")
     add_recipe_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint that restores")
+    p.add_argument("--resume-step", type=positive_int, default=None, metavar="STEP",
+                   help="continue from this checkpoint (implies --resume)")
     p.add_argument("--stop-after", type=positive_int, default=None, metavar="STEP",
                    help="stop with a checkpoint after STEP (the schedule still spans run.steps)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

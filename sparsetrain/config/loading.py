@@ -20,8 +20,8 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] = (), check
             raise ConfigError(f"recipe: file {str(p)!r} does not exist")
         try:
             raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"recipe {str(p)!r} is not valid YAML: {e}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:  # garbled bytes are not text at all
+            raise ConfigError(f"recipe {str(p)!r} is not valid YAML: {' '.join(str(e).split())}") from None
     for o in overrides:
         apply_override(raw, o)
     cfg = from_dict(Config, raw)

@@ -28,6 +28,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from sparsetrain.data.checks import validate_data_section
 from sparsetrain.data.corpus import prepare_shakespeare
 from sparsetrain.data.files import BUILDERS, resolve_data_files
+from sparsetrain.errors import DamagedFileError
 from sparsetrain.run_files import write_atomic
 
 EOT_TOKEN = "<|endoftext|>"
@@ -214,22 +215,43 @@ def load_tokenizer(path: Path) -> Tokenizer:
     """Loads a `tokenizer.json`; it must have EOT_TOKEN.
 
     Raises:
-        ValueError: the file is missing or has no EOT_TOKEN.
+        ValueError: the file is missing, does not parse or has no EOT_TOKEN.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"tokenizer={str(path)!r}: no such file; use 'bpe' or a tokenizer.json path")
-    tokenizer = Tokenizer.from_file(str(path))
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:  # the Rust parser's error: "EOF while parsing a value at line 2909 ..."
+        raise ValueError(f"tokenizer={str(path)!r} is not a readable tokenizer.json ({e})") from e
     if tokenizer.token_to_id(EOT_TOKEN) is None:
         raise ValueError(f"tokenizer={str(path)!r} has no {EOT_TOKEN!r} token to end documents with")
     return tokenizer
+
+
+def load_run_tokenizer(run_dir: Path) -> Tokenizer:
+    """The tokenizer a run saved (run_dir/tokenizer.json), which its checkpoints were trained with.
+
+    Raises:
+        DamagedFileError: it is missing or unreadable (a run's own file is damage, not bad input).
+    """
+    path = Path(run_dir) / TOKENIZER_FILENAME
+    if not path.is_file():
+        raise DamagedFileError(f"{path}: missing; the run's checkpoints were trained with it: restore it "
+                               "from a backup or a copy of the run (a new tokenizer would not fit them)")
+    try:
+        return load_tokenizer(path)
+    except ValueError as e:
+        raise DamagedFileError(f"{path}: damaged: {str(e.__cause__ or e).splitlines()[0][:200]}; restore "
+                               "it from a backup or a copy of the run (the checkpoints were trained with "
+                               "it)") from e
 
 
 def _run_tokenizer(cfg: Any, run_dir: Path, train_docs: Sequence[str]) -> Tokenizer:
     """The run's tokenizer: run_dir's saved one, else trained ("bpe") or loaded, then saved."""
     saved = run_dir / TOKENIZER_FILENAME
     if saved.is_file():
-        tokenizer = load_tokenizer(saved)
+        tokenizer = load_run_tokenizer(run_dir)
         if cfg.tokenizer != "bpe" and load_tokenizer(Path(cfg.tokenizer)).to_str() != tokenizer.to_str():
             raise ValueError(
                 f"tokenizer={str(cfg.tokenizer)!r} differs from the run's own {saved}, which its "

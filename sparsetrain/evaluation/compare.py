@@ -2,7 +2,8 @@
 
     sparsetrain compare RUN [RUN ...] [--baseline NAME] [--out DIR] [--batches N]
 
-Every run is evaluated on its newest checkpoint with `evaluate.py` (val loss, bits per byte).
+Every run is evaluated on its newest checkpoint that restores with `evaluate.py` (val loss, bits
+per byte); its recipe is that checkpoint's own (recipe.yaml, a copy for people, is not read).
 The table lists stored parameters, training FLOPs (the work the kernels did: stored blocks only),
 tokens, wall time, val loss, bits per byte, and the difference to the baseline (by default the
 first dense run). Runs whose tokenizer or validation windows differ (data fingerprints differ)
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sparsetrain.errors import DamagedFileError
 from sparsetrain.evaluation.evaluate import evaluate_run
 from sparsetrain.training.tracking import read_jsonl, resolve_wandb_mode
 
@@ -26,7 +28,15 @@ def _summary(run_dir: Path) -> dict:
     path = run_dir / "summary.json"
     if not path.is_file():
         raise ComparisonError(f"{run_dir}: no summary.json (the run did not finish); nothing to compare")
-    return json.loads(path.read_text())
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        summary = e
+    if not isinstance(summary, dict) or not {"run", "steps", "tokens"} <= summary.keys():
+        raise DamagedFileError(f"{path}: damaged (not a run summary); restore it from a backup (compare "
+                               "tabulates its numbers; the checkpoints are intact and `sparsetrain eval "
+                               f"{run_dir}` evaluates the run without it)")
+    return summary
 
 
 def check_same_data(summaries: dict[str, dict]) -> str:
@@ -61,11 +71,12 @@ def compare_runs(run_dirs: list[str | Path], baseline: str | None = None, max_ba
     dirs = [Path(d) for d in run_dirs]
     summaries = {str(d): _summary(d) for d in dirs}
     fingerprint = check_same_data(summaries)  # before any evaluation work
+    logged = {str(d): curve(d, summaries[str(d)]) for d in dirs}  # read (or refused) before evaluating
     rows, curves = [], {}
     for d in dirs:
         s = summaries[str(d)]
-        recipe = json.loads(json.dumps(_recipe(d)))
         ev = evaluate_run(d, max_batches=max_batches, n_samples=0)
+        recipe = ev["recipe"]  # the evaluated checkpoint's own (recipe.yaml is a copy for people)
         sp = recipe.get("sparsity", {})
         name = s["run"] if s["run"] not in [r["run"] for r in rows] else str(d)
         rows.append({
@@ -77,7 +88,7 @@ def compare_runs(run_dirs: list[str | Path], baseline: str | None = None, max_ba
             "wandb": recipe.get("run", {}).get("wandb", "disabled"),
             "wandb_project": recipe.get("run", {}).get("wandb_project", "sparsetrain"),
         })
-        curves[name] = curve(d, s)
+        curves[name] = logged[str(d)]
     base = _pick_baseline(rows, baseline)
     for r in rows:
         if base is not None:
@@ -89,13 +100,6 @@ def compare_runs(run_dirs: list[str | Path], baseline: str | None = None, max_ba
             r["params_vs_base"] = r["params_stored"] / base["params_stored"]
     return {"baseline": base["run"] if base else None, "fingerprint": fingerprint, "rows": rows,
             "curves": curves, "batches": max_batches}
-
-
-def _recipe(run_dir: Path) -> dict:
-    import yaml
-
-    path = run_dir / "recipe.yaml"
-    return yaml.safe_load(path.read_text()) if path.is_file() else {}
 
 
 def _pick_baseline(rows: list[dict], name: str | None) -> dict | None:

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from tokenizers import Tokenizer, pre_tokenizers
 
-from sparsetrain.data.pipeline import build_datasets, eval_batches
+from sparsetrain.data.pipeline import build_datasets, eval_batches, load_run_tokenizer
 from sparsetrain.evaluation.generate import sample
 from sparsetrain.models.kv_cache import CachedDecoder
 from sparsetrain.training.start import check_fingerprint, restore_run
@@ -79,7 +79,8 @@ def evaluate_run(run_dir: str | Path, step: int | None = None, max_batches: int 
                  temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> dict:
     """Evaluate a run's checkpoint (newest if `step` is None) on its own validation windows."""
     run_dir = Path(run_dir)
-    cfg, setup, state, meta = restore_run(run_dir, step)
+    cfg, setup, state, meta = restore_run(run_dir, step, using="evaluating")
+    load_run_tokenizer(run_dir)  # missing or damaged: DamagedFileError (never a new one trained)
     data = build_datasets(cfg.data, run_dir)  # the run's saved tokenizer is reused
     check_fingerprint(meta, data, str(run_dir))  # other data would not be a fair evaluation
     fns, params, indices = setup.fns, state["params"], state["indices"]
@@ -93,7 +94,7 @@ def evaluate_run(run_dir: str | Path, step: int | None = None, max_batches: int 
         out = sample(model, ids, n_new, temperature, top_k, jax.random.key(seed), n_samples)
         samples = [prompt + data.tokenizer.decode(row.tolist()) for row in out]
     return {"run": cfg.run.name, "run_dir": str(run_dir), "step": int(meta["step"]), **result,
-            "fingerprint": data.fingerprint, "samples": samples,
+            "fingerprint": data.fingerprint, "samples": samples, "recipe": cfg.to_dict(),
             "sampling": {"prompt": prompt, "temperature": temperature, "top_k": top_k, "tokens": n_new}}
 
 

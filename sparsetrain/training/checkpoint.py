@@ -2,24 +2,95 @@
 
 A checkpoint holds the train state pytree (params, sparsity block indices, optimizer state, step,
 RNG key data) saved with Orbax's StandardSave, and a JSON item `meta` with the data position, the
-recipe, the vocabulary size and the data fingerprint. Orbax writes each step to a temporary
-directory and renames it when complete, so an interrupted save leaves the earlier ones intact.
-No pickle anywhere.
+recipe, the vocabulary size, the data fingerprint and a CRC-32 of every array. Orbax writes each
+step to a temporary directory and renames it when complete, so an interrupted save leaves the
+earlier ones intact. No pickle anywhere.
+
+Damage (a file of a complete checkpoint truncated, deleted or garbled later) is told apart from a
+checkpoint of another model: the stored array layout (`state/_METADATA`) must read and match the
+model's, then every array must read and match the CRC-32 recorded at save (TensorStore's
+zstd chunks carry no checksum, so flipped bytes would otherwise restore as wrong numbers).
+`restore_newest` skips damaged checkpoints, naming each on stderr, and leaves them on disk.
+
+Retention is ours, not Orbax's: Orbax's manager keeps the metrics it ranks by in memory only
+(they reach disk only with `best_fn`), so checkpoints that existed before a resume had no metric
+and were never pruned. `_prune` ranks every checkpoint on disk by the `val_loss` in its meta.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
+import sys
 import time
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from sparsetrain.errors import CheckpointMismatchError, CheckpointSaveError, is_disk_full
+from sparsetrain.errors import CheckpointMismatchError, CheckpointSaveError, DamagedCheckpointError, \
+    DamagedFileError, InputError, is_disk_full
 from sparsetrain.training.save_noise import held_back
+
+DAMAGED_DIRNAME = "damaged"  # checkpoints/damaged/<step>: a damaged step moved aside before a new save
+
+
+def _name(path) -> str:
+    """'opt_state/1/0/mu/layers/wq' for a pytree key path (dict keys, attributes, indices alike)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _layout(tree: Any) -> dict[str, tuple]:
+    """{array name: (shape, dtype name)} of a pytree of arrays or array metadata."""
+    return {_name(p): (tuple(x.shape), np.dtype(x.dtype).name)
+            for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _shown(entry: tuple | None) -> str:
+    """'int32[2, 4, 1]' for a (shape, dtype name) layout entry; 'absent' for None."""
+    return "absent" if entry is None else f"{entry[1]}{list(entry[0])}"
+
+
+def array_crcs(state: Any) -> dict[str, str] | None:
+    """{array name: CRC-32 hex of its bytes}; None when an array is not all in this process."""
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    if not all(getattr(x, "is_fully_addressable", True) for _, x in leaves):
+        return None
+    return {_name(p): f"{zlib.crc32(np.ascontiguousarray(jax.device_get(x)).reshape(-1).view(np.uint8)):08x}"
+            for p, x in leaves}  # the bytes as they are, no copy (bfloat16 included)
+
+
+def _one_line(e: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+class _QuietFailedReads:
+    """An unraisable-exception hook that drops the reports a failed TensorStore read leaves behind
+    (Orbax's other read coroutines, closed with the array error, and their callbacks into the
+    asyncio loop Orbax has already closed): the failure itself is raised, once, as damage.
+    Anything else goes to the hook that was installed before."""
+
+    NOISE = ("Event loop is closed", "Encountered error while reading array")
+
+    def __init__(self):
+        self.previous = sys.unraisablehook
+
+    def __call__(self, unraisable) -> None:
+        text = f"{unraisable.exc_value} {unraisable.exc_value.__cause__ if unraisable.exc_value else ''}"
+        if not any(n in text for n in self.NOISE):
+            self.previous(unraisable)
+
+    def install(self) -> None:
+        if sys.unraisablehook is not self:
+            self.previous, sys.unraisablehook = sys.unraisablehook, self
+
+
+_QUIET = _QuietFailedReads()
 
 
 class Checkpointer:
@@ -28,17 +99,15 @@ class Checkpointer:
     def __init__(self, directory: Path, keep_last: int):
         self.directory = Path(directory).absolute()
         self.keep_last = keep_last
+        self._val_loss: dict[int, float | None] = {}  # step -> val_loss of its meta (None: unreadable)
+        self.damaged: set[int] = set()  # steps found damaged by this instance
         self.manager = self._make_manager()
 
     def _make_manager(self) -> ocp.CheckpointManager:
-        policy = pp.AnyPreservationPolicy([
-            pp.LatestN(n=self.keep_last),
-            pp.BestN(get_metric_fn=lambda m: -m["val_loss"], n=1),
-        ])
-        return ocp.CheckpointManager(
+        return ocp.CheckpointManager(  # every step is kept by Orbax; `_prune` decides
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                preservation_policy=policy, enable_async_checkpointing=False, create=True),
+                preservation_policy=pp.PreserveAll(), enable_async_checkpointing=False, create=True),
         )
 
     def latest_step(self) -> int | None:
@@ -46,24 +115,28 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
+        return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict, val_loss: float) -> None:
-        """Save `state` (a pytree of arrays) and `meta` (JSON-serialisable) at `step`.
+        """Save `state` (a pytree of arrays) and `meta` (JSON-serialisable) at `step`, then prune.
+
+        A checkpoint already at `step` (one skipped as damaged, or a newer one when resuming from
+        an older step) is first moved to `directory/damaged/<step>` or `directory/replaced/<step>`:
+        nothing on disk is overwritten.
 
         Raises:
             CheckpointSaveError: the save failed (a full disk, a lost mount, ...): its partial files
                 are removed and the earlier checkpoints are untouched and restorable.
         """
+        if step in self.all_steps():
+            self._move_aside(step)
         previous = self.latest_step()
+        meta = {**meta, "array_crc32": array_crcs(state)}
         with held_back() as held:  # Orbax's own failure reports: one line says it all
             try:
                 self.manager.save(
-                    step,
-                    args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                    metrics={"val_loss": float(val_loss)},
-                    force=True,
-                )
+                    step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                    force=True)
                 self.manager.wait_until_finished()
             except Exception as e:
                 held.failed()
@@ -74,15 +147,55 @@ class Checkpointer:
                     pass
                 self._remove_partial(step)
                 self.manager = self._make_manager()
-        if held.ok:
-            return
-        kept = (f"the previous checkpoint (step {previous}) is kept and restorable"
-                if previous is not None else "there is no earlier checkpoint")
-        full = " (the disk is full)" if is_disk_full(error) else ""
-        raise CheckpointSaveError(
-            f"saving the checkpoint of step {step} in {self.directory} failed{full}: "
-            f"{type(error).__name__}: {str(error)[:200]}; {kept}; resume with --resume after freeing "
-            "space") from error
+        if not held.ok:
+            kept = (f"the previous checkpoint (step {previous}) is kept and restorable"
+                    if previous is not None else "there is no earlier checkpoint")
+            full = " (the disk is full)" if is_disk_full(error) else ""
+            raise CheckpointSaveError(
+                f"saving the checkpoint of step {step} in {self.directory} failed{full}: "
+                f"{type(error).__name__}: {str(error)[:200]}; {kept}; resume with --resume after freeing "
+                "space") from error
+        self._val_loss[step] = float(val_loss)
+        self._prune(step)
+
+    def _move_aside(self, step: int) -> None:
+        """Move the checkpoint at `step` to damaged/<step> (or replaced/<step>, if it restored)."""
+        folder = self.directory / (DAMAGED_DIRNAME if step in self.damaged else "replaced")
+        folder.mkdir(exist_ok=True)
+        target, n = folder / str(step), 1
+        while target.exists():
+            target, n = folder / f"{step}.{n}", n + 1
+        (self.directory / str(step)).rename(target)
+        self.manager.reload()
+        self._val_loss.pop(step, None)
+        self.damaged.discard(step)
+        print(f"sparsetrain: checkpoint step {step} in {self.directory} was moved to {target} before saving step "
+              f"{step} again", file=sys.stderr)
+
+    def _prune(self, newest: int) -> None:
+        """Keep the last `keep_last` checkpoints up to `newest`, the best by val_loss, and every
+        checkpoint whose meta does not read (damaged: kept for inspection); delete the others.
+        Steps after `newest` (left by an earlier attempt) are not this attempt's to delete."""
+        steps = [s for s in self.all_steps() if s <= newest]
+        losses = {s: self._meta_val_loss(s) for s in steps}
+        keep = set(steps[-self.keep_last:]) | {s for s, v in losses.items() if v is None} | self.damaged
+        finite = {s: v for s, v in losses.items() if v is not None and math.isfinite(v)}
+        if finite:
+            keep.add(min(finite, key=lambda s: (finite[s], -s)))  # the newest of equal bests
+        for s in steps:
+            if s not in keep:
+                self.manager.delete(s)
+                self._val_loss.pop(s, None)
+
+    def _meta_val_loss(self, step: int) -> float | None:
+        if step not in self._val_loss:
+            try:
+                value = self.read_meta(step).get("val_loss")
+            except DamagedCheckpointError:
+                self._val_loss[step] = None
+            else:  # an imported model's checkpoint has no val_loss: never the best
+                self._val_loss[step] = float(value) if isinstance(value, (int, float)) else math.nan
+        return self._val_loss[step]
 
     def _remove_partial(self, step: int, settle_s: float = 0.5, limit_s: float = 10.0) -> None:
         """Delete what a failed save of `step` left (its temporary directories, never a complete one).
@@ -103,29 +216,104 @@ class Checkpointer:
                 return
             time.sleep(0.05)
 
+    def _damaged(self, step: int, reason: str, e: BaseException | None = None) -> DamagedCheckpointError:
+        self.damaged.add(step)
+        return DamagedCheckpointError(self.directory, step, reason + (f": {_one_line(e)}" if e else ""))
+
+    def read_meta(self, step: int | None = None) -> dict:
+        """Only the JSON item of a checkpoint (no arrays loaded). DamagedCheckpointError if unreadable."""
+        step = self.latest_step() if step is None else step
+        try:
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:
+            raise self._damaged(step, "its meta does not read", e) from e
+        if not isinstance(meta, dict) or "step" not in meta:
+            raise self._damaged(step, "its meta is not a checkpoint's")
+        return meta
+
+    def _check_layout(self, step: int, abstract_state: Any) -> None:
+        """CheckpointMismatchError if the stored arrays' names, shapes or dtypes are not the model's."""
+        try:
+            stored = _layout(ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state"))
+        except Exception as e:
+            raise self._damaged(step, "its array metadata state/_METADATA does not read", e) from e
+        wanted = _layout(abstract_state)
+        if stored != wanted:
+            names = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+            diff = "; ".join(f"{k}: stored {_shown(stored.get(k))}, model {_shown(wanted.get(k))}"
+                             for k in names[:3])
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.directory} does not match this recipe's model "
+                f"(parameter names, shapes or optimizer state differ: {diff})")
+
     def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict]:
-        """Restore (state, meta) of `step` (newest if None) into the structure of `abstract_state`."""
+        """Restore (state, meta) of `step` (newest if None) into the structure of `abstract_state`.
+
+        Raises:
+            CheckpointMismatchError: the checkpoint is of another model (names, shapes, dtypes).
+            DamagedCheckpointError: a file of it is missing, truncated or garbled.
+        """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        meta = self.read_meta(step)
+        self._check_layout(step, abstract_state)
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        _QUIET.install()
         try:
-            out = self.manager.restore(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
-            )
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointMismatchError(
-                f"checkpoint step {step} in {self.directory} does not match this recipe's model "
-                f"(parameter names, shapes or optimizer state differ): {type(e).__name__}: "
-                f"{str(e)[:300]}") from e
-        return out["state"], out["meta"]
+            args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            state = self.manager.restore(step, args=args)["state"]
+        except Exception as e:
+            raise self._damaged(step, "its arrays do not read", e) from e
+        saved, now = meta.get("array_crc32"), array_crcs(state)
+        if saved and now is not None:
+            bad = sorted(k for k in saved if now.get(k) != saved[k])
+            if bad:
+                raise self._damaged(step, f"{len(bad)} arrays differ from the CRC-32 recorded when it was "
+                                    f"saved: {', '.join(bad[:3])}")
+        return state, meta
 
-    def read_meta(self, step: int | None = None) -> dict:
-        """Only the JSON item of a checkpoint (no arrays loaded)."""
-        step = self.latest_step() if step is None else step
-        out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return out["meta"]
+    def restore_newest(self, prepare: Callable[[dict], Any], step: int | None = None,
+                       using: str = "using") -> tuple[Any, dict]:
+        """(state, meta) of the newest checkpoint that restores, or of `step` if given.
+
+        Args:
+          prepare: meta -> the abstract state to restore into; it may refuse the checkpoint (a
+            ConfigError of another recipe, ...), which is raised as is.
+          using: what the caller does with it, for the line that names each damaged checkpoint
+            skipped: "checkpoint step 30 in DIR is damaged (WHAT); it is kept for inspection and
+            skipped; USING step 20".
+
+        Raises:
+          FileNotFoundError: there is no checkpoint. InputError: `step` is not one of them.
+          DamagedFileError: `step`, or every checkpoint, is damaged (all are left on disk).
+          CheckpointMismatchError: a checkpoint is of another model (not skipped: not damage).
+        """
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        if step is not None and step not in steps:
+            raise InputError(f"step: {step} is not allowed; {self.directory} has checkpoints at steps {steps}")
+        skipped: list[DamagedCheckpointError] = []
+        for s in [step] if step is not None else steps[::-1]:
+            try:
+                state, meta = self.restore(s, prepare(self.read_meta(s)))
+            except DamagedCheckpointError as e:
+                skipped.append(e)
+                continue
+            for e in skipped:
+                print(f"sparsetrain: {e}; it is kept for inspection and skipped; {using} step {s}",
+                      file=sys.stderr)
+            return state, meta
+        if step is not None:
+            others = [s for s in steps if s != step]
+            raise DamagedFileError(f"{skipped[0]}; it is kept for inspection; other checkpoints: steps "
+                                   f"{others or 'none'}") from skipped[0]
+        reasons = "; ".join(f"step {e.step}: {e.reason}" for e in skipped)
+        raise DamagedFileError(
+            f"no checkpoint in {self.directory} restores (tried steps {[e.step for e in skipped]}; "
+            f"{reasons}); they are kept for inspection; restore the run directory from a backup or "
+            "start again under another run.name")
 
     def close(self) -> None:
         self.manager.close()

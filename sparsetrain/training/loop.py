@@ -22,7 +22,8 @@ import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 from sparsetrain.config import Config, ConfigError, check_trainable, save_recipe
-from sparsetrain.data.pipeline import TOKENIZER_FILENAME, BatchIterator, Datasets, build_datasets
+from sparsetrain.data.pipeline import TOKENIZER_FILENAME, BatchIterator, Datasets, build_datasets, \
+    load_run_tokenizer
 from sparsetrain.errors import TrainingStoppedError
 from sparsetrain.kernels.attention import attention_kernel
 from sparsetrain.kernels.dispatch import kernel_backend, kernel_backend_info
@@ -32,7 +33,7 @@ from sparsetrain.run_files import write_atomic
 from sparsetrain.sparsity.schedule import pruned_params
 from sparsetrain.training.checkpoint import Checkpointer
 from sparsetrain.training.sharding import batch_sharding, make_mesh, tree_shardings
-from sparsetrain.training.start import Start, initial_state
+from sparsetrain.training.start import Start, finished_summary, initial_state
 from sparsetrain.training.step import Setup, XlaTrainStep, build_setup, evaluate, make_eval_step, train_step_fn
 from sparsetrain.training.tracking import Tracker
 
@@ -116,13 +117,18 @@ def _summary(cfg: Config, data: Datasets, counts: ModelCounts, setup: Setup, tra
     }
 
 
-def _prepare(cfg: Config, resume: bool) -> tuple[Datasets, Setup, ModelCounts, Checkpointer, Start]:
-    """Data (tokenizer written), model, checkpointer and start state; then recipe.yaml."""
+def _prepare(cfg: Config, resume: bool, resume_step: int | None, end: int
+             ) -> tuple[Datasets, Setup, ModelCounts, Checkpointer, Start]:
+    """Data (tokenizer written), model, checkpointer and start state; then recipe.yaml (not for a
+    run already finished at `end`, which is left unchanged)."""
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpointer(out / "checkpoints", cfg.run.keep_checkpoints)
     try:
-        converting = cfg.sparsity.init_from and not (resume and ckpt.latest_step() is not None)
+        resuming = resume and ckpt.latest_step() is not None
+        if resuming:
+            load_run_tokenizer(out)  # missing or damaged: DamagedFileError, never a new tokenizer
+        converting = cfg.sparsity.init_from and not resuming
         if converting and not (out / TOKENIZER_FILENAME).is_file():  # the embeddings need its tokens
             write_atomic(out / TOKENIZER_FILENAME,
                          (Path(cfg.sparsity.init_from) / TOKENIZER_FILENAME).read_bytes())
@@ -131,8 +137,9 @@ def _prepare(cfg: Config, resume: bool) -> tuple[Datasets, Setup, ModelCounts, C
         counts = model_counts(setup.model, cfg.data.seq_len)
         tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
         start = initial_state(cfg, setup, data, ckpt, resume,
-                              counts.train_flops_per_token_effective * tokens_per_step)
-        save_recipe(cfg, out / "recipe.yaml")  # only once the recipe is known to fit the checkpoints
+                              counts.train_flops_per_token_effective * tokens_per_step, resume_step)
+        if start.step < end:  # only once the recipe is known to fit the checkpoints
+            save_recipe(cfg, out / "recipe.yaml")
     except BaseException:
         ckpt.close()
         raise
@@ -177,7 +184,7 @@ def kernels_in_use(cfg: Config) -> dict:
 
 
 def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
-          progress: bool | None = None) -> dict:
+          progress: bool | None = None, resume_step: int | None = None) -> dict:
     """Train a GPT from a validated recipe. Returns the run summary (also in OUT/summary.json).
 
     Every check that needs no data runs first (`check_before_writing`); a run directory this call
@@ -189,18 +196,24 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
       stop_after: stop (with a checkpoint) after this step, as if interrupted; the learning-rate
         schedule still spans `run.steps`.
       progress: show a progress bar (default: the recipe's `run.progress`).
+      resume_step: with `resume`, continue from this checkpoint instead of the newest that
+        restores (damaged ones are skipped, named on stderr and left on disk).
     """
     check_before_writing(cfg, resume)
+    end = cfg.run.steps if stop_after is None else min(stop_after, cfg.run.steps)
     out, kernels = cfg.out_dir, kernels_in_use(cfg)
     print(f"{cfg.run.name}: writing {out.absolute()}; kernels: block-sparse "
           f"{kernels['block_sparse_detail']}, attention {kernels['attention']}", file=sys.stderr)
     created = [p for p in (out.absolute(), *out.absolute().parents) if not p.exists()]
     try:
-        data, setup, counts, ckpt, start = _prepare(cfg, resume)
+        data, setup, counts, ckpt, start = _prepare(cfg, resume, resume_step, end)
     except BaseException:
         if created:  # nothing of a run that never started is left behind
             shutil.rmtree(created[-1], ignore_errors=True)
         raise
+    if start.step >= end:  # a finished run: report it, change nothing (no recipe, metrics, W&B)
+        ckpt.close()
+        return finished_summary(cfg, start.step, end)
     tracker = Tracker(out, cfg.run.wandb, cfg.run.wandb_project, cfg.run.name, cfg.to_dict(), resume=resume)
     state, mesh, out_shardings = start.state, _mesh_of(cfg), None
     if mesh is not None:  # place the state on the mesh; XLA (GSPMD) partitions the step
@@ -208,7 +221,6 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
         state = jax.device_put(state, shardings)
         out_shardings = (shardings, None)
     train_step = choose_train_step(cfg, setup, out_shardings)
-    end = cfg.run.steps if stop_after is None else min(stop_after, cfg.run.steps)
     prog = _Progress(start)
     try:  # whatever stops the run, the W&B run and the checkpointer are closed
         state = _run_steps(cfg, setup, data, counts, train_step, state, mesh, prog, tracker, ckpt,

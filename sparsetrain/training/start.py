@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from sparsetrain.config import Config, ConfigError, from_dict
 from sparsetrain.data.pipeline import Datasets
+from sparsetrain.errors import DamagedFileError
 from sparsetrain.run_files import write_atomic
 from sparsetrain.sparsity.convert import convert_state
 from sparsetrain.sparsity.schedule import sparse_kinds
@@ -73,28 +75,36 @@ def check_resumable(cfg: Config, meta: dict) -> None:
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop rows logged after `last_step` (a crash after the checkpoint logged them once already)."""
+    """Drop rows logged after `last_step` (a crash after the checkpoint logged them once already);
+    the file is rewritten only when a row (or a torn last line) is dropped."""
     if path.is_file():
-        rows = [r for r in read_jsonl(path) if r["step"] <= last_step]
-        write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+        rows = read_jsonl(path)
+        kept = [r for r in rows if r["step"] <= last_step]
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        if len(kept) < len(rows) or path.read_text() != text:
+            write_atomic(path, text)
 
 
-def restore_run(run_dir: Path, step: int | None = None) -> tuple[Config, Setup, dict, dict]:
-    """(recipe, abstract setup, state, meta) of a run's checkpoint (newest if `step` is None)."""
+def restore_run(run_dir: Path, step: int | None = None,
+                using: str = "using") -> tuple[Config, Setup, dict, dict]:
+    """(recipe, abstract setup, state, meta) of a run's newest checkpoint that restores (or of
+    `step`); damaged ones are skipped with one line each on stderr (see Checkpointer.restore_newest,
+    which also lists the errors)."""
     ckpt = Checkpointer(Path(run_dir) / "checkpoints", keep_last=1_000_000)
+    built: dict = {}
+
+    def prepare(meta: dict):
+        built["cfg"] = cfg = from_dict(Config, meta["recipe"])
+        built["setup"] = build_setup(cfg, int(meta["vocab_size"]), abstract=True)
+        return built["setup"].state
+
     try:
-        steps = ckpt.all_steps()
-        if not steps:
+        if not ckpt.all_steps():
             raise FileNotFoundError(f"{run_dir}: no checkpoint in {ckpt.directory}")
-        if step is not None and step not in steps:
-            raise ValueError(f"step: {step} is not allowed; {run_dir} has checkpoints at steps {sorted(steps)}")
-        meta = ckpt.read_meta(step)
-        cfg = from_dict(Config, meta["recipe"])
-        setup = build_setup(cfg, int(meta["vocab_size"]), abstract=True)
-        state, meta = ckpt.restore(step, setup.state)
+        state, meta = ckpt.restore_newest(prepare, step, using)
     finally:
         ckpt.close()
-    return cfg, setup, state, meta
+    return built["cfg"], built["setup"], state, meta
 
 
 def _from_other_run(cfg: Config, setup: Setup, data: Datasets, out: Path) -> Start:
@@ -112,12 +122,14 @@ def _from_other_run(cfg: Config, setup: Setup, data: Datasets, out: Path) -> Sta
 
 
 def _from_checkpoint(cfg: Config, setup: Setup, data: Datasets, ckpt: Checkpointer, out: Path,
-                     flops_per_step: float) -> Start:
-    """`--resume`: the run's own newest checkpoint."""
-    meta = ckpt.read_meta()
-    check_resumable(cfg, meta)
-    check_fingerprint(meta, data, "data")
-    state, meta = ckpt.restore(None, setup.state)
+                     flops_per_step: float, step: int | None) -> Start:
+    """`--resume`: the run's own newest checkpoint that restores (or `--resume-step`'s)."""
+    def prepare(meta: dict):
+        check_resumable(cfg, meta)
+        check_fingerprint(meta, data, "data")
+        return setup.state
+
+    state, meta = ckpt.restore_newest(prepare, step, using="resuming from")
     step = int(meta["step"])
     truncate_jsonl(out / "metrics.jsonl", step)
     return Start(state, step, meta["data_state"], float(meta.get("wall_time_s", 0.0)),
@@ -125,18 +137,40 @@ def _from_checkpoint(cfg: Config, setup: Setup, data: Datasets, ckpt: Checkpoint
                  float(meta.get("train_flops", step * flops_per_step)))
 
 
+def finished_summary(cfg: Config, step: int, end: int) -> dict:
+    """A resumed run whose checkpoint is already at `end`: one line on stderr, and its summary.json
+    as it is (nothing is written; {} when the run stopped before writing one).
+
+    Raises:
+        DamagedFileError: summary.json does not parse.
+    """
+    path = cfg.out_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise DamagedFileError(f"{path}: damaged ({type(e).__name__}: {str(e)[:120]}); the run is finished at "
+                               f"step {step} and its checkpoints are kept; delete summary.json and run "
+                               "`sparsetrain eval` on the run for its final numbers") from e
+    what = (f"is finished (step {step} of run.steps={cfg.run.steps})" if end == cfg.run.steps
+            else f"is already at step {step} (--stop-after {end})")
+    where = f"its summary: {path}" if summary else f"it has no {path.name} (stopped after its last checkpoint)"
+    print(f"sparsetrain: {cfg.run.name} {what}; {where}; nothing was changed", file=sys.stderr)
+    return summary
+
+
 def initial_state(cfg: Config, setup: Setup, data: Datasets, ckpt: Checkpointer, resume: bool,
-                  flops_per_step: float) -> Start:
+                  flops_per_step: float, resume_step: int | None = None) -> Start:
     """The state and counters a run starts from (see the module docstring).
 
     Args:
       flops_per_step: effective training FLOPs of one step (for checkpoints that predate the
         "train_flops" field).
+      resume_step: resume from this checkpoint instead of the newest that restores.
     """
     out = cfg.out_dir
     has_checkpoint = ckpt.latest_step() is not None
     if resume and has_checkpoint:
-        return _from_checkpoint(cfg, setup, data, ckpt, out, flops_per_step)
+        return _from_checkpoint(cfg, setup, data, ckpt, out, flops_per_step, resume_step)
     if cfg.sparsity.init_from:
         return _from_other_run(cfg, setup, data, out)
     truncate_jsonl(out / "metrics.jsonl", 0)

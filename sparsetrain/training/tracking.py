@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from sparsetrain.errors import DamagedFileError
 from sparsetrain.run_files import append_line, write_atomic
 
 
@@ -115,9 +116,26 @@ def _plain(v: Any) -> Any:
 
 def read_jsonl(path: Path) -> list[dict]:
     """All rows of a metrics JSONL file. A last line without its newline (the writer was killed
-    mid-line) is dropped; a malformed complete line raises."""
-    text = Path(path).read_text()
-    lines = text.split("\n")
+    mid-line) is dropped; any other line that is not a JSON object raises DamagedFileError."""
+    try:
+        lines = Path(path).read_bytes().decode("utf-8", errors="replace").split("\n")
+    except OSError as e:
+        what = "missing" if isinstance(e, FileNotFoundError) else f"does not read ({e})"
+        raise DamagedFileError(f"{path}: {what}; restore it from a backup (it is the run's log of "
+                               "metrics; the checkpoints do not need it)") from e
     if lines and lines[-1].strip():  # torn last line
         lines = lines[:-1]
-    return [json.loads(line) for line in lines if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or "step" not in row:
+            raise DamagedFileError(
+                f"{path}: line {number} is not a metrics row ({line[:60]!r}); delete or fix that line "
+                "(the file is the run's log; the checkpoints do not need it)")
+        rows.append(row)
+    return rows
