@@ -25,7 +25,7 @@ from sparsetrain.sparsity.convert import convert_state
 from sparsetrain.sparsity.schedule import sparse_kinds
 from sparsetrain.training.checkpoint import Checkpointer
 from sparsetrain.training.step import Setup, build_setup
-from sparsetrain.training.tracking import read_jsonl
+from sparsetrain.training.tracking import read_jsonl, rewrite_jsonl
 
 
 @dataclass
@@ -72,10 +72,10 @@ def check_resumable(cfg: Config, meta: dict) -> None:
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop rows logged after `last_step` (a crash after the checkpoint logged them once already)."""
+    """Drop rows logged after `last_step` (a crash after the checkpoint logged them once already);
+    atomic, so a kill during the rewrite loses no row."""
     if path.is_file():
-        rows = [r for r in read_jsonl(path) if r["step"] <= last_step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        rewrite_jsonl(path, [r for r in read_jsonl(path) if r["step"] <= last_step])
 
 
 def restore_run(run_dir: Path, step: int | None = None) -> tuple[Config, Setup, dict, dict]:
