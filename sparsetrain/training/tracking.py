@@ -217,8 +217,12 @@ def history_problems(history: list[dict], rows: list[dict]) -> list[str]:
     """How a W&B history (`read_wandb_history`) differs from metrics.jsonl rows: missing steps
     (holes), repeated or decreasing steps, extra steps, values that differ. Empty when equal."""
     problems = []
-    steps = [h.get("_step") for h in history]
-    repeated = sorted({s for i, s in enumerate(steps) if i and s is not None and s <= steps[i - 1]})
+    repeated, highest = set(), None
+    for s in (h.get("_step") for h in history):
+        if s is not None and highest is not None and s <= highest:
+            repeated.add(s)  # W&B keeps a run's steps increasing: this row is a repeat or out of order
+        highest = s if highest is None or (s is not None and s > highest) else highest
+    repeated = sorted(repeated)
     if repeated:
         problems.append(f"steps logged out of order or twice: {repeated}")
     by_step = {h.get("_step"): h for h in history}
