@@ -92,39 +92,75 @@ def wandb_check(run_dir: Path) -> dict:
             "wandb_problems": [p[:300] for p in problems[:4]]}
 
 
-def saving(ckpt_dir: Path) -> bool:
-    """An Orbax save is in progress: a temporary step directory exists."""
-    return ckpt_dir.is_dir() and any("tmp" in p.name for p in ckpt_dir.iterdir())
+def saving(ckpt_dir: Path, stale: frozenset = frozenset()) -> bool:
+    """An Orbax save is in progress: a temporary step directory exists (other than `stale` ones,
+    left by an earlier killed process)."""
+    return ckpt_dir.is_dir() and any("tmp" in p.name and p.name not in stale for p in ckpt_dir.iterdir())
 
 
-def kill_once(proc: subprocess.Popen, run_dir: Path, mode: str, rng: random.Random,
-              run_s: float, timeout_s: float = 300.0) -> dict:
-    """SIGKILL `proc` at a random moment (`mode` "random"), as soon as a save is in progress
-    ("save"), or 0-20 ms after the W&B file grows ("wandb"). Returns what the kill hit;
-    `finished` if the process ended first."""
-    ckpt_dir, start = run_dir / "checkpoints", time.monotonic()
-    deadline = start + (timeout_s if mode != "random" else rng.uniform(0.15, 0.75) * run_s)
-    wandb_size = None  # the size once the new process has opened its file (header written)
-    while time.monotonic() < deadline and proc.poll() is None:
-        if mode == "save" and saving(ckpt_dir):
-            break
-        if mode == "wandb":
-            size = wandb_bytes(run_dir)
-            if wandb_size is not None and size > wandb_size:
-                break
-            wandb_size = size if size else None
-        time.sleep(0.05 if mode == "random" else 0.002)
-    if mode != "random":
-        time.sleep(rng.uniform(0.0, 0.02))
+def _newest_checkpoint(ckpt_dir: Path) -> int:
+    return max((int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()), default=0) if ckpt_dir.is_dir() else 0
+
+
+def _last_logged_step(jsonl: Path, since: float) -> int:
+    """The last step in metrics.jsonl if the file changed after time `since` (epoch seconds), else 0."""
+    from sparsetrain.training.tracking import read_jsonl
+
+    try:
+        if jsonl.stat().st_mtime < since:
+            return 0
+        rows = read_jsonl(jsonl)
+    except (OSError, ValueError):  # replaced or half-written while we looked
+        return 0
+    return rows[-1]["step"] if rows else 0
+
+
+def _kill_trigger(run_dir: Path, mode: str, rng: random.Random, steps: int, stale: frozenset):
+    """A poll function that is true at the moment to kill. "random": once this process has logged a
+    step drawn uniformly after its checkpoint (then a random 0-0.5 s more, so the kill lands
+    anywhere in the following step: train, eval, save or W&B call). "save": a save of this process
+    is in progress. "wandb": W&B has just opened this process's run file (the kill lands in the
+    init or the replay of metrics.jsonl) or, drawn at random, has just written a burst of rows to
+    it (in a short run, the one at the end)."""
+    ckpt_dir, jsonl, since = run_dir / "checkpoints", run_dir / "metrics.jsonl", time.time()
+    if mode == "save":
+        return "save", lambda: saving(ckpt_dir, stale)
+    if mode == "random":
+        target = rng.randint(_newest_checkpoint(ckpt_dir) + 1, max(steps, _newest_checkpoint(ckpt_dir) + 1))
+        return f"after step {target}", lambda: _last_logged_step(jsonl, since) >= target
+    opened = rng.random() < 0.5
+    old = {f for f in (run_dir / "wandb").glob("offline-run-*/*.wandb")}
+    header = {}
+
+    def wandb_write() -> bool:
+        files = [f for f in (run_dir / "wandb").glob("offline-run-*/*.wandb") if f not in old]
+        if opened or not files:
+            return bool(files)
+        size = wandb_bytes(run_dir)
+        header.setdefault("size", size)
+        return size > header["size"]
+    return "W&B file opened" if opened else "W&B burst", wandb_write
+
+
+def kill_once(proc: subprocess.Popen, run_dir: Path, mode: str, rng: random.Random, steps: int,
+              timeout_s: float = 600.0) -> dict:
+    """SIGKILL `proc` at the moment `mode` (KILL_MODES) picks (see `_kill_trigger`). Returns what
+    the kill hit; `finished` if the process ended first."""
+    start, ckpt_dir = time.monotonic(), run_dir / "checkpoints"
+    stale = frozenset(p.name for p in ckpt_dir.iterdir()) if ckpt_dir.is_dir() else frozenset()
+    what, due = _kill_trigger(run_dir, mode, rng, steps, stale)
+    while time.monotonic() < start + timeout_s and proc.poll() is None and not due():
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0.0, 0.5) if mode == "random" else rng.uniform(0.0, 0.02))
     if proc.poll() is not None:
         return {"finished": True, "rc": proc.returncode}
-    in_save = saving(ckpt_dir)
+    in_save = saving(ckpt_dir, stale)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     lost = wandb_check(run_dir)  # what W&B's own file kept of the rows logged so far
-    return {"finished": False, "at_s": round(time.monotonic() - start, 2), "during_save": in_save,
-            "during_wandb_write": mode == "wandb", "jsonl_rows_at_kill": lost["jsonl_rows"],
-            "wandb_rows_at_kill": lost["wandb_rows"]}
+    return {"finished": False, "kill_at": what, "at_s": round(time.monotonic() - start, 2),
+            "during_save": in_save, "during_wandb_write": mode == "wandb",
+            "jsonl_rows_at_kill": lost["jsonl_rows"], "wandb_rows_at_kill": lost["wandb_rows"]}
 
 
 def check_checkpoints(run_dir: Path) -> tuple[int, list[str]]:
@@ -178,13 +214,13 @@ def traces_match(trace: list, reference: list, rtol: float = LOSS_RTOL) -> bool:
 
 
 def run_trial(recipe: Path, run_dir: Path, reference: list, kill_at: str, kills: int,
-              rng: random.Random, run_s: float, reference_params: list | None = None) -> dict:
+              rng: random.Random, reference_params: list | None = None) -> dict:
     """Train `run_dir` to the end, SIGKILLing it `kills` times at `kill_at` moments (KILL_MODES)."""
-    events, restarts = [], 0
+    events, restarts, steps = [], 0, len(reference)
     while True:
         proc = trainer(recipe, run_dir)
         if len([e for e in events if not e.get("finished")]) < kills:
-            event = kill_once(proc, run_dir, kill_at, rng, run_s)
+            event = kill_once(proc, run_dir, kill_at, rng, steps)
         else:
             proc.wait()
             event = {"finished": True, "rc": proc.returncode}
@@ -285,8 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         kill_at = KILL_MODES[i % len(KILL_MODES)]
-        result = run_trial(recipe, run_dir, reference, kill_at, rng.randint(1, 3), rng, run_s,
-                           reference_params)
+        result = run_trial(recipe, run_dir, reference, kill_at, rng.randint(1, 3), rng, reference_params)
         rows.append({"trial": i, "kill_at": kill_at, **result})
         print(f"trial {i:2d} (kill at: {kill_at}): {result['kills']} kills ({result['kills_during_save']} during a "
               f"save, {result['kills_during_wandb_write']} during a W&B write), resumed={result['resumed']}, "

@@ -22,7 +22,7 @@ def test_sigkill_during_a_save_then_resume_loses_nothing(text_corpus, tmp_path):
     train(reference_cfg)
     reference = kill_resume.losses(reference_cfg.out_dir)
     result = kill_resume.run_trial(recipe, tmp_path / "killed", reference, kill_at="save", kills=1,
-                                   rng=random.Random(0), run_s=60.0,
+                                   rng=random.Random(0),
                                    reference_params=kill_resume.final_params(reference_cfg.out_dir))
     assert result["kills"] == 1 and result["resumed"], result["events"]
     assert result["kills_during_save"] == 1, result["events"]  # the kill hit an unfinished save

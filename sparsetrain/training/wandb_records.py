@@ -25,8 +25,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-
-from wandb.proto import wandb_internal_pb2
+from typing import Any
 
 HEADER = b":W&B"
 FILE_HEADER_BYTES = 7  # ident (4) + magic (2) + version (1)
@@ -64,12 +63,14 @@ def _payloads(data: bytes) -> Iterator[bytes]:
             return  # unknown chunk type, or a continuation without its start
 
 
-def read_records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
-    """The complete `Record` messages of a `.wandb` file, in write order.
+def read_records(path: Path) -> Iterator[Any]:
+    """The complete `wandb_internal_pb2.Record` messages of a `.wandb` file, in write order.
 
     Raises:
       ValueError: the file does not start with the W&B header.
     """
+    from wandb.proto import wandb_internal_pb2  # imports all of wandb (~1-2 s): only when reading
+
     data = Path(path).read_bytes()
     if data[:len(HEADER)] != HEADER:
         raise ValueError(f"{path}: not a W&B run file (header {data[:FILE_HEADER_BYTES]!r})")
