@@ -5,7 +5,7 @@ disabled, calls `wandb.log`. Online mode without an API key falls back to offlin
 never stops training: it is reported once and the JSONL goes on.
 
 `metrics.jsonl` is the run's history of record; the W&B run is rebuilt from it whenever a tracker
-starts, so a crash (SIGKILL, power loss) never leaves W&B with holes or duplicates:
+starts, so a killed process (SIGKILL, OOM killer) never leaves W&B with holes or duplicates:
 
 - A resume first cuts `metrics.jsonl` back to the checkpoint it restarts from (`rewrite_jsonl`,
   atomic: a kill during the rewrite leaves the old file or the new one, never half of one), so the
@@ -15,12 +15,17 @@ starts, so a crash (SIGKILL, power loss) never leaves W&B with holes or duplicat
   killed are lost from that file. So a starting tracker first moves every earlier offline run
   directory to `OUT/wandb/superseded/` (its `.wandb` file renamed `*.wandb.superseded`), then
   opens a fresh offline run with the same id and logs all rows of `metrics.jsonl` into it, in
-  step order, before the new steps. `OUT/wandb` then holds exactly one offline run, whose history
+  step order, before the new steps (about 2 ms a row: 5000 rows of 13 metrics took 12 s on a
+  loaded 2-core machine). `OUT/wandb` then holds exactly one offline run, whose history
   is `metrics.jsonl`; `wandb sync OUT/wandb` (or `wandb sync OUT/wandb/offline-run-*`) uploads it
   and nothing else (wandb sync looks for `*.wandb` one level down only). Sync after the run ends:
   a run directory synced before a crash and then superseded was uploaded with the history it
   held; syncing the new one later adds the steps W&B did not have yet (W&B drops steps at or
-  below the run's current step; they are the same rows).
+  below the run's current step; they are the same rows). Rebuilding, rather than logging only
+  the missing rows into a new directory beside the old ones, keeps one file that is the whole
+  history: the killed process may also have written rows past the checkpoint that the resumed
+  run logs again, and every directory `wandb sync` finds is uploaded. `finish()` waits until
+  the service has written the run's last record, so a kill after it loses nothing.
 - Online: the resumed W&B run (same id) starts at the server's step `run.starting_step`; rows of
   `metrics.jsonl` from that step on are logged again before the new steps, and steps the server
   already has are not sent (W&B would drop them). Rows the server got from the killed process
