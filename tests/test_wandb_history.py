@@ -4,6 +4,7 @@ duplicates, same values); plus the pieces (rows still to log, supersession, the 
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import signal
@@ -41,6 +42,42 @@ def test_rows_to_log_skips_what_wandb_has_and_keeps_steps_increasing():
     messy = _rows([1, 2, 2, 3, 1, 4])
     kept = rows_to_log(messy, 0)
     assert [r["step"] for r in kept] == [1, 2, 3, 4] and kept[1] is messy[1]  # first of a repeat
+
+
+class _ResumedOnlineRun:
+    """A resumed online W&B run whose server history holds steps below `starting_step`; records
+    what it is sent and, like W&B, keeps only steps above the last one it holds."""
+
+    resumed = True
+
+    def __init__(self, server_rows: list[dict]):
+        self.history = _history(server_rows)
+        self.starting_step = server_rows[-1]["step"] + 1
+        self.sent: list[int] = []
+
+    def log(self, row, step, commit=None):
+        self.sent.append(step)
+        if step > self.history[-1]["_step"]:
+            self.history.append({**row, "_step": step})
+
+    def finish(self):
+        pass
+
+
+@pytest.mark.parametrize("server_has", [4, 11])  # the stream lost steps 5-9; it got past the checkpoint
+def test_online_resume_logs_the_rows_the_server_lacks_then_the_new_steps(tmp_path, monkeypatch, server_has):
+    import wandb
+
+    rows = _rows(range(1, 13))
+    (tmp_path / "metrics.jsonl").write_text("".join(f"{json.dumps(r)}\n" for r in rows[:9]))  # cut at step 9
+    run = _ResumedOnlineRun(rows[:server_has])  # what the killed process got to the server
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr(wandb, "init", lambda **kw: run)
+    tracker = Tracker(tmp_path, "online", "test", "online", {}, resume=True)
+    for r in rows[9:]:
+        tracker.log({"loss": r["loss"]}, r["step"])
+    assert run.sent == list(range(server_has + 1, 13))  # from metrics.jsonl, then new; none twice
+    assert history_problems(run.history, read_jsonl(tmp_path / "metrics.jsonl")) == []
 
 
 def test_history_problems_finds_holes_duplicates_and_changed_values():
