@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 
 import pytest
 
@@ -12,6 +11,7 @@ from sparsetrain.cli import main
 from sparsetrain.config import ConfigError, load_recipe
 from sparsetrain.training.tracking import read_jsonl
 from sparsetrain.training.loop import train
+from sparsetrain.training.wandb_records import history_rows
 from tests.conftest import tiny_recipe
 
 
@@ -47,31 +47,6 @@ def test_resume_gives_identical_loss_sequence(text_corpus, tmp_path):
     assert all(val_a[s] == val_b[s] for s in val_a)
 
 
-def wandb_history(path):
-    """History rows of a W&B run file: a LevelDB-style log of protobuf Records after a 7-byte
-    ':W&B' header (wandb 0.31 ships no Python reader of it)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data, pos, buf, rows = path.read_bytes(), 7, b"", []
-    assert data[:4] == b":W&B"
-    while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:  # block trailer padding
-            pos += 32768 - pos % 32768
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0:
-            break
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        buf = chunk if kind in (1, 2) else buf + chunk  # FULL/FIRST start a record
-        if kind in (1, 4):  # FULL/LAST end it
-            rec = wandb_internal_pb2.Record()
-            rec.ParseFromString(buf)
-            if rec.WhichOneof("record_type") == "history":
-                rows.append({"/".join(i.nested_key) or i.key: json.loads(i.value_json)
-                             for i in rec.history.item})
-    return rows
-
-
 def test_wandb_offline_and_jsonl_hold_the_metrics(text_corpus, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -81,7 +56,7 @@ def test_wandb_offline_and_jsonl_hold_the_metrics(text_corpus, tmp_path, monkeyp
     assert [r["step"] for r in rows] == [1, 2, 3] and all("loss" in r for r in rows)
     run_dirs = list((cfg.out_dir / "wandb").glob("offline-run-*"))
     assert len(run_dirs) == 1
-    logged = [h for h in wandb_history(next(run_dirs[0].glob("*.wandb"))) if "loss" in h]
+    logged = [h for h in history_rows(next(run_dirs[0].glob("*.wandb"))) if "loss" in h]
     assert [h["loss"] for h in logged] == [r["loss"] for r in rows]
 
 

@@ -28,7 +28,7 @@ from sparsetrain.sparsity.convert import convert_state
 from sparsetrain.sparsity.schedule import sparse_kinds
 from sparsetrain.training.checkpoint import Checkpointer
 from sparsetrain.training.step import Setup, build_setup
-from sparsetrain.training.tracking import read_jsonl
+from sparsetrain.training.tracking import read_jsonl, rewrite_jsonl
 
 
 @dataclass
@@ -82,7 +82,7 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
         kept = [r for r in rows if r["step"] <= last_step]
         text = "".join(json.dumps(r) + "\n" for r in kept)
         if len(kept) < len(rows) or path.read_text() != text:
-            write_atomic(path, text)
+            rewrite_jsonl(path, kept)
 
 
 def restore_run(run_dir: Path, step: int | None = None,
