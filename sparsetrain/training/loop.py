@@ -8,6 +8,7 @@ recipe's cadence, and write the summary.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import statistics
@@ -157,9 +158,11 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
     train_step = choose_train_step(cfg, setup, out_shardings)
     end = cfg.run.steps if stop_after is None else min(stop_after, cfg.run.steps)
     prog = _Progress(start)
-    state = _run_steps(cfg, setup, data, counts, train_step, state, mesh, prog, tracker, ckpt, end,
-                       cfg.run.progress if progress is None else progress)
-    summary = _summary(cfg, data, counts, setup, train_step, state, prog, end)
+    # The mesh in force while the steps are traced: the compiled kernels run on each device's shard.
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        state = _run_steps(cfg, setup, data, counts, train_step, state, mesh, prog, tracker, ckpt, end,
+                           cfg.run.progress if progress is None else progress)
+        summary = _summary(cfg, data, counts, setup, train_step, state, prog, end)
     tracker.summary(summary)
     tracker.finish()
     ckpt.close()

@@ -20,9 +20,9 @@ for i in range(12):
         "\n".join(" ".join(rng.choice(words) for _ in range(10)) for _ in range(120)))
 recipe = root / "r.yaml"
 recipe.write_text(f"""
-model: {{preset: tiny, n_layers: 2, d_model: 64, n_heads: 4, context: 16}}
+model: {{preset: tiny, n_layers: 1, d_model: 64, n_heads: 4, context: 8}}
 sparsity: {{pattern: random_balanced, density: 0.5, block: 16}}
-data: {{dataset: {root / 'corpus'}, vocab_size: 300, seq_len: 16, batch_size: 8, cache_dir: {root / 'cache'}}}
+data: {{dataset: {root / 'corpus'}, vocab_size: 300, seq_len: 8, batch_size: 8, cache_dir: {root / 'cache'}}}
 optimizer: {{lr: 0.01, warmup_steps: 2}}
 run: {{steps: 4, eval_every: 2, eval_batches: 1, log_every: 1, checkpoint_every: 2, wandb: disabled, progress: false}}
 """)
