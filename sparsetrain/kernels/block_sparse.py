@@ -247,15 +247,15 @@ def block_sparse_product(x2, values, rows):
       rows: (nc, k) int32 block-row index of each stored block (may be traced).
 
     The kernel (compiled, Pallas or pure JAX) is the one `dispatch.kernel_backend` names when this
-    is traced. Under a mesh (`jax.set_mesh`) a compiled or Pallas kernel runs on every device's
+    is traced. Under a mesh in force (`jax.set_mesh`) the compiled kernel runs on every device's
     shard inside a shard_map (`mesh.BlockSparseSplit`); the pure-JAX one is left to XLA's sharding
-    propagation.
+    propagation (and a forced Pallas kernel, not yet split, runs whole on every device).
     """
     backend = kernel_backend(x2.dtype)
     if backend == "pallas" and not pallas_block_sparse.supports(values.shape[2:]):
         backend = "jax"  # Triton tiles must be powers of two
     split = None
-    if backend != "jax" and (axes := mesh_axes()):
+    if backend == "ffi" and (axes := mesh_axes()):
         split = BlockSparseSplit.of(x2.shape[0], values.shape[0], axes)
         split = split if split.used else None
     return _bsmm(x2, values, rows, backend, split)

@@ -125,7 +125,7 @@ def kernel_backend_info() -> str:
     elif not ffi.AVAILABLE:
         why = ffi.DESCRIPTION
     elif jax.default_backend() != "cpu":
-        why = f"a CPU kernel; the backend is {jax.default_backend()}"
+        why = f"is a CPU kernel and the backend is {jax.default_backend()}"
     else:
         why = (f"not used on {jax.device_count()} devices with no mesh in force; "
                "jax.set_mesh(mesh) runs it on each device's shard")

@@ -5,8 +5,10 @@ per mesh the losses, the kernel named by `kernel_backend()` / `kernel_backend_in
 mesh, and the custom calls of the compiled step with their per-device result shapes.
 
 Needs XLA_FLAGS=--xla_force_host_platform_device_count=8 set before JAX starts (the test runs this
-file in a subprocess). The one-device run has 8 devices and no mesh in force, so it takes the
-pure-JAX kernels: the sharded compiled kernels are compared with the reference kernels.
+file in a subprocess). The one-device run forces the compiled kernels (`use_kernel_backend`:
+with 8 devices and no mesh in force 'auto' would take the pure-JAX ones, whose sparse train step
+compiles ~4x slower), so this compares the split kernels with the whole ones; the whole ones are
+compared with the pure-JAX and dense references in test_sparsity_ffi.py and test_attention.py.
 """
 
 import json
@@ -17,7 +19,7 @@ import numpy as np
 
 from sparsetrain.config import Config, from_dict
 from sparsetrain.kernels import ffi
-from sparsetrain.kernels.dispatch import kernel_backend, kernel_backend_info
+from sparsetrain.kernels.dispatch import kernel_backend, kernel_backend_info, use_kernel_backend
 from sparsetrain.models.gpt import GPTSpec, build_model
 from sparsetrain.training.optim import make_optimizer
 from sparsetrain.training.sharding import batch_sharding, make_mesh, tree_shardings
@@ -73,7 +75,8 @@ out = {"devices": jax.device_count(), "no_mesh_kernel": kernel_backend(),
 for kind in ("dense", "sparse"):
     cfg = from_dict(Config, {"model": MODEL, "sparsity": SPARSITY if kind == "sparse" else {},
                              "data": {"vocab_size": VOCAB, "seq_len": SEQ, "batch_size": BATCH}})
-    out[kind] = {"single": run(cfg, None)}
+    with use_kernel_backend("ffi"):
+        out[kind] = {"single": run(cfg, None)}
     for shape in MESHES:
         mesh = make_mesh(*shape)
         with jax.set_mesh(mesh):
