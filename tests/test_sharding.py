@@ -1,4 +1,5 @@
-"""Sharding rules, and the same losses on a 2x2x2 mesh of 8 CPU devices as on one device."""
+"""Sharding rules, and the same losses on meshes of 8 CPU devices as on one device, with the
+compiled kernels running on every device's shard."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from sparsetrain.kernels import ffi
+from sparsetrain.kernels.mesh import split_axes
 from sparsetrain.training.sharding import _fit, make_mesh, spec_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,11 +48,23 @@ def test_mesh_size_must_match_devices():
         make_mesh(2, 2, 2, devices=jax.devices()[:1])
 
 
+def test_split_axes_keeps_the_axes_that_divide_in_order():
+    sizes = {"data": 2, "fsdp": 2, "tensor": 4}
+    assert split_axes(16, ("tensor", "fsdp"), sizes) == ("tensor", "fsdp")
+    assert split_axes(12, ("tensor", "fsdp"), sizes) == ("tensor",)  # 12 % 8: fsdp keeps it whole
+    assert split_axes(6, ("tensor", "fsdp"), sizes) == ("fsdp",)
+    assert split_axes(16, ("data", "fsdp"), {"data": 1, "fsdp": 8}) == ("fsdp",)  # size 1: unused
+
+
+# A hang, not a busy machine, should stop these: their 8-device subprocess takes ~1-4 minutes.
+SUBPROCESS_TIMEOUT_S = 900
+
+
 def run_8_devices(script: str, *args: str) -> dict:
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
            "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, str(ROOT / "tests/multidevice" / script), *args],
-                         env=env, capture_output=True, text=True, timeout=400)
+                         env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -62,17 +77,47 @@ def test_train_on_a_mesh_and_resume_on_another_device_count():
     np.testing.assert_allclose(r["moved"], r["single"], rtol=2e-5)
 
 
-@pytest.mark.parametrize("kind", ["dense"])
-def test_2x2x2_mesh_gives_the_single_device_losses(kind):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, str(ROOT / "tests/multidevice/sharded_steps.py"), kind],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["devices"] == 8
-    np.testing.assert_allclose(result["sharded"], result["single"], rtol=2e-5)
-    assert result["n_shards_wte"] == 2  # the embedding really is split over fsdp
+@pytest.fixture(scope="module")
+def mesh_steps() -> dict:
+    """All six (model, mesh) cases of sharded_steps.py from one 8-device subprocess."""
+    return run_8_devices("sharded_steps.py")
+
+
+MESHES = {"2x2x2": (2, 2, 2), "1x8x1": (1, 8, 1), "1x2x4": (1, 2, 4)}
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_a_mesh_gives_the_single_device_losses_with_the_compiled_kernels_on_every_device(
+        mesh_steps, kind, mesh):
+    r, (data, fsdp, tensor) = mesh_steps[kind][mesh], MESHES[mesh]
+    single = mesh_steps[kind]["single"]
+    # with several devices and no mesh in force 'auto' takes pure JAX, and says so
+    assert mesh_steps["devices"] == 8 and mesh_steps["no_mesh_kernel"] == "jax"
+    assert mesh_steps["no_mesh_info"].startswith("jax: ") and "no mesh in force" in mesh_steps["no_mesh_info"]
+    # the reference: the compiled kernels whole on one device (attention on all 8 x 4 heads)
+    assert single["kernel"] == "ffi" and "shard_map" not in single["info"]
+    assert [c.split("]")[0] for c in single["custom_calls"][ffi.ATTENTION_FORWARD_TARGET]] == ["(f32[8,8,4,16"]
+    assert len(r["losses"]) == 5
+    np.testing.assert_allclose(r["losses"], single["losses"], rtol=1e-5)
+    axes = " x ".join(n for n, s in zip(("data", "fsdp", "tensor"), MESHES[mesh]) if s > 1)
+    assert r["kernel"] == "ffi"
+    assert r["info"].startswith("ffi: ") and r["info"].endswith(f"on each of 8 devices (shard_map over {axes})")
+    calls = r["custom_calls"]
+    # each device runs attention on its shard: batch 8 over data x fsdp, 4 heads of 16 over tensor
+    b, seq, heads = 8 // (data * fsdp), 8, 4 // tensor
+    assert calls[ffi.ATTENTION_FORWARD_TARGET] and calls[ffi.ATTENTION_BACKWARD_TARGET]
+    for result in calls[ffi.ATTENTION_FORWARD_TARGET]:
+        assert result.startswith(f"(f32[{b},{seq},{heads},16]"), result
+    sparse_targets = {ffi.FORWARD_TARGET, ffi.BACKWARD_TARGET}
+    if kind == "dense":
+        assert not sparse_targets & set(calls)
+        return
+    assert sparse_targets <= set(calls)
+    # y of qkv, attn_out, mlp_up, mlp_down on each device: its tokens x its share of the output
+    # block-columns (all four split over tensor, row-parallel ones included)
+    got = sorted(c.split("]")[0] + "]" for c in calls[ffi.FORWARD_TARGET])
+    assert got == sorted(f"f32[{b * seq},{n // tensor}]" for n in (192, 64, 256, 64))
 
 
 def test_memory_plan_splits_params_over_fsdp(tmp_path):

@@ -9,13 +9,15 @@ causal mask) v with float32 softmax.
   only the causal triangle (by row blocks) and saves the per-query log-sum-exp (B, heads, T) for
   the backward, which recomputes the probabilities. Used for float32 on one CPU device when the
   library was built, under the same rules and switches as block_sparse_matmul's compiled kernel
-  (`dispatch.kernel_backend`, `SPARSETRAIN_KERNEL=jax`, `dispatch.use_kernel_backend`).
+  (`dispatch.kernel_backend`, `SPARSETRAIN_KERNEL=jax`, `dispatch.use_kernel_backend`). Under a
+  mesh in force (`jax.set_mesh`) every device runs it on its own sequences and heads: a
+  shard_map with the batch over data x fsdp and the heads over tensor (`mesh.AttentionSplit`).
 - On a GPU backend, bfloat16/float16: `jax.nn.dot_product_attention(implementation="cudnn")`
   (cuDNN's fused flash attention, causal) when cuDNN takes the operands; JAX checks that while
   tracing and raises for a missing cuDNN, an unsupported head_dim or GPU, and then the XLA
   implementation below runs instead.
 - `jax.nn.dot_product_attention(is_causal=True)` (XLA) otherwise: bfloat16 on CPU, float32 on a
-  GPU, TPU, a mesh of several devices (the custom call has no partitioning rule), and inside
+  GPU, TPU, several devices with no mesh in force, and inside
   `use_kernel_backend("jax")`, which the RDU glue (`sparsetrain.rdu`) enters around its lowering so
   that attention is costed from its dataflow operators. It is also the reference the compiled
   kernel is tested against.
@@ -26,11 +28,14 @@ The compiled forward and backward are the named calls `causal_attention_forward`
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from sparsetrain.kernels import ffi
 from sparsetrain.kernels.dispatch import kernel_backend, kernel_choice
+from sparsetrain.kernels.mesh import AttentionSplit, mesh_axes
 
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)  # cuDNN flash attention takes 16-bit operands only
 
@@ -67,21 +72,42 @@ def causal_attention_backward(q, k, v, o, lse, do):
     return ffi.attention_backward(q, k, v, o, lse, do)
 
 
-@jax.custom_vjp
-def _compiled(q, k, v):
-    return causal_attention_forward(q, k, v)[0]
+def _forward(split: AttentionSplit | None):
+    if split is None:
+        return causal_attention_forward
+    return split.map(causal_attention_forward, ("bthd",) * 3, ("bthd", "bht"))
 
 
-def _compiled_fwd(q, k, v):
-    o, lse = causal_attention_forward(q, k, v)
+def _backward(split: AttentionSplit | None):
+    if split is None:
+        return causal_attention_backward
+    return split.map(causal_attention_backward, ("bthd",) * 4 + ("bht", "bthd"), ("bthd",) * 3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _compiled(q, k, v, split):
+    return _forward(split)(q, k, v)[0]
+
+
+def _compiled_fwd(q, k, v, split):
+    o, lse = _forward(split)(q, k, v)
     return o, (q, k, v, o, lse)
 
 
-def _compiled_bwd(res, do):
-    return causal_attention_backward(*res, do.astype(jnp.float32))
+def _compiled_bwd(split, res, do):
+    return _backward(split)(*res, do.astype(jnp.float32))
 
 
 _compiled.defvjp(_compiled_fwd, _compiled_bwd)
+
+
+def _split(q) -> AttentionSplit | None:
+    """The shard_map split of a compiled call under the mesh in force, or None (no mesh)."""
+    axes = mesh_axes()
+    if not axes:
+        return None
+    split = AttentionSplit.of(q.shape[0], q.shape[2], axes)
+    return split if split.batch + split.heads else None
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
@@ -91,7 +117,7 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
                          "expected three equal (B, T, heads, head_dim) shapes")
     kernel = attention_kernel(q.dtype)
     if kernel == "ffi" and ffi.AVAILABLE:
-        return _compiled(q, k, v)
+        return _compiled(q, k, v, _split(q))
     if kernel == "cudnn":
         return cudnn_or_xla_attention(q, k, v)
     return jax.nn.dot_product_attention(q, k, v, is_causal=True)

@@ -18,10 +18,12 @@ Every FLOP touches a stored block, so forward and backward cost scale with densi
 Loops are unrolled (XLA:CPU then runs independent dots concurrently on its threads and its cost
 analysis counts each one) up to MAX_UNROLL_DOTS dots, beyond that a loop over unrolled groups.
 
-Three kernels, one API: float32 on a single CPU device runs the compiled kernel of ffi.py
+Three kernels, one API: float32 on a CPU device, or on every device of a CPU mesh in force
+(`jax.set_mesh`; each device runs it on its shard, mesh.py), runs the compiled kernel of ffi.py
 (XLA FFI, built at `pip install`) when it was built; a single GPU runs the Pallas (Triton) kernels
 of pallas_block_sparse.py (float32 and bfloat16); everything else (bfloat16 on CPU, other
-platforms, several devices, no compiled library, or SPARSETRAIN_KERNEL=jax) runs the pure-JAX
+platforms, several devices and no mesh in force, several GPUs, no compiled library, or
+SPARSETRAIN_KERNEL=jax) runs the pure-JAX
 kernel above, which is also the reference the others are tested against. "pallas" forced off a GPU
 runs the same kernels in Pallas interpret mode (slow; for tests). The choice is made when a call is
 traced, by `dispatch.kernel_backend(dtype)` (`dispatch.use_kernel_backend("jax")` forces one for
@@ -39,6 +41,7 @@ from jax import lax
 
 from sparsetrain.kernels import ffi, pallas_block_sparse
 from sparsetrain.kernels.dispatch import kernel_backend
+from sparsetrain.kernels.mesh import BlockSparseSplit, mesh_axes
 
 # Dots per unrolled loop body. Compile time grows with it; beyond it, a fori_loop runs groups.
 MAX_UNROLL_DOTS = 128
@@ -207,18 +210,28 @@ _CALLS = {
 }
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _bsmm(x2, values, rows, backend):
-    return _CALLS[backend][0](x2, values, rows)
+def _forward_call(backend: str, split: BlockSparseSplit | None):
+    call = _CALLS[backend][0]
+    return call if split is None else split.forward(call)
 
 
-def _bsmm_fwd(x2, values, rows, backend):
-    return _CALLS[backend][0](x2, values, rows), (x2, values, rows)
+def _backward_call(backend: str, split: BlockSparseSplit | None):
+    call = _CALLS[backend][1]
+    return call if split is None else split.backward(call)
 
 
-def _bsmm_bwd(backend, res, dy):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _bsmm(x2, values, rows, backend, split):
+    return _forward_call(backend, split)(x2, values, rows)
+
+
+def _bsmm_fwd(x2, values, rows, backend, split):
+    return _forward_call(backend, split)(x2, values, rows), (x2, values, rows)
+
+
+def _bsmm_bwd(backend, split, res, dy):
     x2, values, rows = res
-    dx, dw = _CALLS[backend][1](x2, values, rows, dy)
+    dx, dw = _backward_call(backend, split)(x2, values, rows, dy)
     return dx, dw, None
 
 
@@ -233,9 +246,16 @@ def block_sparse_product(x2, values, rows):
       values: (nc, k, bk, bn) stored blocks, x2's dtype.
       rows: (nc, k) int32 block-row index of each stored block (may be traced).
 
-    The kernel (compiled, Pallas or pure JAX) is the one `dispatch.kernel_backend` names when this is traced.
+    The kernel (compiled, Pallas or pure JAX) is the one `dispatch.kernel_backend` names when this
+    is traced. Under a mesh in force (`jax.set_mesh`) the compiled kernel runs on every device's
+    shard inside a shard_map (`mesh.BlockSparseSplit`); the pure-JAX one is left to XLA's sharding
+    propagation (and a forced Pallas kernel, not yet split, runs whole on every device).
     """
     backend = kernel_backend(x2.dtype)
     if backend == "pallas" and not pallas_block_sparse.supports(values.shape[2:]):
         backend = "jax"  # Triton tiles must be powers of two
-    return _bsmm(x2, values, rows, backend)
+    split = None
+    if backend == "ffi" and (axes := mesh_axes()):
+        split = BlockSparseSplit.of(x2.shape[0], values.shape[0], axes)
+        split = split if split.used else None
+    return _bsmm(x2, values, rows, backend, split)

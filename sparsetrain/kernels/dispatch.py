@@ -13,6 +13,9 @@ read when a call is traced:
 Its starting value comes from $SPARSETRAIN_KERNEL (default 'auto'). A function traced before keeps
 the kernel it was traced with. Nothing here rewrites module state: the choice follows the
 `with` block (and the thread or task that entered it).
+
+A mesh in force when a call is traced (`with jax.set_mesh(mesh):`) is the other input: the
+compiled kernels then run on every device's shard (mesh.py), and `kernel_backend_info()` says so.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from sparsetrain.kernels import ffi
+from sparsetrain.kernels.mesh import describe, mesh_axes
 
 KERNEL_CHOICES = ("auto", "ffi", "jax", "pallas")
 PALLAS_DESCRIPTION = "Pallas Triton kernels (sparsetrain.kernels.pallas_block_sparse)"
@@ -65,10 +69,13 @@ def kernel_backend(dtype=jnp.float32) -> str:
     """'ffi' (compiled CPU kernel), 'pallas' (GPU kernels) or 'jax' (pure JAX): the kernel a call of
     `dtype` traced now runs.
 
-    'auto' takes the compiled kernel for float32 on a single CPU device and the Pallas kernels on a
-    single GPU. With several devices it keeps pure JAX: neither custom call has a partitioning
-    rule, so under a mesh XLA would run the whole product replicated on every device (correct, but
-    each device does all the work). use_kernel_backend("ffi"/"pallas") takes one anyway.
+    'auto' takes the compiled kernel for float32 on CPU devices and the Pallas kernels on a single
+    GPU. With several CPU devices it takes the compiled kernel only under a mesh in force
+    (`jax.set_mesh(mesh)`): each call then runs on every device's shard inside a shard_map
+    (mesh.py). Several devices and no mesh in force: pure JAX, since XLA cannot split a custom call
+    over arrays placed on several devices (it would run it whole on each). Several GPUs: pure JAX
+    (the Pallas kernels are not yet run under a mesh by 'auto'). use_kernel_backend("ffi"/"pallas")
+    takes one anyway.
     """
     choice = _CHOICE.get()
     if choice in ("jax", "pallas"):
@@ -79,7 +86,7 @@ def kernel_backend(dtype=jnp.float32) -> str:
         return "jax"
     if jnp.dtype(dtype) != jnp.float32 or jax.default_backend() != "cpu":
         return "jax"
-    if choice == "auto" and jax.device_count() > 1:
+    if choice == "auto" and jax.device_count() > 1 and not mesh_axes():
         return "jax"
     return "ffi"
 
@@ -97,10 +104,12 @@ def cpu_float32_kernel() -> str:
 
 
 def kernel_backend_info() -> str:
-    """One line naming the kernel of float32 calls on this backend, and why another is not used.
+    """One line naming the kernel of float32 calls traced now, and why another is not used; it
+    names what `kernel_backend(float32)` returns (and so what the compiled program holds).
 
     On a GPU backend (or with 'pallas' chosen): the Pallas kernels, or why not; elsewhere the CPU
-    kernel choice.
+    kernel, under a mesh in force 'ffi: ... on each of 8 devices (shard_map over data x fsdp x
+    tensor)'.
     """
     choice = _CHOICE.get()
     if choice == "pallas" or (choice == "auto" and jax.default_backend() == "gpu"):
@@ -108,7 +117,16 @@ def kernel_backend_info() -> str:
             mode = "Triton" if jax.default_backend() == "gpu" else "interpret mode, no GPU"
             return f"pallas: {PALLAS_DESCRIPTION}, {mode}"
         return f"jax: pure-JAX kernel ({PALLAS_DESCRIPTION} not used on {jax.device_count()} devices)"
-    if cpu_float32_kernel() == "ffi":
-        return f"ffi: {ffi.DESCRIPTION}"
-    why = "disabled by SPARSETRAIN_KERNEL=jax or use_kernel_backend" if ffi.AVAILABLE else ffi.DESCRIPTION
+    if kernel_backend(jnp.float32) == "ffi":
+        axes = mesh_axes()
+        return f"ffi: {ffi.DESCRIPTION}" + (f" {describe(axes)}" if axes else "")
+    if choice == "jax":
+        why = "disabled by SPARSETRAIN_KERNEL=jax or use_kernel_backend"
+    elif not ffi.AVAILABLE:
+        why = ffi.DESCRIPTION
+    elif jax.default_backend() != "cpu":
+        why = f"is a CPU kernel and the backend is {jax.default_backend()}"
+    else:
+        why = (f"not used on {jax.device_count()} devices with no mesh in force; "
+               "jax.set_mesh(mesh) runs it on each device's shard")
     return f"jax: pure-JAX kernel (compiled kernel {why})"

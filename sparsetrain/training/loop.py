@@ -8,6 +8,7 @@ recipe's cadence, and write the summary.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -49,6 +50,11 @@ def _mesh_of(cfg: Config):
                           f"{jax.device_count()} devices (on CPU, set XLA_FLAGS="
                           f"--xla_force_host_platform_device_count={n} before starting)")
     return make_mesh(r.mesh_data, r.mesh_fsdp, r.mesh_tensor, devices=jax.devices()[:n])
+
+
+def _mesh_context(mesh):
+    """`jax.set_mesh(mesh)`, or nothing for one device."""
+    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
 
 
 def choose_train_step(cfg: Config, setup: Setup, out_shardings=None):
@@ -201,7 +207,9 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
     """
     check_before_writing(cfg, resume)
     end = cfg.run.steps if stop_after is None else min(stop_after, cfg.run.steps)
-    out, kernels = cfg.out_dir, kernels_in_use(cfg)
+    out = cfg.out_dir
+    with _mesh_context(_mesh_of(cfg)):  # the kernels a call traced under the run's mesh takes
+        kernels = kernels_in_use(cfg)
     print(f"{cfg.run.name}: writing {out.absolute()}; kernels: block-sparse "
           f"{kernels['block_sparse_detail']}, attention {kernels['attention']}", file=sys.stderr)
     created = [p for p in (out.absolute(), *out.absolute().parents) if not p.exists()]
@@ -222,11 +230,13 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
         out_shardings = (shardings, None)
     train_step = choose_train_step(cfg, setup, out_shardings)
     prog = _Progress(start)
+    # The mesh in force while the steps are traced: the compiled kernels run on each device's shard.
     try:  # whatever stops the run, the W&B run and the checkpointer are closed
-        state = _run_steps(cfg, setup, data, counts, train_step, state, mesh, prog, tracker, ckpt,
-                           end, cfg.run.progress if progress is None else progress)
-        summary = {**_summary(cfg, data, counts, setup, train_step, state, prog, end),
-                   "kernels": kernels}
+        with _mesh_context(mesh):
+            state = _run_steps(cfg, setup, data, counts, train_step, state, mesh, prog, tracker, ckpt,
+                               end, cfg.run.progress if progress is None else progress)
+            summary = {**_summary(cfg, data, counts, setup, train_step, state, prog, end),
+                       "kernels": kernels}
         tracker.summary(summary)
     finally:
         tracker.finish()

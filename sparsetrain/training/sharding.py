@@ -12,9 +12,16 @@ across devices). Rules map each parameter, by name and shape, to a `PartitionSpe
     biases of column-parallel linears (L, out) -> (layer, tensor); everything else replicated
 
 An axis whose size does not divide a dimension is dropped from that dimension's spec (the
-dimension is replicated over it), so every preset shards on every mesh. Optimizer moments
-follow their parameter (same tree paths). Batches split their leading axis over data x fsdp.
-Many hosts: the same code after `jax.distributed.initialize()`.
+dimension is replicated over it; `kernels.mesh.split_axes`), so every preset shards on every
+mesh. Optimizer moments follow their parameter (same tree paths). Batches split their leading
+axis over data x fsdp. Many hosts: the same code after `jax.distributed.initialize()`.
+
+The sparse specs are the ones the compiled kernels take under the mesh (`kernels.mesh`, in force
+with `jax.set_mesh(mesh)` while a step is traced): block-columns tensor-major, so all-gathering a
+weight over fsdp gives each device its tensor shard's columns. Every sparse linear, row-parallel
+ones included, is split by output block-columns over tensor: a split of its input rows would give
+each device a data-dependent number of stored blocks. Their input is gathered over tensor instead
+of their output summed over it (the dense row-parallel kernels keep the psum).
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-AXES = ("data", "fsdp", "tensor")
+from sparsetrain.kernels.mesh import AXES, split_axes
+
 COLUMN_PARALLEL = ("qkv", "mlp_up")
 ROW_PARALLEL = ("attn_out", "mlp_down")
 
@@ -66,11 +74,7 @@ def _fit(wanted: tuple, shape: tuple[int, ...], mesh: Mesh) -> P:
     out = []
     for dim, axes in zip(shape, wanted + (None,) * (len(shape) - len(wanted))):
         names = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
-        kept, size = [], 1
-        for name in names:
-            if mesh.shape[name] > 1 and dim % (size * mesh.shape[name]) == 0:
-                kept.append(name)
-                size *= mesh.shape[name]
+        kept = split_axes(dim, names, mesh.shape)
         out.append(tuple(kept) if len(kept) > 1 else (kept[0] if kept else None))
     return P(*out)
 

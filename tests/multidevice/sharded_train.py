@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from sparsetrain.config import load_recipe
+from sparsetrain.kernels.dispatch import use_kernel_backend
 from sparsetrain.training.tracking import read_jsonl
 from sparsetrain.training.loop import train
 
@@ -20,9 +21,9 @@ for i in range(12):
         "\n".join(" ".join(rng.choice(words) for _ in range(10)) for _ in range(120)))
 recipe = root / "r.yaml"
 recipe.write_text(f"""
-model: {{preset: tiny, n_layers: 2, d_model: 64, n_heads: 4, context: 16}}
+model: {{preset: tiny, n_layers: 1, d_model: 64, n_heads: 4, context: 8}}
 sparsity: {{pattern: random_balanced, density: 0.5, block: 16}}
-data: {{dataset: {root / 'corpus'}, vocab_size: 300, seq_len: 16, batch_size: 8, cache_dir: {root / 'cache'}}}
+data: {{dataset: {root / 'corpus'}, vocab_size: 300, seq_len: 8, batch_size: 8, cache_dir: {root / 'cache'}}}
 optimizer: {{lr: 0.01, warmup_steps: 2}}
 run: {{steps: 4, eval_every: 2, eval_batches: 1, log_every: 1, checkpoint_every: 2, wandb: disabled, progress: false}}
 """)
@@ -36,7 +37,8 @@ def losses(name, mesh, stop_after=None, resume=False):
     return [r["loss"] for r in read_jsonl(root / name / "metrics.jsonl")]
 
 
-single = losses("single", (1, 1, 1))
+with use_kernel_backend("ffi"):  # one device: the compiled kernels, as on the meshes below
+    single = losses("single", (1, 1, 1))
 losses("moved", (2, 2, 2), stop_after=2)
 moved = losses("moved", (1, 4, 1), resume=True)
 print(json.dumps({"single": single, "moved": moved}))
