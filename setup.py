@@ -119,9 +119,10 @@ class OptionalBuildExt(build_ext):
 SOURCES = sorted(glob.glob(f"{CSRC}/*.cc"))  # every kernel file, in every ISA's library
 HEADERS = sorted(glob.glob(f"{CSRC}/*.h"))
 
-setup(
-    ext_modules=[Extension(f"sparsetrain.kernels._block_sparse_cpu_{isa}", sources=SOURCES,
-                           depends=HEADERS, language="c++", optional=True)
-                 for isa in ISA_FLAGS],
-    cmdclass={"build_ext": OptionalBuildExt},
-)
+if __name__ == "__main__":  # pip's build backend runs this file as __main__; tests import it
+    setup(
+        ext_modules=[Extension(f"sparsetrain.kernels._block_sparse_cpu_{isa}", sources=SOURCES,
+                               depends=HEADERS, language="c++", optional=True)
+                     for isa in ISA_FLAGS],
+        cmdclass={"build_ext": OptionalBuildExt},
+    )

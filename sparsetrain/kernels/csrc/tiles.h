@@ -34,24 +34,27 @@ inline vf vload(const float* p) {
 inline void vstore(float* p, vf v) { __builtin_memcpy(p, &v, sizeof(v)); }
 inline vf vsplat(float s) { return s - vf{}; }  // s - 0 folds to a broadcast; 0 + s would not (-0)
 
-// C[0:R, 0:NV*W] = sum over e < n of A_e (R, kb) @ B_e (kb, NV*W), where A_e is a packed
-// panel at a_base + a_off[e] holding element (r, kk) at [kk * MR + r] (see pack_panels) and
-// B_e = b_base + b_off[e] is row-major with leading dimension ldb.
+// C[0:R, 0:NV*W] = sum over e < n of A[0:R, a_off[e] : +kb] @ B_e (kb, NV*W), where A is
+// row-major with leading dimension lda (read in place: each step broadcasts one float of each of
+// the R rows) and B_e = b_base + b_off[e] is row-major with leading dimension ldb.
 // The accumulators stay in registers across all n blocks: C is written once.
 template <int R, int NV>
-void gather_tile(const float* a_base, const int64_t* a_off, const float* b_base,
+void gather_tile(const float* A, int64_t lda, const int64_t* a_off, const float* b_base,
                  const int64_t* b_off, int n, int kb, int64_t ldb, float* C, int64_t ldc) {
   vf acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
   for (int e = 0; e < n; ++e) {
-    const float* a = a_base + a_off[e];
+    // Pointers advanced per step (not a[kk + r * lda]): the loop body is loads and FMAs only.
+    const float* a = A + a_off[e];
     const float* b = b_base + b_off[e];
-    for (int kk = 0; kk < kb; ++kk) {
+    const float* const a_end = a + kb;
+#pragma GCC unroll 2
+    for (; a != a_end; ++a, b += ldb) {
       vf bv[NV];
-      for (int v = 0; v < NV; ++v) bv[v] = vload(b + kk * ldb + v * W);
+      for (int v = 0; v < NV; ++v) bv[v] = vload(b + v * W);
       for (int r = 0; r < R; ++r) {
-        const vf av = vsplat(a[kk * MR + r]);
+        const vf av = vsplat(a[r * lda]);
         for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
       }
     }
@@ -84,8 +87,8 @@ void outer_tile(const float* P, int64_t ldp, const float* Q, int64_t ldq, int64_
 }
 
 // Tile for a remainder chosen at run time: 1 <= r <= MR rows, 1 <= nv <= MAXNV vectors.
-using GatherFn = void (*)(const float*, const int64_t*, const float*, const int64_t*, int, int,
-                          int64_t, float*, int64_t);
+using GatherFn = void (*)(const float*, int64_t, const int64_t*, const float*, const int64_t*,
+                          int, int, int64_t, float*, int64_t);
 using OuterFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t,
                          bool);
 GatherFn gather_fn(int r, int nv);
