@@ -56,7 +56,10 @@ def _commands(command: str | None = None):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = _parser(command).parse_args(argv)
+    try:
+        args = _parser(command).parse_args(argv)
+    except SparsetrainError as e:  # raised importing a command, e.g. a refused SPARSETRAIN_KERNEL_ISA
+        return report(e)
     debug = args.debug or os.environ.get("SPARSETRAIN_DEBUG", "") not in ("", "0")
     try:
         return args.run(args)
