@@ -4,6 +4,7 @@
     python benchmarks/block_sparse_matmul.py --quick         # one shape, block 64, 2 densities
     python benchmarks/block_sparse_matmul.py --allocator tuned   # glibc malloc tunables (see below)
     python benchmarks/block_sparse_matmul.py --blocks 64 --densities 1/2,1/4,1/8   # a subset
+    python benchmarks/block_sparse_matmul.py --isas avx2   # the compiled kernel's avx2 path only
 
 Prints a markdown table and writes JSON (default benchmarks/results/block_sparse_matmul.json).
 Both kernels of block_sparse_matmul run side by side: 'ffi' (the compiled CPU kernel, when it
@@ -13,6 +14,13 @@ block_sparse_matmul uses by default. Each case runs dense `jnp.dot` and every ke
 alike; times are medians, speedups the median over rounds of dense time / sparse time.
 Peers (same run): jax.experimental.sparse BCOO (element-sparse, block 64 only) and torch BSR
 (when torch is installed), against the dense median.
+
+Instruction sets: the compiled kernel has one path per instruction set (ffi.py); by default every
+path this CPU runs except `generic` is measured, each in its own process (a process registers one
+library), with its own interleaved dense rounds; rows name the path ("sparsetrain ffi
+(avx2+fma)"). The header prints the CPU model, the paths and the load average (`os.getloadavg`,
+also stored at the start and end of each process): on a shared machine read the ratios, which
+every round pairs with a dense run of its own; the JSON keeps each round's ratio.
 
 Allocator: XLA:CPU allocates its big buffers with malloc; glibc hands those out with mmap and
 returns them on free, so every call page-faults its outputs again. `--allocator tuned` re-runs the
@@ -29,10 +37,12 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 TUNED_GLIBC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456"
-SHAPES = [(8192, 768, 3072), (4096, 2048, 8192)]  # tokens x in x out
+SHAPES = [(8192, 768, 3072), (4096, 2048, 8192), (2048, 512, 2048)]  # tokens x in x out; the last
+# is the train step's (2048 tokens x 512 in x 2048 out)
 BLOCKS = [32, 64, 128]
 DENSITIES = [1 / 2, 1 / 4, 1 / 8, 1 / 16]
 
@@ -84,8 +94,12 @@ def main(argv=None) -> int:
     ap.add_argument("--densities", help="comma-separated fractions, e.g. 1/2,1/4,1/8")
     ap.add_argument("--kernels", default="ffi,jax",
                     help="comma-separated kernels of block_sparse_matmul: ffi (if built), jax")
+    ap.add_argument("--isas", help="comma-separated paths of the compiled kernel (avx512, avx2, "
+                    "generic); default: every one this CPU runs but generic")
     args = ap.parse_args(argv)
     _reexec_with_allocator(args.allocator)
+    if os.environ.get("SPARSETRAIN_KERNEL_ISA") is None and "ffi" in args.kernels.split(","):
+        return _per_isa(args, argv if argv is not None else sys.argv[1:])
 
     import jax
     import jax.numpy as jnp
@@ -149,10 +163,12 @@ def main(argv=None) -> int:
     if args.densities:
         densities = [float(num) / float(den or 1) for num, _, den in (d.partition("/") for d in args.densities.split(","))]
     setting = allocator_setting()
+    load_start = os.getloadavg()
     print(f"# block_sparse_matmul benchmark: jax {jax.__version__}, {os.cpu_count()} CPUs, "
-          f"{platform.processor() or platform.machine()}; allocator: {setting}", flush=True)
+          f"{cpu_model()}; allocator: {setting}; load average {_load(load_start)}", flush=True)
     print(f"# kernel of block_sparse_matmul (float32, CPU): {kernel_backend_info()}; measured: "
           f"{', '.join(kernels)}", flush=True)
+    isa = ffi.ISA if "ffi" in kernels else None
 
     rows = []
     for tokens, n_in, n_out in shapes:
@@ -185,22 +201,88 @@ def main(argv=None) -> int:
                 for kernel in kernels:
                     f = float(np.median(f_times[kernel]))
                     fb = float(np.median(fb_times[kernel]))
-                    row = dict(impl=f"sparsetrain {kernel}", kernel=kernel, shape=shape_s, block=block,
+                    f_ratios = np.divide(f_times["dense"], f_times[kernel])
+                    fb_ratios = np.divide(fb_times["dense"], fb_times[kernel])
+                    name = f"sparsetrain {kernel}" + (f" ({isa})" if kernel == "ffi" else "")
+                    row = dict(impl=name, kernel=kernel, isa=isa if kernel == "ffi" else None,
+                               shape=shape_s, block=block,
                                density=density, actual_density=layout.density, fwd_ms=f * 1e3,
                                fwd_bwd_ms=fb * 1e3, dense_fwd_ms=dense_f * 1e3, dense_fwd_bwd_ms=dense_fb * 1e3,
-                               fwd_speedup=float(np.median(np.divide(f_times["dense"], f_times[kernel]))),
-                               fwd_bwd_speedup=float(np.median(np.divide(fb_times["dense"], fb_times[kernel]))))
+                               fwd_speedup=float(np.median(f_ratios)),
+                               fwd_bwd_speedup=float(np.median(fb_ratios)),
+                               fwd_round_ratios=[float(r) for r in f_ratios],
+                               fwd_bwd_round_ratios=[float(r) for r in fb_ratios])
                     rows.append(row)
                     line.append(f"{kernel} fwd x{row['fwd_speedup']:.2f} fwd+bwd x{row['fwd_bwd_speedup']:.2f}")
-                _write_json(rows, setting, args.out, jax, complete=False)
+                _write_json(rows, setting, args.out, jax.__version__, complete=False, load=(load_start,))
                 print(f"  {shape_s} b{block} d=1/{round(1 / density)} (actual {layout.density:.3f}): "
                       f"dense fwd {dense_f * 1e3:.0f} ms, fwd+bwd {dense_fb * 1e3:.0f} ms; {' | '.join(line)} "
                       f"[{time.perf_counter() - t0:.0f}s]", flush=True)
                 if args.no_peers or block != 64:
                     continue
                 rows += _peers(args, jax, jnp, np, torch, timed, fwd_bwd, x, w, dy, layout, rows[-1])
-    _report(rows, setting, args.out, jax)
+    _report(rows, setting, args.out, jax.__version__, load=(load_start, os.getloadavg()))
     return 0
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _load(avg) -> str:
+    return "/".join(f"{v:.1f}" for v in avg) + " (1/5/15 min)"
+
+
+def _per_isa(args, argv) -> int:
+    """Run this benchmark once per instruction-set path in a child process (one library per
+    process), then merge their rows into one table and JSON."""
+    from sparsetrain.kernels import ffi
+
+    runs = [i for i in ffi.cpu_isas() if ffi.library_path(i) is not None]
+    isas = args.isas.split(",") if args.isas else [i for i in runs if i != "generic"] or runs
+    for isa in isas:
+        if isa not in runs:
+            sys.exit(f"--isas: {isa!r} is not a built path this CPU runs (it runs {', '.join(runs)})")
+    print(f"# {cpu_model()}: compiled kernel paths built and runnable here: {', '.join(runs)}; "
+          f"measuring {', '.join(isas)}", flush=True)
+    rows, jsons = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, isa in enumerate(isas):
+            out = os.path.join(tmp, f"{isa}.json")
+            child = _without(argv, "--out", "--isas", "--kernels") + ["--out", out, "--kernels"]
+            # the pure-JAX kernel and the peers do not depend on the path: measured once
+            child += [args.kernels] if n == 0 else ["ffi", "--no-peers"]
+            env = dict(os.environ, SPARSETRAIN_KERNEL_ISA=isa)
+            done = subprocess.run([sys.executable, os.path.abspath(__file__), *child], env=env)
+            if done.returncode != 0:
+                return done.returncode
+            with open(out) as f:
+                jsons.append(json.load(f))
+            rows += jsons[-1]["rows"]
+    load = (tuple(jsons[0]["load_average"][0]), os.getloadavg())
+    _report(rows, jsons[0]["allocator"], args.out, jsons[0]["jax"], load=load)
+    return 0
+
+
+def _without(argv, *options):
+    """argv less each `--option value` / `--option=value` of `options`."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        elif not any(a.startswith(o + "=") for o in options):
+            out.append(a)
+    return out
 
 
 def _peers(args, jax, jnp, np, torch, timed, fwd_bwd, x, w, dy, layout, ours):
@@ -276,11 +358,12 @@ def _torch_times(args, torch, np, x, wm, dy, layout, base):
     return res
 
 
-def _report(rows, setting, out_path, jax):
+def _report(rows, setting, out_path, jax_version, load):
     def fmt(v):
         return "n/a" if v is None else f"{v:.2f}x"
 
-    print(f"\nAllocator: {setting}\n")
+    print(f"\nCPU: {cpu_model()}; allocator: {setting}; load average at start {_load(load[0])}, "
+          f"at end {_load(load[-1])}\n")
     print("| impl | shape (T x in x out) | block | density (actual) | fwd ms | fwd speedup | fwd+bwd ms | fwd+bwd speedup |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -289,19 +372,20 @@ def _report(rows, setting, out_path, jax):
         note = f" ({r['error'][:40]})" if r.get("error") else ""
         print(f"| {r['impl']}{note} | {r['shape']} | {r['block']} | 1/{round(1 / r['density'])} ({r['actual_density']:.3f}) "
               f"| {f} | {fmt(r.get('fwd_speedup'))} | {fb} | {fmt(r.get('fwd_bwd_speedup'))} |")
-    _write_json(rows, setting, out_path, jax, complete=True)
+    _write_json(rows, setting, out_path, jax_version, complete=True, load=load)
     print(f"\nwrote {out_path}")
 
 
-def _write_json(rows, setting, out_path, jax, complete):
+def _write_json(rows, setting, out_path, jax_version, complete, load):
     """Written after every case too (complete=False), so an interrupted run leaves its rows."""
     os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
     with open(out_path, "w") as f:
         from sparsetrain.kernels.dispatch import kernel_backend_info
 
-        json.dump(dict(allocator=setting, jax=jax.__version__, cpus=os.cpu_count(),
-                       default_kernel=kernel_backend_info(),
-                       machine=platform.machine(), complete=complete, rows=rows), f, indent=1)
+        json.dump(dict(allocator=setting, jax=jax_version, cpus=os.cpu_count(),
+                       cpu_model=cpu_model(), default_kernel=kernel_backend_info(),
+                       load_average=[list(a) for a in load], machine=platform.machine(),
+                       complete=complete, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

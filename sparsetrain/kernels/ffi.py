@@ -1,11 +1,16 @@
 """The compiled float32 CPU kernels (XLA FFI), when they were built: block_sparse_matmul's and
 causal attention's (used by sparsetrain.kernels.attention).
 
-`pip install` compiles `csrc/{kernels,block_sparse,attention}.cc` into `_block_sparse_cpu<suffix>.so`
-next to this module (setup.py; optional: if the compiler fails the package still installs and
-setup prints why). Importing this module loads that library with ctypes and registers its four
-handlers with XLA for the CPU platform. If the library is missing or fails to load or register,
-`AVAILABLE` is False and `REASON` says why; `dispatch.py` then picks the pure-JAX kernels.
+`pip install` compiles every `csrc/*.cc` once per instruction set into
+`_block_sparse_cpu_{avx512,avx2,generic}<suffix>.so` next to this module (setup.py; optional: an
+instruction set the compiler lacks is skipped, and if every compile fails the package still
+installs and setup prints why). Importing this module picks the library: the widest one built
+that this CPU runs (avx512 > avx2 > generic, the CPU asked through the generic library's
+`__builtin_cpu_supports`), or the one $SPARSETRAIN_KERNEL_ISA names (avx2, avx512 or generic;
+for tests and benchmarks: ConfigError if this CPU lacks it or it was not built). It loads that
+library with ctypes and registers its four handlers with XLA for the CPU platform. If no library
+loads or registers, `AVAILABLE` is False and `REASON` says why; `dispatch.py` then picks the
+pure-JAX kernels. `ISA` names the path in use ("avx512", "avx2+fma", "generic (sse2)").
 
 Operands (as in layout.py): x2 (T, in) float32, values (nc, k, bk, bn) float32, rows (nc, k)
 int32, dy (T, out); every product touches stored blocks only (2 * T * nnz FLOPs per product).
@@ -23,11 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparsetrain.errors import ConfigError
+
 FORWARD_TARGET = "sparsetrain_bsmm_forward"
 BACKWARD_TARGET = "sparsetrain_bsmm_backward"
 ATTENTION_FORWARD_TARGET = "sparsetrain_attention_forward"
 ATTENTION_BACKWARD_TARGET = "sparsetrain_attention_backward"
 LIBRARY_STEM = "_block_sparse_cpu"
+ISAS = ("avx512", "avx2", "generic")  # the libraries setup.py builds, widest first
+ISA_ENV = "SPARSETRAIN_KERNEL_ISA"
 
 
 def _threads() -> int:
@@ -43,33 +52,62 @@ def _threads() -> int:
 THREADS = _threads()
 
 
-def _find_library() -> str | None:
+def library_path(isa: str) -> str | None:
+    """The built library of instruction set `isa` (one of ISAS), or None."""
     here = os.path.dirname(os.path.abspath(__file__))
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        hits = sorted(glob.glob(os.path.join(here, LIBRARY_STEM + suffix)))
+        hits = sorted(glob.glob(os.path.join(here, f"{LIBRARY_STEM}_{isa}{suffix}")))
         if hits:
             return hits[0]
     return None
 
 
+def cpu_isas() -> tuple[str, ...]:
+    """The instruction sets of ISAS this CPU runs, widest first (asked of the generic library,
+    which loads on any CPU); ('generic',) when that library is missing."""
+    path = library_path("generic")
+    if path is None:
+        return ("generic",)
+    probe = ctypes.cdll.LoadLibrary(path).sparsetrain_cpu_supports
+    probe.argtypes, probe.restype = [ctypes.c_char_p], ctypes.c_int
+    return tuple(isa for isa in ISAS if probe(isa.encode()))
+
+
+def _choose() -> tuple[str | None, str | None]:
+    """(instruction set to load, None) or (None, reason). ConfigError for an impossible force."""
+    runs = cpu_isas()
+    forced = os.environ.get(ISA_ENV)
+    if forced:
+        if forced not in ISAS:
+            raise ConfigError(f"{ISA_ENV}={forced!r}: expected one of {list(ISAS)}")
+        if forced not in runs:
+            raise ConfigError(f"{ISA_ENV}={forced}: this CPU lacks it (it runs {', '.join(runs)})")
+        if library_path(forced) is None:
+            raise ConfigError(f"{ISA_ENV}={forced}: {LIBRARY_STEM}_{forced} was not built "
+                              "(its compiler flags failed at install; see setup.py's warnings)")
+        return forced, None
+    for isa in runs:
+        if library_path(isa) is not None:
+            return isa, None
+    return None, (f"no {LIBRARY_STEM}_<isa>*.so next to {__name__} (not built at install; "
+                  "reinstall with a C++17 compiler to build it)")
+
+
 def _load():
     """(library path, instruction set, None) or (None, None, reason)."""
-    path = _find_library()
-    if path is None:
-        return None, None, (f"{LIBRARY_STEM}*.so not found next to {__name__} (not built at install; "
-                            "reinstall with a C++17 compiler to build it)")
+    choice, reason = _choose()
+    if choice is None:
+        return None, None, reason
+    path = library_path(choice)
     try:
         lib = ctypes.cdll.LoadLibrary(path)
         lib.sparsetrain_bsmm_isa.restype = ctypes.c_char_p
         isa = lib.sparsetrain_bsmm_isa().decode()
-        jax.ffi.register_ffi_target(FORWARD_TARGET, jax.ffi.pycapsule(lib.SparsetrainBsmmForward),
-                                    platform="cpu")
-        jax.ffi.register_ffi_target(BACKWARD_TARGET, jax.ffi.pycapsule(lib.SparsetrainBsmmBackward),
-                                    platform="cpu")
-        jax.ffi.register_ffi_target(ATTENTION_FORWARD_TARGET,
-                                    jax.ffi.pycapsule(lib.SparsetrainAttentionForward), platform="cpu")
-        jax.ffi.register_ffi_target(ATTENTION_BACKWARD_TARGET,
-                                    jax.ffi.pycapsule(lib.SparsetrainAttentionBackward), platform="cpu")
+        for target, symbol in ((FORWARD_TARGET, lib.SparsetrainBsmmForward),
+                               (BACKWARD_TARGET, lib.SparsetrainBsmmBackward),
+                               (ATTENTION_FORWARD_TARGET, lib.SparsetrainAttentionForward),
+                               (ATTENTION_BACKWARD_TARGET, lib.SparsetrainAttentionBackward)):
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
     except Exception as err:  # noqa: BLE001 - any failure means: use the pure-JAX kernel
         return None, None, f"{path} failed to load or register: {err!r}"
     return path, isa, None
@@ -77,8 +115,9 @@ def _load():
 
 LIBRARY, ISA, REASON = _load()
 AVAILABLE = LIBRARY is not None
-DESCRIPTION = (f"compiled CPU kernel ({ISA}, {THREADS} threads) via XLA FFI" if AVAILABLE
-               else f"unavailable: {REASON}")
+DESCRIPTION = (f"compiled CPU kernel ({ISA}, {THREADS} threads"
+               f"{', forced by ' + ISA_ENV if os.environ.get(ISA_ENV) else ''}) via XLA FFI"
+               if AVAILABLE else f"unavailable: {REASON}")
 
 
 def forward(x2, values, rows):

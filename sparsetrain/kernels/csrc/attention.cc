@@ -42,7 +42,7 @@ void gemm_tn(const float* P, int64_t ldp, const float* Q, int64_t ldq, int64_t K
     const int r = static_cast<int>(std::min<int64_t>(MR, R - r0));
     for (int64_t c0 = 0; c0 < n_vec;) {
       const int nv = static_cast<int>(std::min<int64_t>(MAXNV, (n_vec - c0) / W));
-      bsk::outer_fn(r, nv)(P + r0, ldp, Q + c0, ldq, K, D + r0 * ldd + c0, ldd, false);
+      bsk::outer_fn(r, nv)(P + r0, ldp, Q + c0, ldq, K, D + r0 * ldd + c0, ldd, false, 1);
       c0 += nv * W;
     }
     for (int64_t c = n_vec; c < N; ++c)

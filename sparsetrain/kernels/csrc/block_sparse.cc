@@ -138,18 +138,3 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SparsetrainBsmmBackward, BackwardImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("threads")
                                   .Ctx<ffi::ThreadPool>());
-
-// Instruction set the tiles were compiled for (reported by cpu_kernel.py).
-extern "C" const char* sparsetrain_bsmm_isa() {
-#if defined(__AVX512F__)
-  return "avx512";
-#elif defined(__AVX2__) && defined(__FMA__)
-  return "avx2+fma";
-#elif defined(__AVX__)
-  return "avx";
-#elif defined(__ARM_NEON)
-  return "neon";
-#else
-  return "generic 128-bit vectors";
-#endif
-}

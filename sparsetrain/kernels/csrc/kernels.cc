@@ -14,10 +14,15 @@ namespace bsk {
 namespace {
 
 // Rows of A per chunk in sparse_product: the chunk of A (rows x all input columns) stays in L2
-// while every output block-column reads it; but at least kMinChunkRows, because every chunk
-// streams all stored blocks of B from L3/memory once (B's traffic per FLOP is 2 / rows).
-constexpr int64_t kChunkBytes = 1024 * 1024;
-constexpr int64_t kMinChunkRows = 256;
+// while every output block-column reads it. kChunkBytes = the smallest per-core L2 of the
+// targets: 512 KiB on AMD Zen 2/3 (https://en.wikichip.org/wiki/amd/microarchitectures/zen_2),
+// 1 MiB on Zen 4, 2 MiB on Intel Sapphire Rapids
+// (https://en.wikichip.org/wiki/intel/microarchitectures/sapphire_rapids). Measured on a 2 MiB-L2
+// Xeon, avx2 path: dx with 32 KiB rows of A ran 54 -> 65 GFLOP/s per core when its chunk fell
+// from 256 rows (8 MiB) to 48. At least kMinChunkRows (8 tiles), because every chunk streams
+// all stored blocks of B once (B's traffic per FLOP is 2 / rows).
+constexpr int64_t kChunkBytes = 512 * 1024;
+constexpr int64_t kMinChunkRows = 48;
 // Rows per chunk of the reduction in sparse_outer: a (rows, kb) slice of P and a (rows, nb)
 // slice of Q stay in L1 while all tiles of one block read them.
 constexpr int64_t kOuterRows = 96;
@@ -57,41 +62,16 @@ int effective_threads(int threads, double macs) {
 GatherFn gather_fn(int r, int nv) { return tables().gather[r - 1][nv - 1]; }
 OuterFn outer_fn(int r, int nv) { return tables().outer[r - 1][nv - 1]; }
 
-// Packs rows [m0, m0+rows) of A (lda columns = a_blocks blocks of kb) into panels of MR rows:
-// panel (tile, blk) holds element (r, kk) at [kk * MR + r], so a tile streams its A operand
-// contiguously. Rows beyond `rows` in the last tile are zero.
-static void pack_panels(const float* A, int64_t lda, int64_t m0, int64_t rows, int kb,
-                        int64_t a_blocks, float* pack) {
-  const int64_t panel = int64_t(kb) * MR;
-  const int64_t tiles = (rows + MR - 1) / MR;
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t r_n = std::min<int64_t>(MR, rows - t * MR);
-    for (int64_t blk = 0; blk < a_blocks; ++blk) {
-      float* dst = pack + (t * a_blocks + blk) * panel;
-      for (int64_t r = 0; r < MR; ++r) {
-        if (r < r_n) {
-          const float* src = A + (m0 + t * MR + r) * lda + blk * kb;
-          for (int kk = 0; kk < kb; ++kk) dst[kk * MR + r] = src[kk];
-        } else {
-          for (int kk = 0; kk < kb; ++kk) dst[kk * MR + r] = 0.f;
-        }
-      }
-    }
-  }
-}
-
-// One thread's rows [m0, m1) of sparse_product; `pack` holds chunk_rows * lda floats.
+// One thread's rows [m0, m1) of sparse_product, in chunks of chunk_rows rows of A.
 static void product_rows(const float* A, int64_t lda, int64_t m0, int64_t m1, const float* B,
                          int kb, int nb, const BlockList& list, float* C, int64_t ldc,
-                         int64_t chunk_rows, float* pack) {
+                         int64_t chunk_rows) {
   const int64_t n_out = static_cast<int64_t>(list.ptr.size()) - 1;
-  const int64_t a_blocks = lda / kb;
-  const int64_t panel = int64_t(kb) * MR;
   const int nb_vec = nb - nb % W;
   std::vector<int64_t> a_off(list.a_blk.size());
+  for (int64_t i = 0; i < int64_t(a_off.size()); ++i) a_off[i] = list.a_blk[i] * kb;
   for (int64_t mc0 = m0; mc0 < m1; mc0 += chunk_rows) {
     const int64_t mc1 = std::min(m1, mc0 + chunk_rows);
-    pack_panels(A, lda, mc0, mc1 - mc0, kb, a_blocks, pack);
     for (int64_t o = 0; o < n_out; ++o) {
       const int64_t e0 = list.ptr[o];
       const int n = static_cast<int>(list.ptr[o + 1] - e0);
@@ -100,22 +80,23 @@ static void product_rows(const float* A, int64_t lda, int64_t m0, int64_t m1, co
         for (int64_t m = mc0; m < mc1; ++m) std::memset(Co + m * ldc, 0, sizeof(float) * nb);
         continue;
       }
-      for (int i = 0; i < n; ++i) a_off[i] = list.a_blk[e0 + i] * panel;
       const int64_t* b_off = list.b_off.data() + e0;
-      for (int c0 = 0; c0 < nb_vec;) {
-        const int nv = std::min(MAXNV, (nb_vec - c0) / W);
-        for (int64_t m = mc0; m < mc1; m += MR) {
-          const int r = static_cast<int>(std::min<int64_t>(MR, mc1 - m));
-          const float* tile = pack + ((m - mc0) / MR) * a_blocks * panel;
-          gather_fn(r, nv)(tile, a_off.data(), B + c0, b_off, n, kb, nb, Co + m * ldc + c0, ldc);
-        }
-        c0 += nv * W;
+      // Per row tile, all of the column's whole vectors: `full` passes of MAXNV vectors in one
+      // call, then the rest (nb_vec % (MAXNV * W), e.g. 48 of 112 columns on avx512).
+      const int full = nb_vec / (MAXNV * W), rest = nb_vec % (MAXNV * W) / W;
+      for (int64_t m = mc0; m < mc1; m += MR) {
+        const int r = static_cast<int>(std::min<int64_t>(MR, mc1 - m));
+        const float* Am = A + m * lda;
+        float* Cm = Co + m * ldc;
+        if (full > 0) gather_fn(r, MAXNV)(Am, lda, a_off.data() + e0, B, b_off, n, kb, nb, Cm, ldc, full);
+        const int c0 = full * MAXNV * W;
+        if (rest > 0) gather_fn(r, rest)(Am, lda, a_off.data() + e0, B + c0, b_off, n, kb, nb, Cm + c0, ldc, 1);
       }
       for (int c = nb_vec; c < nb; ++c) {  // columns beyond whole vectors (nb % W)
         for (int64_t m = mc0; m < mc1; ++m) {
           float s = 0.f;
           for (int i = 0; i < n; ++i) {
-            const float* a = A + m * lda + list.a_blk[e0 + i] * kb;
+            const float* a = A + m * lda + a_off[e0 + i];
             const float* b = B + b_off[i] + c;
             for (int kk = 0; kk < kb; ++kk) s += a[kk] * b[kk * nb];
           }
@@ -132,12 +113,8 @@ void sparse_product(const float* A, int64_t lda, int64_t M, const float* B, int 
   const double macs = double(M) * double(list.a_blk.size()) * kb * nb;
   const int t = effective_threads(threads, macs);
   const int64_t chunk_rows = std::max(kMinChunkRows, kChunkBytes / (4 * lda)) / MR * MR;
-  const int64_t per_thread = ((chunk_rows + MR - 1) / MR) * MR * lda;
-  thread_local std::vector<float> packs;  // kept across calls: no page faults per call
-  if (packs.size() < size_t(per_thread * t)) packs.resize(per_thread * t);
-  float* base = packs.data();
-  parallel_ranges(M, MR, t, [&, base](int index, int64_t m0, int64_t m1) {
-    product_rows(A, lda, m0, m1, B, kb, nb, list, C, ldc, chunk_rows, base + index * per_thread);
+  parallel_ranges(M, MR, t, [&](int, int64_t m0, int64_t m1) {
+    product_rows(A, lda, m0, m1, B, kb, nb, list, C, ldc, chunk_rows);
   }, schedule);
 }
 
@@ -154,6 +131,7 @@ static void outer_blocks(const float* P, int64_t ldp, const float* Q, int64_t ld
                          const int64_t* p_off, const int64_t* q_off, int64_t e0, int64_t e1, int kb,
                          int nb, float* D) {
   const int nb_vec = nb - nb % W;
+  const int full = nb_vec / (MAXNV * W), rest = nb_vec % (MAXNV * W) / W;  // as in product_rows
   const int64_t block = int64_t(kb) * nb;
   if (M == 0) {
     std::memset(D + e0 * block, 0, sizeof(float) * block * (e1 - e0));
@@ -172,11 +150,10 @@ static void outer_blocks(const float* P, int64_t ldp, const float* Q, int64_t ld
       float* d = D + e * block;
       for (int i0 = 0; i0 < kb; i0 += MR) {
         const int r = std::min(MR, kb - i0);
-        for (int c0 = 0; c0 < nb_vec;) {
-          const int nv = std::min(MAXNV, (nb_vec - c0) / W);
-          outer_fn(r, nv)(p + i0, kb, q + c0, nb, rows, d + int64_t(i0) * nb + c0, nb, acc);
-          c0 += nv * W;
-        }
+        float* di = d + int64_t(i0) * nb;
+        if (full > 0) outer_fn(r, MAXNV)(p + i0, kb, q, nb, rows, di, nb, acc, full);
+        const int c0 = full * MAXNV * W;
+        if (rest > 0) outer_fn(r, rest)(p + i0, kb, q + c0, nb, rows, di + c0, nb, acc, 1);
         for (int c = nb_vec; c < nb; ++c) {
           for (int i = i0; i < i0 + r; ++i) {
             float s = acc ? d[int64_t(i) * nb + c] : 0.f;
