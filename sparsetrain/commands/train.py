@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import datasets
-import jax
 
 from sparsetrain.commands.recipe_args import add_recipe_args
 from sparsetrain.config import STEP_BACKENDS, load_recipe
 from sparsetrain.training.loop import train
+from sparsetrain.training.multiprocess import initialize_from_env
 
 
 def run(args: argparse.Namespace) -> int:
     datasets.disable_progress_bars()  # local files: "downloading" bars are noise
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):  # many hosts: JAX's own rendezvous
-        jax.distributed.initialize()
+    initialize_from_env()  # many processes: `sparsetrain launch`, Slurm or MPI (multiprocess.py)
     backend = [f"run.backend={args.backend}"] if args.backend else []
     cfg = load_recipe(args.recipe, [*args.overrides, *backend])
     summary = train(cfg, resume=args.resume, stop_after=args.stop_after,

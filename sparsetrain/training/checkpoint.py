@@ -5,6 +5,12 @@ RNG key data) saved with Orbax's StandardSave, and a JSON item `meta` with the d
 recipe, the vocabulary size and the data fingerprint. Orbax writes each step to a temporary
 directory and renames it when complete, so an interrupted save leaves the earlier ones intact.
 No pickle anywhere.
+
+Many processes (`jax.distributed`): every process calls save and restore together; each writes and
+reads only the shards of its own devices, process 0 (Orbax's primary host) writes the metadata,
+the JSON item and the final rename, with barriers between. A checkpoint restores in any process
+count and mesh, since the restore target's shardings, not the saved ones, place the arrays. The
+directory must be on a file system that all processes share.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ class Checkpointer:
         return ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                preservation_policy=policy, enable_async_checkpointing=False, create=True),
+                preservation_policy=policy, enable_async_checkpointing=False, create=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0)),
         )
 
     def latest_step(self) -> int | None:

@@ -2,7 +2,8 @@
 
 `Tracker.log(metrics, step)` appends one JSON line to `OUT/metrics.jsonl` and, unless W&B is
 disabled, calls `wandb.log`. Online mode without an API key falls back to offline. A W&B failure
-never stops training: it is reported once and the JSONL goes on.
+never stops training: it is reported once and the JSONL goes on. In a multi-process run only
+process 0's tracker (`primary=True`) records anything; the others' calls do nothing.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ class Tracker:
     """Logs metric dicts to `out_dir/metrics.jsonl` and to a W&B run (directory `out_dir/wandb`)."""
 
     def __init__(self, out_dir: Path, mode: str, project: str, name: str, config: dict,
-                 resume: bool = False):
+                 resume: bool = False, primary: bool = True):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.out_dir / "metrics.jsonl"
-        self.mode = resolve_wandb_mode(mode)
+        self.primary = primary
+        self.mode = resolve_wandb_mode(mode) if primary else "disabled"
         self.run = None
         self._warned = False
         if self.mode != "disabled":
@@ -77,6 +79,8 @@ class Tracker:
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         """Record `metrics` (floats, ints or strings) at `step` in the JSONL and in W&B."""
+        if not self.primary:
+            return
         row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         with open(self.jsonl_path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -88,6 +92,8 @@ class Tracker:
 
     def summary(self, values: dict[str, Any]) -> None:
         """Final values of a run (also written to `summary.json`)."""
+        if not self.primary:
+            return
         (self.out_dir / "summary.json").write_text(json.dumps(
             {k: _plain(v) for k, v in values.items()}, indent=2))
         if self.run is not None:
