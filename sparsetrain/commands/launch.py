@@ -93,13 +93,20 @@ class _Child:
                 pass
 
 
+def _first_failed(children: list[_Child]) -> _Child | None:
+    """A process that ended with an error, one killed by a signal first (the others' errors are
+    usually its consequence: a collective that lost its partner)."""
+    failed = [c for c in children if c.proc.poll() not in (None, 0)]
+    return min(failed, key=lambda c: (c.proc.returncode >= 0, c.rank), default=None)
+
+
 def _supervise(children: list[_Child], poll_s: float = 0.2) -> tuple[_Child | None, list[int]]:
     """Wait for all; once one fails, give the rest GRACE_S, then stop them. Returns (the first
     that failed or None, the ranks stopped by the launcher)."""
     first, stopped = None, []
     while any(c.proc.poll() is None for c in children):
         if first is None:
-            first = next((c for c in children if c.proc.poll() not in (None, 0)), None)
+            first = _first_failed(children)
             deadline = time.monotonic() + GRACE_S
         elif time.monotonic() > deadline:
             for c in children:
@@ -107,8 +114,7 @@ def _supervise(children: list[_Child], poll_s: float = 0.2) -> tuple[_Child | No
                     stopped.append(c.rank)
                     c.stop()
         time.sleep(poll_s)
-    if first is None:
-        first = next((c for c in children if c.proc.returncode != 0), None)
+    first = first or _first_failed(children)
     for c in children:
         c.thread.join(timeout=5.0)
     return first, stopped

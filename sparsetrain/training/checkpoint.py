@@ -37,6 +37,16 @@ def _is_disk_full(e: BaseException) -> bool:
     return False
 
 
+def _placed(x: Any) -> jax.ShapeDtypeStruct:
+    """A restore target leaf with a sharding: `x`'s own, else this process's first device (a
+    checkpoint written by several processes restores only onto a sharding given here)."""
+    target = ocp.utils.to_shape_dtype_struct(x)
+    if getattr(target, "sharding", None) is not None:
+        return target
+    return jax.ShapeDtypeStruct(target.shape, target.dtype,
+                                sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+
+
 class Checkpointer:
     """Saves and restores (state, meta) pairs under `directory/<step>`."""
 
@@ -118,7 +128,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        target = jax.tree.map(_placed, abstract_state)
         try:
             out = self.manager.restore(
                 step,
