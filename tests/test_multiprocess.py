@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_recipe
+from sparsetrain.cli import main
+from sparsetrain.data.pipeline import BatchIterator
 from sparsetrain.training.tracking import read_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -144,3 +146,22 @@ def test_a_two_process_checkpoint_resumes_in_one_process(single, killed):
     assert json.loads((killed["out"] / "summary.json").read_text())["steps"] == 20
     _assert_same_trace(_losses(killed["out"]), _losses(single), range(1, 21))
     _assert_same_params(killed["out"], single)
+
+
+def test_process_shares_concatenate_to_the_one_process_batches():
+    windows = np.arange(23 * 5, dtype=np.int32).reshape(23, 5)
+    whole = BatchIterator(windows, 4, seed=3)
+    shares = [BatchIterator(windows, 4, seed=3, process_index=p, process_count=2) for p in range(2)]
+    for _ in range(12):  # crosses two epochs (5 batches each)
+        want = whole.next()
+        got = [s.next() for s in shares]
+        for key in ("tokens", "targets"):
+            np.testing.assert_array_equal(np.concatenate([g[key] for g in got]), want[key])
+        assert all(s.state() == whole.state() for s in shares)  # the position is global
+    with pytest.raises(ValueError, match="split evenly"):
+        BatchIterator(windows, 4, seed=3, process_index=0, process_count=3)
+
+
+def test_launch_runs_only_train(capsys):
+    assert main(["launch", "--processes", "2", "--", "info", "recipes/tiny-sparse.yaml"]) == 2
+    assert "sparsetrain: input error: launch:" in capsys.readouterr().err

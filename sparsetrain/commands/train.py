@@ -7,11 +7,14 @@ import argparse
 import json
 
 import datasets
+import jax
 
 from sparsetrain.commands.recipe_args import add_recipe_args
 from sparsetrain.config import STEP_BACKENDS, load_recipe
+from sparsetrain.errors import ProcessLostError
+from sparsetrain.kernels.dispatch import kernel_backend_info
 from sparsetrain.training.loop import train
-from sparsetrain.training.multiprocess import initialize_from_env
+from sparsetrain.training.multiprocess import initialize_from_env, is_primary
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,9 +22,17 @@ def run(args: argparse.Namespace) -> int:
     initialize_from_env()  # many processes: `sparsetrain launch`, Slurm or MPI (multiprocess.py)
     backend = [f"run.backend={args.backend}"] if args.backend else []
     cfg = load_recipe(args.recipe, [*args.overrides, *backend])
-    summary = train(cfg, resume=args.resume, stop_after=args.stop_after,
-                    progress=False if args.no_progress else None)
-    print(json.dumps(summary, indent=2))
+    try:
+        summary = train(cfg, resume=args.resume, stop_after=args.stop_after,
+                        progress=False if args.no_progress else None)
+    except jax.errors.JaxRuntimeError as e:  # a collective whose partner process is gone
+        if jax.process_count() == 1:
+            raise
+        raise ProcessLostError(f"process {jax.process_index()} of {jax.process_count()}: a collective "
+                               f"failed, another process died or stopped answering ({str(e)[:200]}); "
+                               "resume with --resume") from e
+    if is_primary():  # one summary per run, with the block-sparse kernel that ran
+        print(json.dumps({**summary, "kernel": kernel_backend_info()}, indent=2))
     return 0
 
 
