@@ -9,6 +9,7 @@
     sparsetrain import-hf SOURCE --out RUN    # a Hugging Face GPT-2 as a run directory
     sparsetrain export-hf RUN --out DIR       # a run's checkpoint as a Hugging Face GPT-2
     sparsetrain generate RUN --prompt TEXT    # continue a prompt with the KV cache
+    sparsetrain launch --processes N [--devices-per-process D] -- train RECIPE ...
 
 Every expected error is printed as one line, `sparsetrain: KIND: MESSAGE`, with the exit status
 of its class in sparsetrain/errors.py (2 bad input, 3 training stopped by a NaN/inf loss, 4 a
@@ -38,7 +39,7 @@ describes a command."""
 # command given is imported, so `sparsetrain emulate` does not pay for the data pipeline.
 COMMANDS = {"train": "train", "info": "info", "fields": "fields", "emulate": "emulate",
             "eval": "evaluate", "compare": "compare", "import-hf": "import_hf",
-            "export-hf": "export_hf", "generate": "generate"}
+            "export-hf": "export_hf", "generate": "generate", "launch": "launch"}
 
 
 def _parser(command: str | None = None) -> argparse.ArgumentParser:

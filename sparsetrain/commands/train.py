@@ -5,25 +5,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import datasets
 import jax
 
 from sparsetrain.commands.recipe_args import add_recipe_args, positive_int
 from sparsetrain.config import STEP_BACKENDS, load_recipe
+from sparsetrain.errors import ProcessLostError
 from sparsetrain.training.loop import train
+from sparsetrain.training.multiprocess import initialize_from_env, is_primary
 
 
 def run(args: argparse.Namespace) -> int:
     datasets.disable_progress_bars()  # local files: "downloading" bars are noise
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):  # many hosts: JAX's own rendezvous
-        jax.distributed.initialize()
+    initialize_from_env()  # many processes: `sparsetrain launch`, Slurm or MPI (multiprocess.py)
     backend = [f"run.backend={args.backend}"] if args.backend else []
     cfg = load_recipe(args.recipe, [*args.overrides, *backend])
-    summary = train(cfg, resume=args.resume or args.resume_step is not None, stop_after=args.stop_after,
-                    progress=False if args.no_progress else None, resume_step=args.resume_step)
-    print(json.dumps(summary, indent=2))
+    try:
+        summary = train(cfg, resume=args.resume or args.resume_step is not None, stop_after=args.stop_after,
+                        progress=False if args.no_progress else None, resume_step=args.resume_step)
+    except jax.errors.JaxRuntimeError as e:  # a collective whose partner process is gone
+        if jax.process_count() == 1:
+            raise
+        raise ProcessLostError(f"process {jax.process_index()} of {jax.process_count()}: a collective "
+                               f"failed, another process died or stopped answering ({str(e)[:200]}); "
+                               "resume with --resume") from e
+    if is_primary():  # one summary per run (its "kernels" say which kernels ran)
+        print(json.dumps(summary, indent=2))
     return 0
 
 

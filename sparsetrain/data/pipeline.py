@@ -322,18 +322,29 @@ class BatchIterator:
     `state()` -> {"epoch", "position", "num_windows"}: plain ints, JSON-safe. An iterator made
     with `BatchIterator.restore(windows, batch_size, seed, state)` yields exactly the batches
     the saved one would have yielded next.
+
+    Many processes: with `process_index=p, process_count=N` an iterator yields rows
+    [p*B/N, (p+1)*B/N) of each global batch of `batch_size` B. The global sequence and the state
+    depend on the seed alone, so any process count reads the same data in the same order and a
+    state saved with one count resumes with another.
     """
 
-    def __init__(self, windows: np.ndarray, batch_size: int, seed: int):
+    def __init__(self, windows: np.ndarray, batch_size: int, seed: int, process_index: int = 0,
+                 process_count: int = 1):
         if windows.ndim != 2 or windows.shape[1] < 2:
             raise ValueError(f"windows must be (n, seq_len + 1) with seq_len >= 1, got {windows.shape}")
         if not 1 <= batch_size <= len(windows):
             raise ValueError(
                 f"batch_size={batch_size} must be between 1 and the number of windows ({len(windows)})"
             )
+        if process_count < 1 or batch_size % process_count or not 0 <= process_index < process_count:
+            raise ValueError(f"batch_size={batch_size} must split evenly over {process_count} processes "
+                             f"(process_index={process_index})")
         self.windows = windows
         self.batch_size = batch_size
         self.seed = seed
+        share = batch_size // process_count
+        self._rows = slice(process_index * share, (process_index + 1) * share)
         self._epoch = 0
         self._position = 0  # index into the epoch's permutation of the next window
         self._order = self._permutation(0)
@@ -342,12 +353,13 @@ class BatchIterator:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.windows))
 
     def next(self) -> dict[str, np.ndarray]:
-        """The next batch: {"tokens", "targets"}, each (batch_size, seq_len) int32."""
+        """This process's rows of the next batch: {"tokens", "targets"}, each
+        (batch_size / process_count, seq_len) int32."""
         if self._position + self.batch_size > len(self.windows):
             self._epoch += 1
             self._position = 0
             self._order = self._permutation(self._epoch)
-        idx = self._order[self._position : self._position + self.batch_size]
+        idx = self._order[self._position : self._position + self.batch_size][self._rows]
         self._position += self.batch_size
         return _batch(self.windows[idx])
 
@@ -386,9 +398,10 @@ class BatchIterator:
         self._order = self._permutation(epoch)
 
     @classmethod
-    def restore(cls, windows: np.ndarray, batch_size: int, seed: int, state: dict[str, int]) -> "BatchIterator":
-        """A new iterator positioned at `state` (see `set_state`)."""
-        it = cls(windows, batch_size, seed)
+    def restore(cls, windows: np.ndarray, batch_size: int, seed: int, state: dict[str, int],
+                **share: int) -> "BatchIterator":
+        """A new iterator positioned at `state` (see `set_state`); `share`: process_index/count."""
+        it = cls(windows, batch_size, seed, **share)
         it.set_state(state)
         return it
 

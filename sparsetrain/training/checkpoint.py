@@ -15,6 +15,12 @@ zstd chunks carry no checksum, so flipped bytes would otherwise restore as wrong
 Retention is ours, not Orbax's: Orbax's manager keeps the metrics it ranks by in memory only
 (they reach disk only with `best_fn`), so checkpoints that existed before a resume had no metric
 and were never pruned. `_prune` ranks every checkpoint on disk by the `val_loss` in its meta.
+
+Many processes (`jax.distributed`): every process calls save and restore together; each writes and
+reads only the shards of its own devices, process 0 (Orbax's primary host) writes the metadata,
+the JSON item and the final rename, with barriers between. A checkpoint restores in any process
+count and mesh, since the restore target's shardings, not the saved ones, place the arrays. The
+directory must be on a file system that all processes share.
 """
 
 from __future__ import annotations
@@ -93,6 +99,16 @@ class _QuietFailedReads:
 _QUIET = _QuietFailedReads()
 
 
+def _placed(x: Any) -> jax.ShapeDtypeStruct:
+    """A restore target leaf with a sharding: `x`'s own, else this process's first device (a
+    checkpoint written by several processes restores only onto a sharding given here)."""
+    target = ocp.utils.to_shape_dtype_struct(x)
+    if getattr(target, "sharding", None) is not None:
+        return target
+    return jax.ShapeDtypeStruct(target.shape, target.dtype,
+                                sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+
+
 class Checkpointer:
     """Saves and restores (state, meta) pairs under `directory/<step>`."""
 
@@ -107,7 +123,8 @@ class Checkpointer:
         return ocp.CheckpointManager(  # every step is kept by Orbax; `_prune` decides
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                preservation_policy=pp.PreserveAll(), enable_async_checkpointing=False, create=True),
+                preservation_policy=pp.PreserveAll(), enable_async_checkpointing=False, create=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0)),
         )
 
     def latest_step(self) -> int | None:
@@ -258,7 +275,7 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         meta = self.read_meta(step)
         self._check_layout(step, abstract_state)
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        target = jax.tree.map(_placed, abstract_state)
         _QUIET.install()
         try:
             args = ocp.args.Composite(state=ocp.args.StandardRestore(target))

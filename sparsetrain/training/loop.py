@@ -33,7 +33,8 @@ from sparsetrain.rdu.step import EmulatedTrainStep
 from sparsetrain.run_files import write_atomic
 from sparsetrain.sparsity.schedule import pruned_params
 from sparsetrain.training.checkpoint import Checkpointer
-from sparsetrain.training.sharding import batch_sharding, make_mesh, tree_shardings
+from sparsetrain.training.multiprocess import batch_share, global_batch, is_primary, primary_first
+from sparsetrain.training.sharding import make_mesh, tree_shardings
 from sparsetrain.training.start import Start, finished_summary, initial_state
 from sparsetrain.training.step import Setup, XlaTrainStep, build_setup, evaluate, make_eval_step, train_step_fn
 from sparsetrain.training.tracking import Tracker
@@ -135,16 +136,21 @@ def _prepare(cfg: Config, resume: bool, resume_step: int | None, end: int
         if resuming:
             load_run_tokenizer(out)  # missing or damaged: DamagedFileError, never a new tokenizer
         converting = cfg.sparsity.init_from and not resuming
-        if converting and not (out / TOKENIZER_FILENAME).is_file():  # the embeddings need its tokens
+        if converting and is_primary() and not (out / TOKENIZER_FILENAME).is_file():  # embeddings need its tokens
             write_atomic(out / TOKENIZER_FILENAME,
                          (Path(cfg.sparsity.init_from) / TOKENIZER_FILENAME).read_bytes())
-        data = build_datasets(cfg.data, out)
+        # Many processes: process 0 trains and saves the tokenizer, the others then load that file
+        # (one tokenizer by construction, not by trusting BPE training to be bit-identical everywhere).
+        data = primary_first(lambda: build_datasets(cfg.data, out), "tokenizer")
         setup = build_setup(cfg, data.vocab_size)
+        mesh = _mesh_of(cfg)
+        if mesh is not None:  # on the mesh before a restore, so a checkpoint loads straight onto it
+            setup.state = jax.device_put(setup.state, tree_shardings(setup.state, mesh))
         counts = model_counts(setup.model, cfg.data.seq_len)
         tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
         start = initial_state(cfg, setup, data, ckpt, resume,
                               counts.train_flops_per_token_effective * tokens_per_step, resume_step)
-        if start.step < end:  # only once the recipe is known to fit the checkpoints
+        if start.step < end and is_primary():  # only once the recipe is known to fit the checkpoints
             save_recipe(cfg, out / "recipe.yaml")
     except BaseException:
         ckpt.close()
@@ -210,8 +216,9 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
     out = cfg.out_dir
     with _mesh_context(_mesh_of(cfg)):  # the kernels a call traced under the run's mesh takes
         kernels = kernels_in_use(cfg)
-    print(f"{cfg.run.name}: writing {out.absolute()}; kernels: block-sparse "
-          f"{kernels['block_sparse_detail']}, attention {kernels['attention']}", file=sys.stderr)
+    if is_primary():
+        print(f"{cfg.run.name}: writing {out.absolute()}; kernels: block-sparse "
+              f"{kernels['block_sparse_detail']}, attention {kernels['attention']}", file=sys.stderr)
     created = [p for p in (out.absolute(), *out.absolute().parents) if not p.exists()]
     try:
         data, setup, counts, ckpt, start = _prepare(cfg, resume, resume_step, end)
@@ -222,7 +229,8 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
     if start.step >= end:  # a finished run: report it, change nothing (no recipe, metrics, W&B)
         ckpt.close()
         return finished_summary(cfg, start.step, end)
-    tracker = Tracker(out, cfg.run.wandb, cfg.run.wandb_project, cfg.run.name, cfg.to_dict(), resume=resume)
+    tracker = Tracker(out, cfg.run.wandb, cfg.run.wandb_project, cfg.run.name, cfg.to_dict(), resume=resume,
+                      primary=is_primary())
     state, mesh, out_shardings = start.state, _mesh_of(cfg), None
     if mesh is not None:  # place the state on the mesh; XLA (GSPMD) partitions the step
         shardings = tree_shardings(state, mesh)
@@ -234,7 +242,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
     try:  # whatever stops the run, the W&B run and the checkpointer are closed
         with _mesh_context(mesh):
             state = _run_steps(cfg, setup, data, counts, train_step, state, mesh, prog, tracker, ckpt,
-                               end, cfg.run.progress if progress is None else progress)
+                               end, (cfg.run.progress if progress is None else progress) and is_primary())
             summary = {**_summary(cfg, data, counts, setup, train_step, state, prog, end),
                        "kernels": kernels}
         tracker.summary(summary)
@@ -248,7 +256,8 @@ def _run_steps(cfg: Config, setup: Setup, data: Datasets, counts: ModelCounts, t
                mesh, prog: _Progress, tracker: Tracker, ckpt: Checkpointer, end: int, show: bool) -> dict:
     """Steps start+1 .. end: train, update masks, log, evaluate and checkpoint. Returns the state."""
     r, start, flow = cfg.run, prog.start, setup.flow
-    batches = BatchIterator(data.train, cfg.data.batch_size, cfg.data.seed)
+    p, n = batch_share(mesh, cfg.data.batch_size)  # this process's rows of every global batch
+    batches = BatchIterator(data.train, cfg.data.batch_size, cfg.data.seed, process_index=p, process_count=n)
     if start.data_state is not None:
         batches.set_state(start.data_state)
     flow_step = jax.jit(flow.update, donate_argnums=0) if flow.update is not None else None
@@ -260,7 +269,7 @@ def _run_steps(cfg: Config, setup: Setup, data: Datasets, counts: ModelCounts, t
     for step in bar:
         batch = batches.next()
         if mesh is not None:
-            batch = jax.device_put(batch, batch_sharding(mesh))
+            batch = global_batch(batch, mesh, cfg.data.batch_size)
         t0 = time.perf_counter()
         state, metrics = train_step(state, batch)
         done = step + 1

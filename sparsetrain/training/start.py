@@ -27,6 +27,7 @@ from sparsetrain.run_files import write_atomic
 from sparsetrain.sparsity.convert import convert_state
 from sparsetrain.sparsity.schedule import sparse_kinds
 from sparsetrain.training.checkpoint import Checkpointer
+from sparsetrain.training.multiprocess import is_primary
 from sparsetrain.training.step import Setup, build_setup
 from sparsetrain.training.tracking import read_jsonl, rewrite_jsonl
 
@@ -76,8 +77,9 @@ def check_resumable(cfg: Config, meta: dict) -> None:
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
     """Drop rows logged after `last_step` (a crash after the checkpoint logged them once already);
-    the file is rewritten only when a row (or a torn last line) is dropped."""
-    if path.is_file():
+    the file is rewritten only when a row (or a torn last line) is dropped. Only process 0 of a
+    multi-process run touches the file."""
+    if path.is_file() and is_primary():
         rows = read_jsonl(path)
         kept = [r for r in rows if r["step"] <= last_step]
         text = "".join(json.dumps(r) + "\n" for r in kept)
@@ -116,7 +118,8 @@ def _from_other_run(cfg: Config, setup: Setup, data: Datasets, out: Path) -> Sta
                           sparse_kinds(setup.spec), magnitude=cfg.sparsity.pattern == "magnitude")
     rows = [r for r in read_jsonl(src_dir / "metrics.jsonl") if r["step"] <= int(meta["step"])] \
         if (src_dir / "metrics.jsonl").is_file() else []
-    write_atomic(out / "metrics.jsonl", "".join(json.dumps({**r, "init_from": True}) + "\n" for r in rows))
+    if is_primary():
+        write_atomic(out / "metrics.jsonl", "".join(json.dumps({**r, "init_from": True}) + "\n" for r in rows))
     return Start(state, int(meta["step"]), meta["data_state"], float(meta.get("wall_time_s", 0.0)),
                  flops_before=float(rows[-1].get("train_flops", 0.0)) if rows else 0.0)
 

@@ -34,6 +34,9 @@ starts, so a killed process (SIGKILL, OOM killer) never leaves W&B with holes or
 
 `read_wandb_history(OUT)` reads the offline run's history back from its `.wandb` files (no
 network) and `history_problems` compares it with `metrics.jsonl`.
+
+In a multi-process run only process 0's tracker (`primary=True`) records anything; the others'
+calls do nothing.
 """
 
 from __future__ import annotations
@@ -79,11 +82,12 @@ class Tracker:
     """
 
     def __init__(self, out_dir: Path, mode: str, project: str, name: str, config: dict,
-                 resume: bool = False):
+                 resume: bool = False, primary: bool = True):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.out_dir / "metrics.jsonl"
-        self.mode = resolve_wandb_mode(mode)
+        self.primary = primary
+        self.mode = resolve_wandb_mode(mode) if primary else "disabled"
         self.run = None
         self._warned = False
         self._wandb_next_step = 0  # W&B drops a step below the run's current one
@@ -137,6 +141,8 @@ class Tracker:
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         """Record `metrics` (floats, ints or strings) at `step` in the JSONL and in W&B."""
+        if not self.primary:
+            return
         row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         append_line(self.jsonl_path, json.dumps(row))
         if self.run is not None:
@@ -147,6 +153,8 @@ class Tracker:
 
     def summary(self, values: dict[str, Any]) -> None:
         """Final values of a run (also written to `summary.json`)."""
+        if not self.primary:
+            return
         write_atomic(self.out_dir / "summary.json", json.dumps(
             {k: _plain(v) for k, v in values.items()}, indent=2))
         if self.run is not None:
