@@ -1,7 +1,7 @@
 """Kill test: SIGKILL the trainer at random moments (some during checkpoint saves, some while
 W&B writes its run file), resume, and check that no work and no logged metric is lost.
 
-    python benchmarks/kill_resume.py                 # 20 trials (about 40 min on 2 busy cores)
+    python benchmarks/kill_resume.py                 # 20 trials (about 2.5 min each on 2 busy cores)
     python benchmarks/kill_resume.py --trials 3 --out runs/kill-quick
 
 One uninterrupted reference run, then per trial a fresh run directory trained by `sparsetrain

@@ -71,6 +71,9 @@ def test_online_resume_logs_the_rows_the_server_lacks_then_the_new_steps(tmp_pat
     rows = _rows(range(1, 13))
     (tmp_path / "metrics.jsonl").write_text("".join(f"{json.dumps(r)}\n" for r in rows[:9]))  # cut at step 9
     run = _ResumedOnlineRun(rows[:server_has])  # what the killed process got to the server
+    offline = tmp_path / "wandb" / "offline-run-20260101_000000-abc"  # an earlier offline attempt
+    offline.mkdir(parents=True)
+    (offline / "run-abc.wandb").write_bytes(b":W&B")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setattr(wandb, "init", lambda **kw: run)
     tracker = Tracker(tmp_path, "online", "test", "online", {}, resume=True)
@@ -78,6 +81,7 @@ def test_online_resume_logs_the_rows_the_server_lacks_then_the_new_steps(tmp_pat
         tracker.log({"loss": r["loss"]}, r["step"])
     assert run.sent == list(range(server_has + 1, 13))  # from metrics.jsonl, then new; none twice
     assert history_problems(run.history, read_jsonl(tmp_path / "metrics.jsonl")) == []
+    assert list(_expand_wandb_files(tmp_path / "wandb")) == []  # `wandb sync` adds nothing twice
 
 
 def test_history_problems_finds_holes_duplicates_and_changed_values():

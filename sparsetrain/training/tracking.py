@@ -30,7 +30,8 @@ starts, so a killed process (SIGKILL, OOM killer) never leaves W&B with holes or
   `metrics.jsonl` from that step on are logged again before the new steps, and steps the server
   already has are not sent (W&B would drop them). Rows the server got from the killed process
   past the restarted checkpoint keep the values that process computed (equal to the re-run's
-  when training is deterministic).
+  when training is deterministic). Earlier offline run directories are superseded here too
+  (their rows reach the server from `metrics.jsonl`), so a later `wandb sync` adds nothing twice.
 
 `read_wandb_history(OUT)` reads the offline run's history back from its `.wandb` files (no
 network) and `history_problems` compares it with `metrics.jsonl`.
@@ -96,8 +97,7 @@ class Tracker:
                 import wandb
 
                 run_id = self._run_id(resume)
-                if self.mode == "offline":
-                    supersede_offline_runs(self.out_dir / "wandb")
+                supersede_offline_runs(self.out_dir / "wandb")  # online too: this run supersedes them
                 self.run = wandb.init(
                     project=project, name=name, config=config, mode=self.mode,
                     dir=str(self.out_dir), resume="allow" if resume else None,
