@@ -1,6 +1,6 @@
 """Block-sparse matmul vs dense jnp.dot on this machine: forward and forward+backward.
 
-    python benchmarks/block_sparse_matmul.py                 # full grid (~15-25 min on 2 cores)
+    python benchmarks/block_sparse_matmul.py                 # full grid, every ISA path (~1 h on 2 cores)
     python benchmarks/block_sparse_matmul.py --quick         # one shape, block 64, 2 densities
     python benchmarks/block_sparse_matmul.py --allocator tuned   # glibc malloc tunables (see below)
     python benchmarks/block_sparse_matmul.py --blocks 64 --densities 1/2,1/4,1/8   # a subset
