@@ -1,6 +1,6 @@
 """Block-sparse matmul vs dense jnp.dot on this machine: forward and forward+backward.
 
-    python benchmarks/block_sparse_matmul.py                 # full grid (~15-25 min on 2 cores)
+    python benchmarks/block_sparse_matmul.py                 # full grid, every ISA path (~1 h on 2 cores)
     python benchmarks/block_sparse_matmul.py --quick         # one shape, block 64, 2 densities
     python benchmarks/block_sparse_matmul.py --allocator tuned   # glibc malloc tunables (see below)
     python benchmarks/block_sparse_matmul.py --blocks 64 --densities 1/2,1/4,1/8   # a subset
@@ -32,6 +32,7 @@ The setting that ran is printed and stored in the JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -82,7 +83,7 @@ def allocator_setting() -> str:
     return " ".join(parts) or "glibc malloc, default settings"
 
 
-def main(argv=None) -> int:
+def _parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="first shape, block 64, densities 1/2 and 1/8")
     ap.add_argument("--out", default="benchmarks/results/block_sparse_matmul.json", help="JSON output path")
@@ -96,7 +97,11 @@ def main(argv=None) -> int:
                     help="comma-separated kernels of block_sparse_matmul: ffi (if built), jax")
     ap.add_argument("--isas", help="comma-separated paths of the compiled kernel (avx512, avx2, "
                     "generic); default: every one this CPU runs but generic")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
     _reexec_with_allocator(args.allocator)
     if os.environ.get("SPARSETRAIN_KERNEL_ISA") is None and "ffi" in args.kernels.split(","):
         return _per_isa(args, argv if argv is not None else sys.argv[1:])
@@ -114,54 +119,12 @@ def main(argv=None) -> int:
     except ImportError:
         torch = None
 
-    def timed(fn, *a):
-        jax.block_until_ready(fn(*a))  # compile + warm-up
-        times = []
-        for _ in range(args.reps):
-            t = time.perf_counter()
-            jax.block_until_ready(fn(*a))
-            times.append(time.perf_counter() - t)
-        return float(np.median(times))
+    timed = functools.partial(_timed, jax, np, args.reps)
+    fwd_bwd = functools.partial(_fwd_bwd, jax)
+    rounds = functools.partial(_rounds, jax, args.reps)
 
-    def fwd_bwd(matmul):
-        def f(x, w, dy):
-            y, vjp = jax.vjp(matmul, x, w)
-            return (y, *vjp(dy))
-
-        return jax.jit(f)
-
-    def rounds(fns):
-        """{name: (fn, args)} -> {name: [seconds per round]}: one warm-up each, then --reps
-        rounds running each once in turn."""
-        for fn, a in fns.values():
-            jax.block_until_ready(fn(*a))
-        times = {name: [] for name in fns}
-        for _ in range(args.reps):
-            for name, (fn, a) in fns.items():
-                t = time.perf_counter()
-                jax.block_until_ready(fn(*a))
-                times[name].append(time.perf_counter() - t)
-        return times
-
-    kernels = [k for k in args.kernels.split(",") if k]
-    for k in kernels:
-        if k not in ("ffi", "jax"):
-            sys.exit(f"--kernels: {k!r} is not allowed; expected ffi and/or jax")
-    if "ffi" in kernels and not ffi.AVAILABLE:
-        print(f"# kernel ffi skipped: compiled kernel {ffi.DESCRIPTION}", flush=True)
-        kernels.remove("ffi")
-    if not kernels:
-        sys.exit("--kernels: no kernel left to measure")
-
-    shapes = SHAPES[:1] if args.quick else SHAPES
-    blocks = [64] if args.quick else BLOCKS
-    densities = [1 / 2, 1 / 8] if args.quick else DENSITIES
-    if args.shapes:
-        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    if args.blocks:
-        blocks = [int(b) for b in args.blocks.split(",")]
-    if args.densities:
-        densities = [float(num) / float(den or 1) for num, _, den in (d.partition("/") for d in args.densities.split(","))]
+    kernels = _kernels(args, ffi)
+    shapes, blocks, densities = _grid(args)
     setting = allocator_setting()
     load_start = os.getloadavg()
     print(f"# block_sparse_matmul benchmark: jax {jax.__version__}, {os.cpu_count()} CPUs, "
@@ -196,27 +159,15 @@ def main(argv=None) -> int:
                         f_fns[kernel] = (jax.jit(mm).lower(x, values).compile(), (x, values))
                         fb_fns[kernel] = (fwd_bwd(mm).lower(x, values, dy).compile(), (x, values, dy))
                 f_times, fb_times = rounds(f_fns), rounds(fb_fns)
-                dense_f, dense_fb = float(np.median(f_times["dense"])), float(np.median(fb_times["dense"]))
-                line = []
-                for kernel in kernels:
-                    f = float(np.median(f_times[kernel]))
-                    fb = float(np.median(fb_times[kernel]))
-                    f_ratios = np.divide(f_times["dense"], f_times[kernel])
-                    fb_ratios = np.divide(fb_times["dense"], fb_times[kernel])
-                    name = f"sparsetrain {kernel}" + (f" ({isa})" if kernel == "ffi" else "")
-                    row = dict(impl=name, kernel=kernel, isa=isa if kernel == "ffi" else None,
-                               shape=shape_s, block=block,
-                               density=density, actual_density=layout.density, fwd_ms=f * 1e3,
-                               fwd_bwd_ms=fb * 1e3, dense_fwd_ms=dense_f * 1e3, dense_fwd_bwd_ms=dense_fb * 1e3,
-                               fwd_speedup=float(np.median(f_ratios)),
-                               fwd_bwd_speedup=float(np.median(fb_ratios)),
-                               fwd_round_ratios=[float(r) for r in f_ratios],
-                               fwd_bwd_round_ratios=[float(r) for r in fb_ratios])
-                    rows.append(row)
-                    line.append(f"{kernel} fwd x{row['fwd_speedup']:.2f} fwd+bwd x{row['fwd_bwd_speedup']:.2f}")
+                case = dict(shape=shape_s, block=block, density=density, actual_density=layout.density)
+                new_rows = _kernel_rows(np, kernels, isa, f_times, fb_times, case)
+                rows += new_rows
+                dense_f, dense_fb = new_rows[0]["dense_fwd_ms"], new_rows[0]["dense_fwd_bwd_ms"]
+                line = [f"{r['kernel']} fwd x{r['fwd_speedup']:.2f} fwd+bwd x{r['fwd_bwd_speedup']:.2f}"
+                        for r in new_rows]
                 _write_json(rows, setting, args.out, jax.__version__, complete=False, load=(load_start,))
                 print(f"  {shape_s} b{block} d=1/{round(1 / density)} (actual {layout.density:.3f}): "
-                      f"dense fwd {dense_f * 1e3:.0f} ms, fwd+bwd {dense_fb * 1e3:.0f} ms; {' | '.join(line)} "
+                      f"dense fwd {dense_f:.0f} ms, fwd+bwd {dense_fb:.0f} ms; {' | '.join(line)} "
                       f"[{time.perf_counter() - t0:.0f}s]", flush=True)
                 if args.no_peers or block != 64:
                     continue
@@ -224,6 +175,86 @@ def main(argv=None) -> int:
     _report(rows, setting, args.out, jax.__version__, load=(load_start, os.getloadavg()))
     return 0
 
+
+def _timed(jax, np, reps, fn, *a) -> float:
+    """Median seconds of `reps` calls of fn(*a) after one warm-up (compile) call."""
+    jax.block_until_ready(fn(*a))
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*a))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def _fwd_bwd(jax, matmul):
+    """jit of (x, w, dy) -> (y, dx, dw) of y = matmul(x, w)."""
+    def f(x, w, dy):
+        y, vjp = jax.vjp(matmul, x, w)
+        return (y, *vjp(dy))
+
+    return jax.jit(f)
+
+
+def _rounds(jax, reps, fns):
+    """{name: (fn, args)} -> {name: [seconds per round]}: one warm-up each, then `reps` rounds
+    running each once in turn."""
+    for fn, a in fns.values():
+        jax.block_until_ready(fn(*a))
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, (fn, a) in fns.items():
+            t = time.perf_counter()
+            jax.block_until_ready(fn(*a))
+            times[name].append(time.perf_counter() - t)
+    return times
+
+def _kernels(args, ffi) -> list[str]:
+    """The kernels of --kernels to measure ('ffi' dropped, saying why, when it was not built)."""
+    kernels = [k for k in args.kernels.split(",") if k]
+    for k in kernels:
+        if k not in ("ffi", "jax"):
+            sys.exit(f"--kernels: {k!r} is not allowed; expected ffi and/or jax")
+    if "ffi" in kernels and not ffi.AVAILABLE:
+        print(f"# kernel ffi skipped: compiled kernel {ffi.DESCRIPTION}", flush=True)
+        kernels.remove("ffi")
+    if not kernels:
+        sys.exit("--kernels: no kernel left to measure")
+    return kernels
+
+
+def _grid(args):
+    """(shapes, blocks, densities) of the run: the defaults, --quick's, or the options'."""
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    blocks = [64] if args.quick else BLOCKS
+    densities = [1 / 2, 1 / 8] if args.quick else DENSITIES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    if args.blocks:
+        blocks = [int(b) for b in args.blocks.split(",")]
+    if args.densities:
+        densities = [float(num) / float(den or 1) for num, _, den in (d.partition("/") for d in args.densities.split(","))]
+    return shapes, blocks, densities
+
+
+def _kernel_rows(np, kernels, isa, f_times, fb_times, case) -> list[dict]:
+    """One row per kernel: median times and the median and every round of dense / kernel time.
+    `case` holds the shape, block and density fields."""
+    rows = []
+    dense_f, dense_fb = float(np.median(f_times["dense"])), float(np.median(fb_times["dense"]))
+    for kernel in kernels:
+        f_ratios = np.divide(f_times["dense"], f_times[kernel])
+        fb_ratios = np.divide(fb_times["dense"], fb_times[kernel])
+        name = f"sparsetrain {kernel}" + (f" ({isa})" if kernel == "ffi" else "")
+        rows.append(dict(impl=name, kernel=kernel, isa=isa if kernel == "ffi" else None, **case,
+                         fwd_ms=float(np.median(f_times[kernel])) * 1e3,
+                         fwd_bwd_ms=float(np.median(fb_times[kernel])) * 1e3,
+                         dense_fwd_ms=dense_f * 1e3, dense_fwd_bwd_ms=dense_fb * 1e3,
+                         fwd_speedup=float(np.median(f_ratios)),
+                         fwd_bwd_speedup=float(np.median(fb_ratios)),
+                         fwd_round_ratios=[float(r) for r in f_ratios],
+                         fwd_bwd_round_ratios=[float(r) for r in fb_ratios]))
+    return rows
 
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux), else platform's processor string."""

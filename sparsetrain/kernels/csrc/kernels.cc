@@ -14,15 +14,15 @@ namespace bsk {
 namespace {
 
 // Rows of A per chunk in sparse_product: the chunk of A (rows x all input columns) stays in L2
-// while every output block-column reads it. kChunkBytes = the smallest per-core L2 of the
-// targets: 512 KiB on AMD Zen 2/3 (https://en.wikichip.org/wiki/amd/microarchitectures/zen_2),
-// 1 MiB on Zen 4, 2 MiB on Intel Sapphire Rapids
-// (https://en.wikichip.org/wiki/intel/microarchitectures/sapphire_rapids). Measured on a 2 MiB-L2
-// Xeon, avx2 path: dx with 32 KiB rows of A ran 54 -> 65 GFLOP/s per core when its chunk fell
-// from 256 rows (8 MiB) to 48. At least kMinChunkRows (8 tiles), because every chunk streams
-// all stored blocks of B once (B's traffic per FLOP is 2 / rows).
-constexpr int64_t kChunkBytes = 512 * 1024;
-constexpr int64_t kMinChunkRows = 48;
+// (1 MiB: half of Sapphire Rapids' 2 MiB per core,
+// https://en.wikichip.org/wiki/intel/microarchitectures/sapphire_rapids; all of Zen 4's) while
+// every output block-column reads it; but at least kMinChunkRows, because every chunk streams all
+// stored blocks of B once from L3 (B's traffic per FLOP is 2 / rows bytes). Measured on a 2-core
+// Xeon, 4096x2048x8192 at 1/8, avx512 path, two threads: 512 KiB / 48 rows (A always in L2, B
+// streamed 4-5x as often) ran the product 6.3x and its backward 6.7-7.1x faster than dense;
+// 1 MiB / 256 rows 9.0-9.2x and 7.4-7.8x (one thread alone, in CPU time, the two were even).
+constexpr int64_t kChunkBytes = 1024 * 1024;
+constexpr int64_t kMinChunkRows = 256;
 // Rows per chunk of the reduction in sparse_outer: a (rows, kb) slice of P and a (rows, nb)
 // slice of Q stay in L1 while all tiles of one block read them.
 constexpr int64_t kOuterRows = 96;
