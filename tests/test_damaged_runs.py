@@ -279,3 +279,25 @@ def test_a_checkpoint_of_another_shape_is_a_mismatch_not_damage(runs, tmp_path):
         assert ckpt.damaged == set()
     finally:
         ckpt.close()
+
+
+def test_saving_over_an_existing_good_step_moves_it_to_replaced(runs, tmp_path, capsys):
+    """As after `--resume-step 2` with step 3 on disk: the old step 3 goes to replaced/3 intact,
+    the new one restores with its own CRC-32s, and nothing newer than the save is pruned."""
+    run = _copy(runs.base, tmp_path)
+    ckpt_dir = run / "checkpoints"
+    old = _snapshot(ckpt_dir / str(STOPPED_AT))
+    ckpt = Checkpointer(ckpt_dir, keep_last=KEEP)
+    try:
+        meta = ckpt.read_meta(2)
+        abstract = build_setup(from_dict(Config, meta["recipe"]), int(meta["vocab_size"]), abstract=True).state
+        state, meta = ckpt.restore(2, abstract)
+        ckpt.save(STOPPED_AT, state, {**meta, "step": STOPPED_AT}, meta["val_loss"])
+        assert f"was moved to {ckpt_dir / 'replaced' / str(STOPPED_AT)}" in capsys.readouterr().err
+        again, _ = ckpt.restore(STOPPED_AT, abstract)
+        for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(state)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    finally:
+        ckpt.close()
+    assert _snapshot(ckpt_dir / "replaced" / str(STOPPED_AT)) == old
+    assert _steps_on_disk(run) == {2, STOPPED_AT}
