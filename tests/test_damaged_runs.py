@@ -21,9 +21,12 @@ last line is accepted) and `summary.json` (compare, and train --resume of a fini
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import shutil
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -101,9 +104,20 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
+@pytest.fixture
+def unraisable(monkeypatch):
+    """What reaches Python's unraisable-exception hook (printed to stderr outside pytest)."""
+    seen: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(f"{u.exc_type.__name__}: {u.exc_value}"))
+    yield seen
+    time.sleep(0.2)  # TensorStore's callbacks of a failed read arrive from its own threads
+    gc.collect()
+    assert seen == []
+
+
 @pytest.mark.parametrize("how", DAMAGES)
 @pytest.mark.parametrize("kind", ["arrays", "manifest", "meta", "checkpoint_metadata"])
-def test_eval_skips_a_damaged_newest_checkpoint_and_keeps_it(runs, tmp_path, capsys, kind, how):
+def test_eval_skips_a_damaged_newest_checkpoint_and_keeps_it(runs, tmp_path, capsys, unraisable, kind, how):
     run = _copy(runs.base, tmp_path)
     ckpt_dir = run / "checkpoints"
     _damage(_item_file(ckpt_dir / str(STOPPED_AT), kind), how)
@@ -265,3 +279,25 @@ def test_a_checkpoint_of_another_shape_is_a_mismatch_not_damage(runs, tmp_path):
         assert ckpt.damaged == set()
     finally:
         ckpt.close()
+
+
+def test_saving_over_an_existing_good_step_moves_it_to_replaced(runs, tmp_path, capsys):
+    """As after `--resume-step 2` with step 3 on disk: the old step 3 goes to replaced/3 intact,
+    the new one restores with its own CRC-32s, and nothing newer than the save is pruned."""
+    run = _copy(runs.base, tmp_path)
+    ckpt_dir = run / "checkpoints"
+    old = _snapshot(ckpt_dir / str(STOPPED_AT))
+    ckpt = Checkpointer(ckpt_dir, keep_last=KEEP)
+    try:
+        meta = ckpt.read_meta(2)
+        abstract = build_setup(from_dict(Config, meta["recipe"]), int(meta["vocab_size"]), abstract=True).state
+        state, meta = ckpt.restore(2, abstract)
+        ckpt.save(STOPPED_AT, state, {**meta, "step": STOPPED_AT}, meta["val_loss"])
+        assert f"was moved to {ckpt_dir / 'replaced' / str(STOPPED_AT)}" in capsys.readouterr().err
+        again, _ = ckpt.restore(STOPPED_AT, abstract)
+        for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(state)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    finally:
+        ckpt.close()
+    assert _snapshot(ckpt_dir / "replaced" / str(STOPPED_AT)) == old
+    assert _steps_on_disk(run) == {2, STOPPED_AT}

@@ -253,7 +253,7 @@ class Checkpointer:
         try:
             stored = _layout(ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state"))
         except Exception as e:
-            raise self._damaged(step, "its array metadata state/_METADATA does not read", e) from e
+            raise self._damaged(step, "its array metadata does not read", e) from e
         wanted = _layout(abstract_state)
         if stored != wanted:
             names = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
@@ -273,10 +273,10 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        _QUIET.install()  # before the first TensorStore read
         meta = self.read_meta(step)
         self._check_layout(step, abstract_state)
         target = jax.tree.map(_placed, abstract_state)
-        _QUIET.install()
         try:
             args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
             state = self.manager.restore(step, args=args)["state"]

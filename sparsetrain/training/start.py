@@ -4,9 +4,11 @@
 
 - fresh: the initialised state; metrics rows of an attempt killed before its first checkpoint
   are dropped;
-- resume (`--resume` with a checkpoint in the run directory): the newest checkpoint, after
-  checking that the recipe's model and sparsity sections and the data fingerprint are those it
-  was trained with; rows logged after it are dropped;
+- resume (`--resume` with a checkpoint in the run directory): the newest checkpoint that
+  restores (a damaged one is named on stderr, kept and skipped; `--resume-step` picks one),
+  after checking that the recipe's model and sparsity sections and the data fingerprint are
+  those it was trained with; rows logged after it are dropped. A run already at its last step
+  is reported finished by `finished_summary` and left as it is;
 - `sparsity.init_from`: another run's checkpoint converted to this model (one-shot magnitude
   pruning of a dense model, or densifying a sparse one); the run continues its step count, data
   position and metrics.
