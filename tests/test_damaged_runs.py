@@ -301,3 +301,24 @@ def test_saving_over_an_existing_good_step_moves_it_to_replaced(runs, tmp_path, 
         ckpt.close()
     assert _snapshot(ckpt_dir / "replaced" / str(STOPPED_AT)) == old
     assert _steps_on_disk(run) == {2, STOPPED_AT}
+
+
+def test_pruning_deletes_a_step_all_at_once_and_finishes_a_killed_deletion(tmp_path):
+    """A pruned step is renamed to .deleting-<step> before it is removed, so a kill mid-deletion
+    never leaves a half-deleted step that lists as a checkpoint; the next start removes it."""
+    import jax.numpy as jnp
+
+    from sparsetrain.training.checkpoint import DELETING_PREFIX, Checkpointer
+
+    state = {"w": jnp.arange(6.0).reshape(2, 3)}
+    ckpt = Checkpointer(tmp_path / "checkpoints", keep_last=1)
+    for step, loss in ((1, 3.0), (2, 2.0), (3, 2.5)):
+        ckpt.save(step, state, {"step": step, "val_loss": loss}, loss)
+    assert ckpt.all_steps() == [2, 3]  # the newest and the best
+    ckpt.close()
+    assert not list((tmp_path / "checkpoints").glob(f"{DELETING_PREFIX}*"))
+    left = tmp_path / "checkpoints" / f"{DELETING_PREFIX}1"  # as a kill during the removal leaves it
+    (left / "state").mkdir(parents=True)
+    ckpt = Checkpointer(tmp_path / "checkpoints", keep_last=1)
+    assert ckpt.all_steps() == [2, 3] and not left.exists()
+    ckpt.close()

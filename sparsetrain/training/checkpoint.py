@@ -43,6 +43,7 @@ from sparsetrain.errors import CheckpointMismatchError, CheckpointSaveError, Dam
 from sparsetrain.training.save_noise import held_back
 
 DAMAGED_DIRNAME = "damaged"  # checkpoints/damaged/<step>: a damaged step moved aside before a new save
+DELETING_PREFIX = ".deleting-"  # checkpoints/.deleting-<step>: a pruned step while it is removed
 
 
 def _name(path) -> str:
@@ -117,6 +118,7 @@ class Checkpointer:
         self.keep_last = keep_last
         self._val_loss: dict[int, float | None] = {}  # step -> val_loss of its meta (None: unreadable)
         self.damaged: set[int] = set()  # steps found damaged by this instance
+        self._remove_deleting()
         self.manager = self._make_manager()
 
     def _make_manager(self) -> ocp.CheckpointManager:
@@ -201,8 +203,26 @@ class Checkpointer:
             keep.add(min(finite, key=lambda s: (finite[s], -s)))  # the newest of equal bests
         for s in steps:
             if s not in keep:
-                self.manager.delete(s)
+                self._delete(s)
                 self._val_loss.pop(s, None)
+
+    def _delete(self, step: int) -> None:
+        """Delete the checkpoint at `step` all at once: it is renamed to `.deleting-<step>` (one
+        atomic rename: a kill never leaves a half-deleted step that still looks like a checkpoint),
+        then removed. Many processes: Orbax's own delete (its primary host removes it)."""
+        if jax.process_count() > 1:
+            self.manager.delete(step)
+            return
+        doomed = self.directory / f"{DELETING_PREFIX}{step}"
+        (self.directory / str(step)).rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        self.manager.reload()
+
+    def _remove_deleting(self) -> None:
+        """Finish deletions a killed process left (`.deleting-<step>` directories)."""
+        if jax.process_count() == 1 and self.directory.is_dir():
+            for doomed in self.directory.glob(f"{DELETING_PREFIX}*"):
+                shutil.rmtree(doomed, ignore_errors=True)
 
     def _meta_val_loss(self, step: int) -> float | None:
         if step not in self._val_loss:
