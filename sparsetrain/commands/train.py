@@ -8,11 +8,12 @@ import json
 
 import datasets
 import jax
+import jax.numpy as jnp
 
 from sparsetrain.commands.recipe_args import add_recipe_args
 from sparsetrain.config import STEP_BACKENDS, load_recipe
 from sparsetrain.errors import ProcessLostError
-from sparsetrain.kernels.dispatch import kernel_backend_info
+from sparsetrain.kernels.dispatch import kernel_backend, kernel_backend_info
 from sparsetrain.training.loop import train
 from sparsetrain.training.multiprocess import initialize_from_env, is_primary
 
@@ -31,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
         raise ProcessLostError(f"process {jax.process_index()} of {jax.process_count()}: a collective "
                                f"failed, another process died or stopped answering ({str(e)[:200]}); "
                                "resume with --resume") from e
-    if is_primary():  # one summary per run, with the block-sparse kernel that ran
-        print(json.dumps({**summary, "kernel": kernel_backend_info()}, indent=2))
+    if is_primary():  # one summary per run, with the block-sparse kernel of its float32 calls
+        kernel = {"kernel": kernel_backend(jnp.float32), "kernel_info": kernel_backend_info()}
+        print(json.dumps({**summary, **kernel}, indent=2))
     return 0
 
 
