@@ -5,7 +5,8 @@
 
 Each layout trains the same recipe (FSDP over all devices when there are 2) through the real
 `sparsetrain train` command, and reads the median step time after 2 warm-up steps from the run's
-summary, with the block-sparse kernel process 0 used. Prints a table and writes `scaling.json`
+summary, with the block-sparse kernel of process 0's float32 calls (`kernel_backend`; 'auto'
+keeps pure JAX on several devices) and `kernel_backend_info()`. Prints a table and writes `scaling.json`
 with the CPU model and vector ISA.
 
 On a machine with only a few cores the virtual devices and processes share those cores, so the
@@ -91,9 +92,10 @@ def main() -> None:
                 s = run_layout(recipe, tmp / f"{model}-{i}", processes, devices)
                 rows.append({"model": model, "layout": layout, "processes": processes,
                              "devices_per_process": devices, "tokens_per_s": s["tokens_per_s"],
-                             "step_time_s": s["step_time_s"], "kernel": s["kernel"],
+                             "step_time_s": s["step_time_s"], "kernel": s["kernels"]["block_sparse"],
+                             "kernel_info": s["kernels"]["block_sparse_detail"],
                              "final_loss": s["final_loss"], "command_wall_s": s["command_wall_s"]})
-                print(f"{model:6s} {layout:24s} {s['tokens_per_s']:9.0f} tok/s  ({s['kernel'][:60]})", flush=True)
+                print(f"{model:6s} {layout:24s} {s['tokens_per_s']:9.0f} tok/s  ({s['kernels']['block_sparse_detail'][:70]})", flush=True)
     result = {"cpu": cpu_description(), "cores": os.cpu_count(), "steps": args.steps,
               "tokens_per_step": 8 * 64, "caption": CAPTION, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +105,7 @@ def main() -> None:
     for r in rows:
         base = next(b for b in rows if b["model"] == r["model"] and b["processes"] * b["devices_per_process"] == 1)
         print(f"| {r['model']} | {r['layout']} | {r['tokens_per_s']:,.0f} | "
-              f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x | {r['kernel'].split(':')[0]} |")
+              f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x | {r['kernel']} |")
 
 
 if __name__ == "__main__":
