@@ -1,21 +1,21 @@
 """Orbax's own reports of a failed checkpoint save, held back so the user reads one line.
 
 When a save fails part-way (a full disk), Orbax's writer threads each log the error through absl
-(logger "absl"), tensorstore prints an "Event loop is closed" traceback for every write that
-completes after Orbax closed that thread's event loop, and asyncio logs "Task exception was never
-retrieved" when the failed write tasks are garbage-collected, possibly much later: hundreds of
-lines before and after the `CheckpointSaveError` that already says what failed and what is kept.
+(logger "absl"), tensorstore prints an "Event loop is closed" traceback (through
+`sys.excepthook`) for every write that completes after Orbax closed that thread's event loop,
+and asyncio logs "Task exception was never retrieved" when the failed write tasks are
+garbage-collected, possibly much later: hundreds of lines around the `CheckpointSaveError` that
+already says what failed and what is kept.
 
-`held_back()` wraps a save: while it runs, Python-level stderr output is captured and absl's
-log records are held; if the save succeeds they are written out unchanged, if it fails they are
-dropped (or written, with SPARSETRAIN_DEBUG=1), and from then on asyncio's reports of Orbax's
-abandoned tasks and late "Event loop is closed" errors are dropped too.
+`held_back()` wraps a save: absl's records are held and written out unchanged if the save
+succeeds, dropped if it fails (written with SPARSETRAIN_DEBUG=1); closed-loop errors and
+asyncio's reports of Orbax's tasks are dropped while a save runs and after one has failed.
+Nothing else printed is touched (W&B wraps sys.stderr: it is never replaced).
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import sys
@@ -36,40 +36,8 @@ class _HoldRecords(logging.Filter):
         return False
 
 
-def _is_orbax_task_report(record: logging.LogRecord) -> bool:
-    return "orbax" in record.getMessage()
-
-
-def _is_closed_loop_error(exc: BaseException | None) -> bool:
-    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
-
-
-_silenced = False
-
-
-def _silence_abandoned_tasks() -> None:
-    """After a failed save: drop asyncio's reports of Orbax's abandoned write tasks and the
-    closed-loop errors of writes that finish later (once per process)."""
-    global _silenced
-    if _silenced:
-        return
-    _silenced = True
-    _ASYNCIO.addFilter(lambda record: not _is_orbax_task_report(record))
-    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
-
-    def quiet_excepthook(kind, value, tb):
-        if not _is_closed_loop_error(value):
-            excepthook(kind, value, tb)
-
-    def quiet_unraisablehook(unraisable):
-        if not _is_closed_loop_error(unraisable.exc_value):
-            unraisablehook(unraisable)
-
-    sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
-
-
 class Held:
-    """What a wrapped save printed; `failed()` marks it to be dropped."""
+    """One wrapped save; `failed()` marks its held output to be dropped."""
 
     def __init__(self):
         self.ok = True
@@ -78,21 +46,56 @@ class Held:
         self.ok = False
 
 
+class _Quiet:
+    """Whether Orbax's late noise is dropped now: while a save runs, and after one failed."""
+
+    saving = 0
+    failed = False
+    installed = False
+
+    @classmethod
+    def active(cls) -> bool:
+        return cls.saving > 0 or cls.failed
+
+
+def _is_closed_loop_error(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _install() -> None:
+    """Filters on asyncio's logger and the exception hooks, each dropping only Orbax's noise
+    while `_Quiet.active()` (installed once per process)."""
+    if _Quiet.installed:
+        return
+    _Quiet.installed = True
+    _ASYNCIO.addFilter(lambda r: not (_Quiet.active() and "orbax" in r.getMessage()))
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def quiet_excepthook(kind, value, tb):
+        if not (_Quiet.active() and _is_closed_loop_error(value)):
+            excepthook(kind, value, tb)
+
+    def quiet_unraisablehook(unraisable):
+        if not (_Quiet.active() and _is_closed_loop_error(unraisable.exc_value)):
+            unraisablehook(unraisable)
+
+    sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
+
+
 @contextlib.contextmanager
 def held_back():
-    """Capture stderr and absl's records during a save; see the module docstring."""
-    held, hold, captured = Held(), _HoldRecords(), io.StringIO()
-    stderr = sys.stderr
+    """Hold Orbax's reports during a save; see the module docstring."""
+    _install()
+    held, hold = Held(), _HoldRecords()
     _ABSL.addFilter(hold)
-    sys.stderr = captured
+    _Quiet.saving += 1
     try:
         yield held
     finally:
-        sys.stderr = stderr
+        _Quiet.saving -= 1
         _ABSL.removeFilter(hold)
+        if not held.ok:
+            _Quiet.failed = True
         if held.ok or os.environ.get("SPARSETRAIN_DEBUG", "") not in ("", "0"):
-            stderr.write(captured.getvalue())
             for record in hold.records:
                 _ABSL.handle(record)
-        if not held.ok:
-            _silence_abandoned_tasks()
