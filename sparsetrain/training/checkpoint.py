@@ -110,6 +110,16 @@ def _placed(x: Any) -> jax.ShapeDtypeStruct:
                                 sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
 
 
+def steps_on_disk(directory: Path) -> list[int]:
+    """Steps of the complete checkpoints in `directory`, read from the folder names alone (Orbax
+    finalises a save by renaming `STEP.orbax-checkpoint-tmp-*` to `STEP`). No CheckpointManager is
+    made: in a multi-process run that would be a collective step only some processes take."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 class Checkpointer:
     """Saves and restores (state, meta) pairs under `directory/<step>`."""
 

@@ -32,7 +32,7 @@ from sparsetrain.models.accounting import ModelCounts, model_counts
 from sparsetrain.rdu.step import EmulatedTrainStep
 from sparsetrain.run_files import write_atomic
 from sparsetrain.sparsity.schedule import pruned_params
-from sparsetrain.training.checkpoint import Checkpointer
+from sparsetrain.training.checkpoint import Checkpointer, steps_on_disk
 from sparsetrain.training.multiprocess import batch_share, global_batch, is_primary, primary_first
 from sparsetrain.training.sharding import make_mesh, tree_shardings
 from sparsetrain.training.start import Start, finished_summary, initial_state
@@ -174,15 +174,10 @@ def check_before_writing(cfg: Config, resume: bool) -> None:
     if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
         raise ConfigError(f"run.out_dir: {str(out)!r} cannot be created ({parent} is not a "
                           "writable directory)")
-    if not resume and (out / "checkpoints").is_dir():
-        ckpt = Checkpointer(out / "checkpoints", cfg.run.keep_checkpoints)
-        try:
-            if ckpt.latest_step() is not None:
-                raise ConfigError(f"run.name: {cfg.run.name!r} already has checkpoints in {out}; "
-                                  "pass --resume to continue it, or choose another run.name "
-                                  "(nothing was changed)")
-        finally:
-            ckpt.close()
+    if not resume and steps_on_disk(out / "checkpoints"):
+        raise ConfigError(f"run.name: {cfg.run.name!r} already has checkpoints in {out}; "
+                          "pass --resume to continue it, or choose another run.name "
+                          "(nothing was changed)")
 
 
 def kernels_in_use(cfg: Config) -> dict:
