@@ -217,13 +217,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny only, 3 timed steps")
     parser.add_argument("--steps", type=int, default=6, help="timed rounds per configuration")
     parser.add_argument("--density", type=float, default=0.125)
+    parser.add_argument("--configs", nargs="+", choices=list(CASES), default=list(CASES),
+                        help="configurations to run (default: all)")
     parser.add_argument("--profile-rounds", type=int, default=3,
                         help="steps traced per configuration for the component profile (0: no profile)")
     parser.add_argument("--profile-isolated", action="store_true",
                         help="profile each component's own jitted forward+backward instead of a trace")
     parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
     args = parser.parse_args()
-    names = ["tiny"] if args.quick else list(CASES)
+    names = ["tiny"] if args.quick else args.configs
     steps = 3 if args.quick else args.steps
 
     rows = []

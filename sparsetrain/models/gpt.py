@@ -21,11 +21,13 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from sparsetrain.config import Config, ConfigError, ModelShape, linear_shapes
 from sparsetrain.kernels.attention import causal_attention, causal_attention_dropout
-from sparsetrain.kernels.fused_ops import bias_gelu, residual_gradient_barrier
+from sparsetrain.kernels.fused_ops import (bias_gelu, cpu_fusions, head_cross_entropy,
+                                           residual_gradient_barrier)
 from sparsetrain.sparsity import BlockLayout, block_sparse_matmul, make_layout
 from sparsetrain.sparsity.resolve import KindSparsity, resolve_sparsity
 
@@ -202,7 +204,7 @@ def layer_output(p: dict, x: jax.Array, att: jax.Array, spec: GPTSpec,
         x = x + dropout(a, spec.resid_dropout, k1)
     h = layer_norm(x, p["ln2_scale"], p["ln2_bias"])
     up = spec.linear("mlp_up")
-    if up.bias:  # bias and GELU in one pass each way (fused_ops.bias_gelu)
+    if up.bias and cpu_fusions():  # bias and GELU in one pass each way (fused_ops.bias_gelu)
         u = linear_apply(p["mlp_up"], up, h, add_bias=False)
         with jax.named_scope("bias_gelu"):
             h = bias_gelu(u, p["mlp_up"]["bias"])
@@ -273,14 +275,34 @@ class GPT(nnx.Module):
 
     def __call__(self, tokens: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         """`dropout_key`: a random key while training with dropout (the spec's rates), else None."""
+        return self.logits(self.features(tokens, dropout_key))
+
+    def mean_loss(self, tokens: jax.Array, targets: jax.Array,
+                  dropout_key: jax.Array | None = None) -> jax.Array:
+        """Mean next-token cross-entropy (nats): tokens, targets int32 (B, T) -> float32 ().
+
+        For XLA:CPU the head and the loss are one custom-gradient function
+        (`fused_ops.head_cross_entropy`); elsewhere softmax cross-entropy of `__call__`'s logits.
+        """
+        if not cpu_fusions():
+            logits = self(tokens, dropout_key)
+            with jax.named_scope("loss"):
+                return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+        x = self.features(tokens, dropout_key)
+        x = layer_norm(x, self.ln_f_scale[...], self.ln_f_bias[...])
+        d = self.spec.shape.d_model
+        with jax.named_scope("head"):
+            return head_cross_entropy(x.reshape(-1, d), self.wte[...], targets.reshape(-1))
+
+    def features(self, tokens: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        """tokens int32 (B, T) -> the last layer's output (B, T, d), before the final LayerNorm."""
         x = self.embed_tokens(tokens, 0)
         keys = None
         if dropout_key is not None and self.spec.has_dropout:
             k_embd, k_layers = jax.random.split(dropout_key)
             x = dropout(x, self.spec.embd_dropout, k_embd)
             keys = jax.random.split(k_layers, self.spec.shape.n_layers)
-        x = self.layers(x, self.spec, keys)
-        return self.logits(x)
+        return self.layers(x, self.spec, keys)
 
     # The decoder protocol of sparsetrain.models.kv_cache ---------------------------------------
     def embed_tokens(self, tokens: jax.Array, start: int | jax.Array) -> jax.Array:
