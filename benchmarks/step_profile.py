@@ -1,6 +1,15 @@
 """Per-component profile of the GPT train step on CPU: where the step's time goes, dense and sparse.
 
-Each component is a jitted forward+backward (`jax.vjp` with fixed random cotangents, so no extra
+Two methods, same components:
+
+`trace_breakdown` (the default of train_throughput.py): a `jax.profiler` trace of the real step,
+parsed here. Every executed HLO op is mapped to a component by the innermost named scope of its
+`op_name` (gpt.py and step.py name them: linear, attention, embed, head, loss, layer_norm, bias,
+bias_gelu, residual, optimizer); wall time is split among the ops running at each instant (two ops
+on two threads get half each), so the components and "everything else" (ops outside those scopes:
+reshapes, the q/k/v split, the gradient-norm metric, and the time no op runs) add up to the step.
+
+`component_runners` (isolated): each component is a jitted forward+backward (`jax.vjp` with fixed random cotangents, so no extra
 loss arithmetic) of the same shapes and the same model functions the real step runs, over all
 layers at once, timed in interleaved rounds with the whole step (median per component):
 
@@ -22,7 +31,10 @@ only its linears sped up by 1/stored fraction. Used by train_throughput.py (`--p
 from __future__ import annotations
 
 import dataclasses
+import glob
+import re
 import statistics
+import tempfile
 import time
 from typing import Callable
 
@@ -30,12 +42,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.profiler import ProfileData
 
 from sparsetrain.kernels.attention import causal_attention
+from sparsetrain.kernels.fused_ops import bias_gelu
 from sparsetrain.models.gpt import layer_norm, linear_apply
 from sparsetrain.training.step import ModelFunctions
 
 COMPONENTS = ("linears", "attention", "head_embed_loss", "elementwise", "optimizer")
+SCOPES = {"linear": "linears", "attention": "attention", "embed": "head_embed_loss",
+          "head": "head_embed_loss", "loss": "head_embed_loss", "layer_norm": "elementwise",
+          "bias": "elementwise", "bias_gelu": "elementwise", "residual": "elementwise",
+          "optimizer": "optimizer"}
 KINDS = ("qkv", "attn_out", "mlp_up", "mlp_down")
 
 
@@ -122,7 +140,7 @@ def _elementwise(fns: ModelFunctions, params: dict, B: int, T: int, rng) -> Call
             q = acts["qkv"][l] + g["qkv_bias"]
             x1 = x + (acts["a"][l] + g["attn_out_bias"])
             h2 = layer_norm(x1, g["ln2_scale"], g["ln2_bias"])
-            u = jax.nn.gelu(acts["u"][l] + g["mlp_up_bias"])
+            u = bias_gelu(acts["u"][l], g["mlp_up_bias"])
             x2 = x1 + (acts["m"][l] + g["mlp_down_bias"])
             outs.append((h1, q, h2, u, x2))
         out = tuple(jnp.stack(o) for o in zip(*outs))
@@ -147,11 +165,14 @@ def _optimizer(params: dict, tx: optax.GradientTransformation, rng) -> Callable:
 
 
 def component_runners(fns: ModelFunctions, tx: optax.GradientTransformation, batch: dict,
-                      seed: int = 0) -> dict[str, Callable[[], None]]:
-    """name -> thunk running that component's jitted forward+backward once (see module doc)."""
+                      initial: tuple[dict, dict] | None = None, seed: int = 0) -> dict[str, Callable[[], None]]:
+    """name -> thunk running that component's jitted forward+backward once (see module doc).
+
+    `initial`: (params, indices) to profile with; default copies of `fns.initial()` (a train step
+    donates the buffers of its state, so take copies before it runs).
+    """
     rng = np.random.default_rng(seed)
-    # Copies: the train step donates the buffers of the initial state.
-    params, indices = jax.tree.map(jnp.copy, fns.initial())
+    params, indices = initial if initial is not None else jax.tree.map(jnp.copy, fns.initial())
     B, T = batch["tokens"].shape
     return {"linears": _linears(fns, params, indices, B, T, rng),
             "attention": _attention(fns, B, T, rng),
@@ -216,3 +237,56 @@ def format_profile(name: str, dense: dict, sparse: dict, limits: dict) -> str:
                  f"{limits['with_sparse_rest']:.2f}x; sparse linears at {limits['sparse_linears_over_ideal']:.2f}x "
                  "their ideal time (ideal: dense linears x stored fraction)")
     return "\n".join(lines)
+
+
+def op_components(hlo_text: str) -> dict[str, str]:
+    """Compiled HLO text -> {instruction name: component} by the innermost named scope of its
+    op_name (a fusion carries its root's); instructions outside every scope are left out."""
+    out = {}
+    for m in re.finditer(r'^\s+(?:ROOT )?%?([\w.\-]+) = .*?op_name="([^"]*)"', hlo_text, re.M):
+        name, op_name = m.groups()
+        best, where = None, -1
+        for scope, component in SCOPES.items():
+            at = max(op_name.rfind(scope + ")"), op_name.rfind(scope + "/"))
+            if at > where:
+                best, where = component, at
+        if best is not None:
+            out[name] = best
+    return out
+
+
+def _attribute(events: list[tuple[int, int, str]]) -> dict[str, float]:
+    """Split wall time (ns) among concurrent events: {component: ns}."""
+    edges = sorted({t for s, e, _ in events for t in (s, e)})
+    starts = sorted(events)
+    out, active, i = {}, [], 0
+    for t0, t1 in zip(edges, edges[1:]):
+        while i < len(starts) and starts[i][0] <= t0:
+            active.append(starts[i])
+            i += 1
+        active = [ev for ev in active if ev[1] > t0]
+        for _, _, comp in active:
+            out[comp] = out.get(comp, 0.0) + (t1 - t0) / len(active)
+    return out
+
+
+def trace_breakdown(run: Callable[[], None], hlo_text: str, steps: int = 3) -> dict:
+    """Profile `steps` calls of `run` (one compiled train step each) with jax.profiler.
+
+    Returns breakdown()'s dict: median step wall time (s) and each component's share of it.
+    """
+    names = op_components(hlo_text)
+    walls = []
+    with tempfile.TemporaryDirectory() as folder:
+        with jax.profiler.trace(folder):
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                run()
+                walls.append(time.perf_counter() - t0)
+        data = ProfileData.from_file(glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)[0])
+        events = [(ev.start_ns, ev.end_ns, names[ev.name]) for plane in data.planes
+                  for line in plane.lines if line.name.startswith("tf_XLA")
+                  for ev in line.events if ev.name in names]
+    ns = _attribute(events)
+    times = {"step": walls, **{c: [ns.get(c, 0.0) / steps / 1e9] for c in COMPONENTS}}
+    return breakdown(times)

@@ -17,10 +17,27 @@ import math
 import jax
 import jax.numpy as jnp
 
+from sparsetrain.kernels.dispatch import kernel_choice
+
+
+def residual_gradient_barrier(x: jax.Array) -> jax.Array:
+    """x (any shape) -> x; the gradient is x's cotangent, materialised (see module docstring).
+
+    Only where it helps: traced for XLA:CPU with the compiled kernels allowed. Under
+    `use_kernel_backend("jax")` (the RDU lowering, which costs every op) and on other backends
+    it is the plain identity.
+    """
+    return _barrier(x) if cpu_fusions() else x
+
+
+def cpu_fusions() -> bool:
+    """Whether a call traced now takes this module's fused pieces: for XLA:CPU, unless
+    `use_kernel_backend("jax")` is in force (the RDU lowering costs the plain ops)."""
+    return jax.default_backend() == "cpu" and kernel_choice() != "jax"
+
 
 @jax.custom_vjp
-def residual_gradient_barrier(x: jax.Array) -> jax.Array:
-    """x (any shape) -> x; the gradient is x's cotangent, materialised (see module docstring)."""
+def _barrier(x):
     return x
 
 
@@ -34,7 +51,7 @@ def _barrier_bwd(_, ct):
     return (jax.lax.cond(first == first, lambda c: c, lambda c: c + first, ct),)
 
 
-residual_gradient_barrier.defvjp(_barrier_fwd, _barrier_bwd)
+_barrier.defvjp(_barrier_fwd, _barrier_bwd)
 
 
 _GELU_C = math.sqrt(2.0 / math.pi)  # tanh-approximation constants of jax.nn.gelu(approximate=True)
@@ -75,3 +92,43 @@ def _bias_gelu_bwd(res, g):
 
 
 bias_gelu.defvjp(_bias_gelu_fwd, _bias_gelu_bwd)
+
+
+@jax.custom_vjp
+def head_cross_entropy(x: jax.Array, wte: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean cross-entropy (nats) of the tied head's logits x @ wte.T against integer targets.
+
+    x (N, d) float, wte (vocab, d), targets int32 (N,) -> float32 scalar. Forward and backward
+    in float32. The forward also forms softmax - one_hot (N, vocab) in the same pass as the
+    log-sum-exp, so the backward is the two products only (autodiff of log_softmax + gather
+    re-reads the logits, recomputes the softmax and scatters the one-hot: three more passes over
+    an N x vocab array).
+    """
+    return _head_ce_forward(x, wte, targets)[0]
+
+
+def _head_ce_forward(x, wte, targets):
+    logits = jnp.dot(x, wte.astype(x.dtype).T, preferred_element_type=jnp.float32)
+    top = jax.lax.stop_gradient(logits.max(-1, keepdims=True))
+    e = jnp.exp(logits - top)
+    total = e.sum(-1, keepdims=True)
+    one_hot = targets[:, None] == jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
+    picked = jnp.where(one_hot, logits, 0.0).sum(-1)
+    loss = (top[:, 0] + jnp.log(total[:, 0]) - picked).mean()
+    return loss, e / total - one_hot.astype(jnp.float32)
+
+
+def _head_ce_fwd(x, wte, targets):
+    loss, dlogits = _head_ce_forward(x, wte, targets)
+    return loss, (x, wte, dlogits)
+
+
+def _head_ce_bwd(res, g):
+    x, wte, dlogits = res
+    scale = (g / dlogits.shape[0]).astype(jnp.float32)
+    dx = jnp.dot(dlogits, wte.astype(jnp.float32)) * scale
+    dwte = jnp.dot(dlogits.T, x.astype(jnp.float32)) * scale
+    return dx.astype(x.dtype), dwte.astype(wte.dtype), None
+
+
+head_cross_entropy.defvjp(_head_ce_fwd, _head_ce_bwd)

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from sparsetrain.config import Config, ConfigError, ModelShape, linear_shapes
 from sparsetrain.kernels.attention import causal_attention, causal_attention_dropout
-from sparsetrain.kernels.fused_ops import bias_gelu, residual_gradient_barrier
+from sparsetrain.kernels.fused_ops import (bias_gelu, cpu_fusions, head_cross_entropy,
+                                           residual_gradient_barrier)
 from sparsetrain.sparsity import BlockLayout, block_sparse_matmul, make_layout
 from sparsetrain.sparsity.resolve import KindSparsity, resolve_sparsity
 
@@ -137,23 +139,31 @@ def linear_apply(p: dict, lin: LinearSpec, x: jax.Array, add_bias: bool = True) 
 
     `add_bias=False`: the product only (the caller fuses the bias into what follows).
     """
+    with jax.named_scope("linear"):  # the scopes name the step's parts in profiles
+        y = _product(p, lin, x)
+    if not (lin.bias and add_bias):
+        return y
+    with jax.named_scope("bias"):
+        return y + p["bias"].astype(x.dtype)
+
+
+def _product(p: dict, lin: LinearSpec, x: jax.Array) -> jax.Array:
     if lin.sparse:
         layout = BlockLayout(row_indices=p["row_indices"], shape=(lin.n_in, lin.n_out),
                              block=(lin.block, lin.block))
-        y = block_sparse_matmul(x, p["values"].astype(x.dtype), layout)
+        return block_sparse_matmul(x, p["values"].astype(x.dtype), layout)
+    # Tokens flattened to one axis: XLA:CPU runs the backward's transposed dots ~1.4x faster
+    # on 2-D operands than on (B, T, d) ones (measured on the tiny MLP).
+    x2 = x.reshape(-1, lin.n_in)
+    w = p["kernel"].astype(x.dtype)
+    if x.dtype == jnp.float32:
+        y2 = jnp.dot(x2, w)
     else:
-        # Tokens flattened to one axis: XLA:CPU runs the backward's transposed dots ~1.4x faster
-        # on 2-D operands than on (B, T, d) ones (measured on the tiny MLP).
-        x2 = x.reshape(-1, lin.n_in)
-        w = p["kernel"].astype(x.dtype)
-        if x.dtype == jnp.float32:
-            y2 = jnp.dot(x2, w)
-        else:
-            y2 = jnp.dot(x2, w, preferred_element_type=jnp.float32).astype(x.dtype)
-        y = y2.reshape(*x.shape[:-1], lin.n_out)
-    return y + p["bias"].astype(x.dtype) if lin.bias and add_bias else y
+        y2 = jnp.dot(x2, w, preferred_element_type=jnp.float32).astype(x.dtype)
+    return y2.reshape(*x.shape[:-1], lin.n_out)
 
 
+@jax.named_scope("layer_norm")
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-5) -> jax.Array:
     """LayerNorm over the last axis, computed in float32, returned in x's dtype."""
     xf = x.astype(jnp.float32)
@@ -190,14 +200,19 @@ def layer_output(p: dict, x: jax.Array, att: jax.Array, spec: GPTSpec,
     B, T, d = x.shape
     k1, k2 = jax.random.split(key) if key is not None else (None, None)
     a = linear_apply(p["attn_out"], spec.linear("attn_out"), att.reshape(B, T, d))
-    x = x + dropout(a, spec.resid_dropout, k1)
+    with jax.named_scope("residual"):
+        x = x + dropout(a, spec.resid_dropout, k1)
     h = layer_norm(x, p["ln2_scale"], p["ln2_bias"])
     up = spec.linear("mlp_up")
-    if up.bias:  # bias and GELU in one pass each way (fused_ops.bias_gelu)
-        h = bias_gelu(linear_apply(p["mlp_up"], up, h, add_bias=False), p["mlp_up"]["bias"])
+    if up.bias and cpu_fusions():  # bias and GELU in one pass each way (fused_ops.bias_gelu)
+        u = linear_apply(p["mlp_up"], up, h, add_bias=False)
+        with jax.named_scope("bias_gelu"):
+            h = bias_gelu(u, p["mlp_up"]["bias"])
     else:
         h = jax.nn.gelu(linear_apply(p["mlp_up"], up, h))
-    return x + dropout(linear_apply(p["mlp_down"], spec.linear("mlp_down"), h), spec.resid_dropout, k2)
+    m = linear_apply(p["mlp_down"], spec.linear("mlp_down"), h)
+    with jax.named_scope("residual"):
+        return x + dropout(m, spec.resid_dropout, k2)
 
 
 def decoder_layer(p: dict, x: jax.Array, spec: GPTSpec, key: jax.Array | None = None) -> jax.Array:
@@ -210,9 +225,11 @@ def decoder_layer(p: dict, x: jax.Array, spec: GPTSpec, key: jax.Array | None = 
     q, k, v = attention_inputs(p, x, spec)
     if key is not None and spec.attn_dropout > 0.0:
         key, k_att = jax.random.split(key)
-        att = causal_attention_dropout(q, k, v, spec.attn_dropout, k_att)
+        with jax.named_scope("attention"):
+            att = causal_attention_dropout(q, k, v, spec.attn_dropout, k_att)
     else:
-        att = causal_attention(q, k, v)
+        with jax.named_scope("attention"):
+            att = causal_attention(q, k, v)
     return layer_output(p, x, att, spec, key)
 
 
@@ -258,14 +275,34 @@ class GPT(nnx.Module):
 
     def __call__(self, tokens: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         """`dropout_key`: a random key while training with dropout (the spec's rates), else None."""
+        return self.logits(self.features(tokens, dropout_key))
+
+    def mean_loss(self, tokens: jax.Array, targets: jax.Array,
+                  dropout_key: jax.Array | None = None) -> jax.Array:
+        """Mean next-token cross-entropy (nats): tokens, targets int32 (B, T) -> float32 ().
+
+        For XLA:CPU the head and the loss are one custom-gradient function
+        (`fused_ops.head_cross_entropy`); elsewhere softmax cross-entropy of `__call__`'s logits.
+        """
+        if not cpu_fusions():
+            logits = self(tokens, dropout_key)
+            with jax.named_scope("loss"):
+                return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+        x = self.features(tokens, dropout_key)
+        x = layer_norm(x, self.ln_f_scale[...], self.ln_f_bias[...])
+        d = self.spec.shape.d_model
+        with jax.named_scope("head"):
+            return head_cross_entropy(x.reshape(-1, d), self.wte[...], targets.reshape(-1))
+
+    def features(self, tokens: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        """tokens int32 (B, T) -> the last layer's output (B, T, d), before the final LayerNorm."""
         x = self.embed_tokens(tokens, 0)
         keys = None
         if dropout_key is not None and self.spec.has_dropout:
             k_embd, k_layers = jax.random.split(dropout_key)
             x = dropout(x, self.spec.embd_dropout, k_embd)
             keys = jax.random.split(k_layers, self.spec.shape.n_layers)
-        x = self.layers(x, self.spec, keys)
-        return self.logits(x)
+        return self.layers(x, self.spec, keys)
 
     # The decoder protocol of sparsetrain.models.kv_cache ---------------------------------------
     def embed_tokens(self, tokens: jax.Array, start: int | jax.Array) -> jax.Array:
@@ -276,7 +313,8 @@ class GPT(nnx.Module):
         T = tokens.shape[-1]
         wpe = self.wpe[...]
         pos = wpe[:T] if isinstance(start, int) and start == 0 else jax.lax.dynamic_slice_in_dim(wpe, start, T)
-        return (self.wte[...][tokens] + pos).astype(jnp.dtype(self.spec.dtype))
+        with jax.named_scope("embed"):
+            return (self.wte[...][tokens] + pos).astype(jnp.dtype(self.spec.dtype))
 
     def attention_inputs(self, p: dict, x: jax.Array, start: int | jax.Array):
         """One layer's q, k, v (B, T, heads, head_dim); learned positions are already in x."""
@@ -289,7 +327,8 @@ class GPT(nnx.Module):
         """Final LayerNorm and the tied head: (..., d) -> float32 (..., vocab)."""
         dtype = jnp.dtype(self.spec.dtype)
         x = layer_norm(x, self.ln_f_scale[...], self.ln_f_bias[...])
-        return jnp.dot(x, self.wte[...].astype(dtype).T, preferred_element_type=jnp.float32)
+        with jax.named_scope("head"):
+            return jnp.dot(x, self.wte[...].astype(dtype).T, preferred_element_type=jnp.float32)
 
 
 def build_model(spec: GPTSpec, seed: int) -> GPT:

@@ -46,18 +46,21 @@ class ModelFunctions:
         """(params, indices) as nested dicts of arrays."""
         return self._params, self._indices
 
-    def logits(self, params: dict, indices: dict, tokens: jax.Array, dropout_key=None) -> jax.Array:
-        """tokens int32 (B, T) -> logits float32 (B, T, vocab); `dropout_key` only while training."""
+    def model(self, params: dict, indices: dict) -> GPT:
+        """The GPT holding these arrays."""
         p = jax.tree.map(lambda x: x, self._templates[0])
         nnx.replace_by_pure_dict(p, params)
         i = jax.tree.map(lambda x: x, self._templates[1])
         nnx.replace_by_pure_dict(i, indices)
-        return nnx.merge(self.graphdef, p, i)(tokens, dropout_key)
+        return nnx.merge(self.graphdef, p, i)
+
+    def logits(self, params: dict, indices: dict, tokens: jax.Array, dropout_key=None) -> jax.Array:
+        """tokens int32 (B, T) -> logits float32 (B, T, vocab); `dropout_key` only while training."""
+        return self.model(params, indices)(tokens, dropout_key)
 
     def loss(self, params: dict, indices: dict, batch: dict, dropout_key=None) -> jax.Array:
         """Mean next-token cross-entropy (nats) of a batch {tokens, targets: int32 (B, T)}."""
-        logits = self.logits(params, indices, batch["tokens"], dropout_key)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+        return self.model(params, indices).mean_loss(batch["tokens"], batch["targets"], dropout_key)
 
 
 def init_state(fns: ModelFunctions, tx: optax.GradientTransformation, seed: int) -> dict:
@@ -125,9 +128,10 @@ def train_step_fn(fns: ModelFunctions, tx: optax.GradientTransformation, schedul
         dropout_key = dropout_key if fns.spec.has_dropout else None
         loss, grads = jax.value_and_grad(fns.loss)(state["params"], state["indices"], batch, dropout_key)
         grads = mask(grads, state)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        updates = mask(updates, state)
-        params = optax.apply_updates(state["params"], updates)
+        with jax.named_scope("optimizer"):
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+            updates = mask(updates, state)
+            params = optax.apply_updates(state["params"], updates)
         rng = jax.random.key_data(next_key)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
         new = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": rng}
