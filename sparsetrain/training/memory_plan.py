@@ -16,6 +16,7 @@ import numpy as np
 from rdu_xla_backend.hardware import A100_40GB, A100_80GB, H100, H200
 
 from sparsetrain.config import Config
+from sparsetrain.kernels.dispatch import use_kernel_backend
 from sparsetrain.models.gpt import GPTSpec, abstract_model
 from sparsetrain.training.optim import make_optimizer
 from sparsetrain.training.step import ModelFunctions, init_state, make_train_step
@@ -56,8 +57,10 @@ def target_config(cfg: Config) -> Config:
 def memory_plan(cfg: Config, mesh_shape: tuple[int, int, int], device: str = "h100-80gb") -> dict:
     """Per-device bytes of params, optimizer state and step temporaries; whether it fits.
 
-    Planned for the target platform's program (`target_config`) whatever `model.unroll_layers`
-    says. Returns byte counts (ints) per device and "fits" (total <= the device's memory).
+    Planned for the target platform's program whatever CPU-only speed settings say: layers
+    scanned (`target_config`, whatever `model.unroll_layers` says) and the pure-JAX kernels and
+    plain element-wise ops (`use_kernel_backend("jax")`), not XLA:CPU's compiled kernels and fused
+    pieces. Returns byte counts (ints) per device and "fits" (total <= the device's memory).
     """
     if device not in DEVICE_MEMORY:
         raise ValueError(f"--device: {device!r} is not allowed; allowed: {', '.join(DEVICE_MEMORY)}")
@@ -73,7 +76,8 @@ def memory_plan(cfg: Config, mesh_shape: tuple[int, int, int], device: str = "h1
     bs = batch_sharding(mesh)
     tokens = jax.ShapeDtypeStruct((cfg.data.batch_size, cfg.data.seq_len), np.int32, sharding=bs)
     step = make_train_step(fns, tx, schedule, out_shardings=(shardings, None))
-    compiled = step.lower(abstract_state, {"tokens": tokens, "targets": tokens}).compile()
+    with use_kernel_backend("jax"):  # the portable ops a GPU compiles, not XLA:CPU's fused pieces
+        compiled = step.lower(abstract_state, {"tokens": tokens, "targets": tokens}).compile()
     analysis = compiled.memory_analysis()
     params_b = per_device_bytes(state["params"], shardings["params"])
     opt_b = per_device_bytes(state["opt_state"], shardings["opt_state"])
