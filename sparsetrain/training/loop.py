@@ -124,10 +124,10 @@ def _summary(cfg: Config, data: Datasets, counts: ModelCounts, setup: Setup, tra
     }
 
 
-def _prepare(cfg: Config, resume: bool, resume_step: int | None, end: int
+def _prepare(cfg: Config, mesh, resume: bool, resume_step: int | None, end: int
              ) -> tuple[Datasets, Setup, ModelCounts, Checkpointer, Start]:
-    """Data (tokenizer written), model, checkpointer and start state; then recipe.yaml (not for a
-    run already finished at `end`, which is left unchanged)."""
+    """Data (tokenizer written), model (on `mesh`, or None), checkpointer and start state; then
+    recipe.yaml (not for a run already finished at `end`, which is left unchanged)."""
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpointer(out / "checkpoints", cfg.run.keep_checkpoints)
@@ -143,7 +143,6 @@ def _prepare(cfg: Config, resume: bool, resume_step: int | None, end: int
         # (one tokenizer by construction, not by trusting BPE training to be bit-identical everywhere).
         data = primary_first(lambda: build_datasets(cfg.data, out), "tokenizer")
         setup = build_setup(cfg, data.vocab_size)
-        mesh = _mesh_of(cfg)
         if mesh is not None:  # on the mesh before a restore, so a checkpoint loads straight onto it
             setup.state = jax.device_put(setup.state, tree_shardings(setup.state, mesh))
         counts = model_counts(setup.model, cfg.data.seq_len)
@@ -185,8 +184,8 @@ def kernels_in_use(cfg: Config) -> dict:
     sparsetrain.kernels.dispatch), and a line describing the block-sparse one."""
     dtype = jnp.dtype(cfg.model.dtype)
     name, detail = kernel_backend(dtype), kernel_backend_info()
-    if not detail.startswith(f"{name}:"):  # several devices or bfloat16: the pure-JAX kernel
-        detail = f"{name}: pure-JAX kernel ({jax.device_count()} devices, {dtype.name})"
+    if not detail.startswith(f"{name}:"):  # the info line names float32 calls' kernel
+        detail = f"{name}: pure-JAX kernel (the compiled kernel takes float32; the model computes in {dtype.name})"
     return {"block_sparse": name, "attention": attention_kernel(dtype), "block_sparse_detail": detail}
 
 
@@ -208,15 +207,15 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
     """
     check_before_writing(cfg, resume)
     end = cfg.run.steps if stop_after is None else min(stop_after, cfg.run.steps)
-    out = cfg.out_dir
-    with _mesh_context(_mesh_of(cfg)):  # the kernels a call traced under the run's mesh takes
+    out, mesh = cfg.out_dir, _mesh_of(cfg)
+    with _mesh_context(mesh):  # the kernels a call traced under the run's mesh takes
         kernels = kernels_in_use(cfg)
     if is_primary():
         print(f"{cfg.run.name}: writing {out.absolute()}; kernels: block-sparse "
               f"{kernels['block_sparse_detail']}, attention {kernels['attention']}", file=sys.stderr)
     created = [p for p in (out.absolute(), *out.absolute().parents) if not p.exists()]
     try:
-        data, setup, counts, ckpt, start = _prepare(cfg, resume, resume_step, end)
+        data, setup, counts, ckpt, start = _prepare(cfg, mesh, resume, resume_step, end)
     except BaseException:
         if created:  # nothing of a run that never started is left behind
             shutil.rmtree(created[-1], ignore_errors=True)
@@ -226,7 +225,7 @@ def train(cfg: Config, resume: bool = False, stop_after: int | None = None,
         return finished_summary(cfg, start.step, end)
     tracker = Tracker(out, cfg.run.wandb, cfg.run.wandb_project, cfg.run.name, cfg.to_dict(), resume=resume,
                       primary=is_primary())
-    state, mesh, out_shardings = start.state, _mesh_of(cfg), None
+    state, out_shardings = start.state, None
     if mesh is not None:  # place the state on the mesh; XLA (GSPMD) partitions the step
         shardings = tree_shardings(state, mesh)
         state = jax.device_put(state, shardings)
