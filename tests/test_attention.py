@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sparsetrain.kernels import ffi
-from sparsetrain.kernels.attention import causal_attention
+from sparsetrain.kernels.attention import causal_attention, causal_attention_packed, split_qkv
 from sparsetrain.kernels.dispatch import kernel_backend, use_kernel_backend
 from sparsetrain.rdu.programs import lower_program
 from conftest import causal_attention_reference
@@ -15,8 +15,11 @@ from conftest import causal_attention_reference
 compiled = pytest.mark.skipif(not ffi.AVAILABLE, reason=f"compiled kernel {ffi.DESCRIPTION}")
 
 # (B, T, heads, head_dim): one token, T and head_dim not multiples of any vector width or of the
-# kernel's causal row block (48 on AVX-512), several row blocks, the small-30m layer shape.
+# kernel's row block (48 on AVX-512), several row blocks, the small-30m layer shape.
 SHAPES = [(1, 1, 1, 8), (2, 37, 3, 20), (1, 100, 2, 33), (2, 130, 2, 64), (8, 256, 8, 64)]
+# The packed entry: head_dim 32, 64 and 80 (five AVX-512 vectors: a partial column panel), one
+# head, T one past a row block and not a multiple of any vector width.
+PACKED_SHAPES = [(1, 1, 1, 8), (2, 49, 1, 32), (1, 77, 3, 80), (3, 97, 2, 64), (8, 256, 8, 64)]
 
 
 def _qkv(shape, seed=0):
@@ -43,6 +46,56 @@ def test_compiled_forward_and_gradients_equal_reference(shape):
     for g, g_ref in zip(grads, vjp_ref(do)):
         scale = float(jnp.abs(g_ref).max())
         np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-6 + 2e-5 * scale)
+
+
+def _reference64(q, k, v, do):
+    """o, dq, dk, dv of causal attention in float64 numpy (closed-form softmax gradient)."""
+    q, k, v, do = (np.float64(np.asarray(a)) for a in (q, k, v, do))
+    T, D = q.shape[1], q.shape[3]
+    s = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(D)
+    s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    o = np.einsum("bhqk,bkhd->bqhd", p, v)
+    dp = np.einsum("bqhd,bkhd->bhqk", do, v)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True)) / np.sqrt(D)
+    return (o, np.einsum("bhqk,bkhd->bqhd", ds, k), np.einsum("bhqk,bqhd->bkhd", ds, q),
+            np.einsum("bhqk,bqhd->bkhd", p, do))
+
+
+@compiled
+@pytest.mark.parametrize("shape", PACKED_SHAPES)
+def test_packed_entry_equals_float64_reference(shape):
+    """q, k, v read from the packed (B, T, 3, H, hd) array; dqkv written packed."""
+    B, T, H, hd = shape
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    qkv = 2.0 * jax.random.normal(keys[0], (B, T, 3, H, hd), jnp.float32)
+    do = jax.random.normal(keys[1], shape, jnp.float32)
+    with use_kernel_backend("ffi"):
+        o, vjp = jax.vjp(jax.jit(causal_attention_packed), qkv)
+        (dqkv,) = vjp(do)
+    assert o.shape == shape and dqkv.shape == qkv.shape
+    refs = _reference64(*split_qkv(qkv), do)
+    # float32 sums of up to T products of magnitude ~1-10: relative 1e-5 of the largest value
+    for got, ref in zip((o, *split_qkv(dqkv)), refs):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=2e-6 * (1.0 + np.abs(ref).max()))
+
+
+@compiled
+def test_packed_entry_runs_the_kernel_without_split_copies():
+    """The compiled step calls the packed targets and neither the split ones nor a concatenate."""
+    qkv = jax.random.normal(jax.random.PRNGKey(4), (2, 40, 3, 2, 16), jnp.float32)
+
+    def loss(qkv):
+        return jnp.sum(causal_attention_packed(qkv) ** 2)
+
+    with use_kernel_backend("ffi"):
+        hlo = jax.jit(jax.grad(loss)).lower(qkv).compile().as_text()
+    assert ffi.ATTENTION_PACKED_FORWARD_TARGET in hlo and ffi.ATTENTION_PACKED_BACKWARD_TARGET in hlo
+    assert f'"{ffi.ATTENTION_FORWARD_TARGET}"' not in hlo and "concatenate(" not in hlo
+    with use_kernel_backend("jax"):  # the pure-JAX path: split + jax.nn.dot_product_attention
+        np.testing.assert_allclose(causal_attention_packed(qkv),
+                                   causal_attention_reference(*split_qkv(qkv)), rtol=1e-5, atol=1e-5)
 
 
 @compiled
@@ -96,6 +149,8 @@ def test_bad_shapes_are_refused():
     q, k, v, _ = _qkv((1, 8, 2, 4))
     with pytest.raises(ValueError, match="q, k, v"):
         causal_attention(q, k[:, :4], v)
+    with pytest.raises(ValueError, match="qkv"):
+        causal_attention_packed(jnp.stack([q, k], axis=2))
 
 
 @compiled

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not ffi.AVAILABLE, reason=f"compiled kernel {ffi
 CHECK = r"""
 import jax, jax.numpy as jnp, numpy as np
 from sparsetrain.kernels import ffi
-from sparsetrain.kernels.attention import causal_attention
+from sparsetrain.kernels.attention import causal_attention, causal_attention_packed, split_qkv
 from sparsetrain.kernels.dispatch import use_kernel_backend
 from sparsetrain.sparsity import block_sparse_matmul, dense_to_values, layout_from_mask, values_to_dense
 
@@ -69,6 +69,15 @@ with use_kernel_backend("ffi"):
 refs = jax.jit(lambda: attention_vjp(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)))()
 np.testing.assert_allclose(got[0], refs[0], rtol=1e-5, atol=4e-5)
 for g, g_ref in zip(got[1:], refs[1:]):
+    np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-6 + 2e-5 * float(np.abs(g_ref).max()))
+
+# the packed entry (q, k, v read from one (B, T, 3, H, hd) array), head_dim 80, T past a row block
+qkv, do = 2.0 * rng.standard_normal((2, 53, 3, 2, 80), np.float32), rng.standard_normal((2, 53, 2, 80), np.float32)
+with use_kernel_backend("ffi"):
+    o, vjp = jax.vjp(causal_attention_packed, qkv)
+    got = (o, *split_qkv(vjp(do)[0]))
+o, vjp = jax.vjp(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True), *split_qkv(qkv))
+for g, g_ref in zip(got, (o, *vjp(do))):
     np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-6 + 2e-5 * float(np.abs(g_ref).max()))
 print("checked", ffi.ISA)
 """

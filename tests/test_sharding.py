@@ -97,7 +97,7 @@ def test_a_mesh_gives_the_single_device_losses_with_the_compiled_kernels_on_ever
     assert mesh_steps["no_mesh_info"].startswith("jax: ") and "no mesh in force" in mesh_steps["no_mesh_info"]
     # the reference: the compiled kernels whole on one device (attention on all 8 x 4 heads)
     assert single["kernel"] == "ffi" and "shard_map" not in single["info"]
-    assert [c.split("]")[0] for c in single["custom_calls"][ffi.ATTENTION_FORWARD_TARGET]] == ["(f32[8,8,4,16"]
+    assert [c.split("]")[0] for c in single["custom_calls"][ffi.ATTENTION_PACKED_FORWARD_TARGET]] == ["(f32[8,8,4,16"]
     assert len(r["losses"]) == 5
     np.testing.assert_allclose(r["losses"], single["losses"], rtol=1e-5)
     axes = " x ".join(n for n, s in zip(("data", "fsdp", "tensor"), MESHES[mesh]) if s > 1)
@@ -106,8 +106,8 @@ def test_a_mesh_gives_the_single_device_losses_with_the_compiled_kernels_on_ever
     calls = r["custom_calls"]
     # each device runs attention on its shard: batch 8 over data x fsdp, 4 heads of 16 over tensor
     b, seq, heads = 8 // (data * fsdp), 8, 4 // tensor
-    assert calls[ffi.ATTENTION_FORWARD_TARGET] and calls[ffi.ATTENTION_BACKWARD_TARGET]
-    for result in calls[ffi.ATTENTION_FORWARD_TARGET]:
+    assert calls[ffi.ATTENTION_PACKED_FORWARD_TARGET] and calls[ffi.ATTENTION_PACKED_BACKWARD_TARGET]
+    for result in calls[ffi.ATTENTION_PACKED_FORWARD_TARGET]:
         assert result.startswith(f"(f32[{b},{seq},{heads},16]"), result
     sparse_targets = {ffi.FORWARD_TARGET, ffi.BACKWARD_TARGET}
     if kind == "dense":

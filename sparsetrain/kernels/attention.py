@@ -22,8 +22,13 @@ causal mask) v with float32 softmax.
   that attention is costed from its dataflow operators. It is also the reference the compiled
   kernel is tested against.
 
+`causal_attention_packed(qkv)` takes the qkv projection's output unsplit, (B, T, 3, heads,
+head_dim): the compiled kernel reads q, k and v from it in place and writes the packed gradient, so
+the training step has no split copies and no concatenation of dq, dk, dv; the other kernels get
+the split operands.
+
 The compiled forward and backward are the named calls `causal_attention_forward` and
-`causal_attention_backward`.
+`causal_attention_backward` (`causal_attention_packed_forward` / `_backward` for the packed entry).
 """
 
 from __future__ import annotations
@@ -101,12 +106,12 @@ def _compiled_bwd(split, res, do):
 _compiled.defvjp(_compiled_fwd, _compiled_bwd)
 
 
-def _split(q) -> AttentionSplit | None:
+def _split(batch: int, heads: int) -> AttentionSplit | None:
     """The shard_map split of a compiled call under the mesh in force, or None (no mesh)."""
     axes = mesh_axes()
     if not axes:
         return None
-    split = AttentionSplit.of(q.shape[0], q.shape[2], axes)
+    split = AttentionSplit.of(batch, heads, axes)
     return split if split.batch + split.heads else None
 
 
@@ -117,10 +122,69 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
                          "expected three equal (B, T, heads, head_dim) shapes")
     kernel = attention_kernel(q.dtype)
     if kernel == "ffi" and ffi.AVAILABLE:
-        return _compiled(q, k, v, _split(q))
+        return _compiled(q, k, v, _split(q.shape[0], q.shape[2]))
     if kernel == "cudnn":
         return cudnn_or_xla_attention(q, k, v)
     return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+
+
+@jax.jit
+def causal_attention_packed_forward(qkv):
+    return ffi.attention_packed_forward(qkv)
+
+
+@jax.jit
+def causal_attention_packed_backward(qkv, o, lse, do):
+    return (ffi.attention_packed_backward(qkv, o, lse, do),)
+
+
+def _packed_forward(split: AttentionSplit | None):
+    if split is None:
+        return causal_attention_packed_forward
+    return split.map(causal_attention_packed_forward, ("bt3hd",), ("bthd", "bht"))
+
+
+def _packed_backward(split: AttentionSplit | None):
+    if split is None:
+        return causal_attention_packed_backward
+    return split.map(causal_attention_packed_backward, ("bt3hd", "bthd", "bht", "bthd"), ("bt3hd",))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _compiled_packed(qkv, split):
+    return _packed_forward(split)(qkv)[0]
+
+
+def _compiled_packed_fwd(qkv, split):
+    o, lse = _packed_forward(split)(qkv)
+    return o, (qkv, o, lse)
+
+
+def _compiled_packed_bwd(split, res, do):
+    return _packed_backward(split)(*res, do.astype(jnp.float32))
+
+
+_compiled_packed.defvjp(_compiled_packed_fwd, _compiled_packed_bwd)
+
+
+def split_qkv(qkv: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q, k, v, each (B, T, heads, head_dim), of a packed (B, T, 3, heads, head_dim) array."""
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+
+def causal_attention_packed(qkv: jax.Array) -> jax.Array:
+    """causal_attention(*split_qkv(qkv)) without the split: qkv (B, T, 3, heads, head_dim), the
+    qkv projection's output as it lies -> (B, T, heads, head_dim).
+
+    The compiled kernel (same rules as causal_attention's) reads q, k, v in place and its
+    backward writes the packed gradient (B, T, 3, heads, head_dim) directly, so neither the split
+    copies nor the concatenation of dq, dk, dv run; every other kernel gets the split operands.
+    """
+    if qkv.ndim != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"qkv: shape {qkv.shape} is not allowed; expected (B, T, 3, heads, head_dim)")
+    if attention_kernel(qkv.dtype) == "ffi" and ffi.AVAILABLE:
+        return _compiled_packed(qkv, _split(qkv.shape[0], qkv.shape[3]))
+    return causal_attention(*split_qkv(qkv))
 
 
 def causal_attention_dropout(q: jax.Array, k: jax.Array, v: jax.Array, rate: float,

@@ -8,7 +8,7 @@ installs and setup prints why). Importing this module picks the library: the wid
 that this CPU runs (avx512 > avx2 > generic, the CPU asked through the generic library's
 `__builtin_cpu_supports`), or the one $SPARSETRAIN_KERNEL_ISA names (avx2, avx512 or generic;
 for tests and benchmarks: ConfigError if this CPU lacks it or it was not built). It loads that
-library with ctypes and registers its four handlers with XLA for the CPU platform. If no library
+library with ctypes and registers its six handlers with XLA for the CPU platform. If no library
 loads or registers, `AVAILABLE` is False and `REASON` says why; `dispatch.py` then picks the
 pure-JAX kernels. `ISA` names the path in use ("avx512", "avx2+fma", "generic (sse2)").
 
@@ -34,6 +34,8 @@ FORWARD_TARGET = "sparsetrain_bsmm_forward"
 BACKWARD_TARGET = "sparsetrain_bsmm_backward"
 ATTENTION_FORWARD_TARGET = "sparsetrain_attention_forward"
 ATTENTION_BACKWARD_TARGET = "sparsetrain_attention_backward"
+ATTENTION_PACKED_FORWARD_TARGET = "sparsetrain_attention_packed_forward"
+ATTENTION_PACKED_BACKWARD_TARGET = "sparsetrain_attention_packed_backward"
 LIBRARY_STEM = "_block_sparse_cpu"
 ISAS = ("avx512", "avx2", "generic")  # the libraries setup.py builds, widest first
 ISA_ENV = "SPARSETRAIN_KERNEL_ISA"
@@ -106,7 +108,9 @@ def _load():
         for target, symbol in ((FORWARD_TARGET, lib.SparsetrainBsmmForward),
                                (BACKWARD_TARGET, lib.SparsetrainBsmmBackward),
                                (ATTENTION_FORWARD_TARGET, lib.SparsetrainAttentionForward),
-                               (ATTENTION_BACKWARD_TARGET, lib.SparsetrainAttentionBackward)):
+                               (ATTENTION_BACKWARD_TARGET, lib.SparsetrainAttentionBackward),
+                               (ATTENTION_PACKED_FORWARD_TARGET, lib.SparsetrainAttentionPackedForward),
+                               (ATTENTION_PACKED_BACKWARD_TARGET, lib.SparsetrainAttentionPackedBackward)):
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
     except Exception as err:  # noqa: BLE001 - any failure means: use the pure-JAX kernel
         return None, None, f"{path} failed to load or register: {err!r}"
@@ -148,3 +152,19 @@ def attention_backward(q, k, v, o, lse, do):
     outs = tuple(jax.ShapeDtypeStruct(q.shape, jnp.float32) for _ in range(3))
     return jax.ffi.ffi_call(ATTENTION_BACKWARD_TARGET, outs, vmap_method="sequential")(
         q, k, v, o, lse, do, threads=np.int64(THREADS))
+
+
+def attention_packed_forward(qkv):
+    """(o (B, T, H, D), lse (B, H, T)) of causal attention reading q, k, v in place from the
+    float32 qkv projection output (B, T, 3, H, D) (no split copies)."""
+    b, t, _, h, d = qkv.shape
+    outs = (jax.ShapeDtypeStruct((b, t, h, d), jnp.float32), jax.ShapeDtypeStruct((b, h, t), jnp.float32))
+    return jax.ffi.ffi_call(ATTENTION_PACKED_FORWARD_TARGET, outs, vmap_method="sequential")(
+        qkv, threads=np.int64(THREADS))
+
+
+def attention_packed_backward(qkv, o, lse, do):
+    """dqkv (B, T, 3, H, D), written packed, of causal attention for cotangent do (B, T, H, D)."""
+    out = jax.ShapeDtypeStruct(qkv.shape, jnp.float32)
+    return jax.ffi.ffi_call(ATTENTION_PACKED_BACKWARD_TARGET, out, vmap_method="sequential")(
+        qkv, o, lse, do, threads=np.int64(THREADS))

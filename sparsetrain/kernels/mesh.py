@@ -147,9 +147,10 @@ class AttentionSplit:
 
     def map(self, fn: Callable, ins: Sequence[str], outs: Sequence[str]) -> Callable:
         """fn over shards; `ins` and `outs` name each argument's and output's layout: 'bthd'
-        (B, T, heads, head_dim) or 'bht' (B, heads, T: the log-sum-exp)."""
+        (B, T, heads, head_dim), 'bt3hd' (B, T, 3, heads, head_dim: q, k, v packed) or 'bht'
+        (B, heads, T: the log-sum-exp)."""
         b, h = _entry(self.batch), _entry(self.heads)
-        spec = {"bthd": P(b, None, h, None), "bht": P(b, h, None)}
+        spec = {"bthd": P(b, None, h, None), "bt3hd": P(b, None, None, h, None), "bht": P(b, h, None)}
         return jax.shard_map(fn, in_specs=tuple(spec[i] for i in ins),
                              out_specs=tuple(spec[o] for o in outs),
                              axis_names=set(self.batch + self.heads), check_vma=False)

@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 
 from sparsetrain.config import Config, ConfigError, ModelShape, linear_shapes
-from sparsetrain.kernels.attention import causal_attention, causal_attention_dropout
+from sparsetrain.kernels.attention import causal_attention_dropout, causal_attention_packed, split_qkv
 from sparsetrain.kernels.fused_ops import (bias_gelu, cpu_fusions, head_cross_entropy,
                                            residual_gradient_barrier)
 from sparsetrain.sparsity import BlockLayout, block_sparse_matmul, make_layout
@@ -172,14 +172,19 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-
     return ((xf - mean) * jax.lax.rsqrt(var + eps) * scale + bias).astype(x.dtype)
 
 
-def attention_inputs(p: dict, x: jax.Array, spec: GPTSpec) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Queries, keys and values of one layer: x (B, T, d) -> three (B, T, heads, head_dim)."""
+def attention_qkv(p: dict, x: jax.Array, spec: GPTSpec) -> jax.Array:
+    """Queries, keys and values of one layer, packed as the qkv projection writes them:
+    x (B, T, d) -> (B, T, 3, heads, head_dim)."""
     B, T, d = x.shape
     n_heads = spec.shape.n_heads
     h = layer_norm(x, p["ln1_scale"], p["ln1_bias"])
     qkv = linear_apply(p["qkv"], spec.linear("qkv"), h)
-    q, k, v = jnp.split(qkv.reshape(B, T, 3, n_heads, d // n_heads), 3, axis=2)
-    return q[:, :, 0], k[:, :, 0], v[:, :, 0]
+    return qkv.reshape(B, T, 3, n_heads, d // n_heads)
+
+
+def attention_inputs(p: dict, x: jax.Array, spec: GPTSpec) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Queries, keys and values of one layer: x (B, T, d) -> three (B, T, heads, head_dim)."""
+    return split_qkv(attention_qkv(p, x, spec))
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
@@ -222,14 +227,14 @@ def decoder_layer(p: dict, x: jax.Array, spec: GPTSpec, key: jax.Array | None = 
     The layer's input gradient is materialised once (`residual_gradient_barrier`).
     """
     x = residual_gradient_barrier(x)
-    q, k, v = attention_inputs(p, x, spec)
+    qkv = attention_qkv(p, x, spec)
     if key is not None and spec.attn_dropout > 0.0:
         key, k_att = jax.random.split(key)
         with jax.named_scope("attention"):
-            att = causal_attention_dropout(q, k, v, spec.attn_dropout, k_att)
+            att = causal_attention_dropout(*split_qkv(qkv), spec.attn_dropout, k_att)
     else:
-        with jax.named_scope("attention"):
-            att = causal_attention(q, k, v)
+        with jax.named_scope("attention"):  # q, k, v read in place: no split copies
+            att = causal_attention_packed(qkv)
     return layer_output(p, x, att, spec, key)
 
 

@@ -27,8 +27,8 @@ from sparsetrain.training.step import ModelFunctions, init_state, make_train_ste
 
 MESHES = ((2, 2, 2), (1, 8, 1), (1, 2, 4))
 STEPS, BATCH, SEQ, VOCAB = 5, 8, 8, 64
-TARGETS = (ffi.FORWARD_TARGET, ffi.BACKWARD_TARGET, ffi.ATTENTION_FORWARD_TARGET,
-           ffi.ATTENTION_BACKWARD_TARGET)
+TARGETS = (ffi.FORWARD_TARGET, ffi.BACKWARD_TARGET, ffi.ATTENTION_PACKED_FORWARD_TARGET,
+           ffi.ATTENTION_PACKED_BACKWARD_TARGET)
 # The tiniest GPT that still shards: 4 heads of 16, width 64, blocks of 16 (the smallest allowed).
 # Block-columns qkv 12, mlp_up 16, attn_out and mlp_down 4: stored blocks are split over
 # (tensor, fsdp) where that divides (all-gathered over fsdp) and kept whole elsewhere.

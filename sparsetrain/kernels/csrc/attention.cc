@@ -1,19 +1,32 @@
 // XLA FFI handlers of causal self-attention in float32 on CPU, fused per (batch, head).
 //
-// Operands in the model's layout (sparsetrain/models/attention.py):
-//   q, k, v, o, do  (B, T, H, D) row-major: head h of token t of sequence b at ((b*T + t)*H + h)*D
-//   lse             (B, H, T)    log-sum-exp of each query's scaled scores (saved by the forward)
+// Operands, row-major, D = head_dim:
+//   q, k, v, o, do  (B, T, H, D): head h of token t of sequence b at ((b*T + t)*H + h)*D
+//   qkv, dqkv       (B, T, 3, H, D): the qkv projection's output unsplit; q, k, v of head h of
+//                   token t at ((b*T + t)*3 + {0, 1, 2})*H*D + h*D (read and written in place)
+//   lse             (B, H, T) log-sum-exp of each query's scaled scores (saved by the forward)
 // Handlers:
-//   SparsetrainAttentionForward   o = softmax(q k^T / sqrt(D) + causal mask) v   -> o, lse
-//   SparsetrainAttentionBackward  dq, dk, dv of o for cotangent do (P recomputed from lse)
+//   SparsetrainAttentionForward        (q, k, v)        -> o, lse
+//   SparsetrainAttentionBackward       (q, k, v, o, lse, do) -> dq, dk, dv
+//   SparsetrainAttentionPackedForward  (qkv)            -> o, lse
+//   SparsetrainAttentionPackedBackward (qkv, o, lse, do) -> dqkv
+// o = softmax(q k^T / sqrt(D) + causal mask) v; the backward recomputes P from lse.
 // Attribute `threads` (int64): participants, the caller and tasks on XLA's intra-op thread pool
-// (parallel.h); heads are split between them, each thread works
-// on one head at a time in its own scratch (T x T scores stay in L2 for T = 256).
+// (parallel.h); heads are split between them, each thread works on one head at a time in its own
+// scratch (for T = 256 all of it, ~0.5 MiB, stays in the core's L2).
 //
-// Per head every product is a D = P^T Q product of the register tiles of tiles.h (outer_tile),
-// restricted to the causal triangle by row blocks: block [i0, i1) of queries only reads keys
-// j < i1. Forward: S = (q / sqrt(D)) k^T, P = softmax rows, o = P v. Backward:
-// dv = P^T do, dP = do v^T, dS = P (dP - rowsum(do o)) / sqrt(D), dk = dS^T q, dq = dS k.
+// Every product is C = A B with A read in place row by row (one broadcast per multiply-add row)
+// and B row-major: the register tiles of tiles.h (gather_tile with one block). The operand whose
+// reduction axis is D is transposed once per head into scratch (k^T in the forward; q^T and do^T
+// in the backward, zero-padded to Tp = T rounded up to the vector width), the others are read
+// where they lie (strided rows of the (packed) arrays).
+// Forward, by blocks of kBlock query rows [i0, i1): S = q_blk k^T over the keys j < i1 (columns
+// rounded up to whole vectors), one pass for each row's max and one for exp and sum, o_blk =
+// P v[:i1], then o /= l. Backward, by blocks of kBlock key rows [j0, j1) and the queries
+// i >= c0 = j0 rounded down to a vector: St = k_blk q^T, dPt = v_blk do^T, one pass for
+// Pt = exp(St / sqrt(D) - lse) (0 where i < j) and dSt = Pt (dPt - delta) / sqrt(D) with
+// delta_i = do_i . o_i; dv_blk = Pt do, dk_blk = dSt q. dSt of all key blocks stays in scratch
+// (T x Tp) and gives dq = dS k at the end, by MR query rows reading the keys j < i1.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -32,41 +45,67 @@ using bsk::MR;
 using bsk::vf;
 using bsk::W;
 
-constexpr int64_t kRowBlock = 8 * MR;  // query rows per causal block
+// Rows per block (query rows in the forward, key rows in the backward): a multiple of MR, so that
+// the backward's key blocks start at or before every query tile of dq that reads them. 48 rows of
+// Tp = 256 floats are 48 KiB per scratch block, and a 64-column panel of the transposed operand
+// (D = 64: 16 KiB) stays in L1 while all 8 row tiles of the block read it.
+constexpr int64_t kBlock = 8 * MR;
+constexpr int64_t kZeroOffset[1] = {0};
 
-// D[r, c] = sum over k < K of P[k * ldp + r] * Q[k * ldq + c], for r < R and c < N (overwrites).
-void gemm_tn(const float* P, int64_t ldp, const float* Q, int64_t ldq, int64_t K, int64_t R,
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// C[r, c] = sum over k < K of A[r * lda + k] * B[k * ldb + c], for r < R and c < N (overwrites).
+// Column panels of MAXNV vectors outermost: each panel of B is read by all row tiles in turn.
+void gemm_nn(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K, int64_t R,
+             int64_t N, float* C, int64_t ldc) {
+  const int64_t n_vec = N - N % W;
+  for (int64_t c0 = 0; c0 < n_vec;) {
+    const int nv = static_cast<int>(std::min<int64_t>(MAXNV, (n_vec - c0) / W));
+    for (int64_t r0 = 0; r0 < R; r0 += MR) {
+      const int r = static_cast<int>(std::min<int64_t>(MR, R - r0));
+      bsk::gather_fn(r, nv)(A + r0 * lda, lda, kZeroOffset, B + c0, kZeroOffset, 1,
+                            static_cast<int>(K), ldb, C + r0 * ldc + c0, ldc, 1);
+    }
+    c0 += nv * W;
+  }
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = n_vec; c < N; ++c) {
+      float s = 0.f;
+      for (int64_t k = 0; k < K; ++k) s += A[r * lda + k] * B[k * ldb + c];
+      C[r * ldc + c] = s;
+    }
+}
+
+// D[r, c] = sum over m < M of P[m * ldp + r] * Q[m * ldq + c], for r < R <= MR and c < N.
+void gemm_tn(const float* P, int64_t ldp, const float* Q, int64_t ldq, int64_t M, int64_t R,
              int64_t N, float* D, int64_t ldd) {
   const int64_t n_vec = N - N % W;
-  for (int64_t r0 = 0; r0 < R; r0 += MR) {
-    const int r = static_cast<int>(std::min<int64_t>(MR, R - r0));
-    for (int64_t c0 = 0; c0 < n_vec;) {
-      const int nv = static_cast<int>(std::min<int64_t>(MAXNV, (n_vec - c0) / W));
-      bsk::outer_fn(r, nv)(P + r0, ldp, Q + c0, ldq, K, D + r0 * ldd + c0, ldd, false, 1);
-      c0 += nv * W;
-    }
-    for (int64_t c = n_vec; c < N; ++c)
-      for (int64_t i = r0; i < r0 + r; ++i) {
-        float s = 0.f;
-        for (int64_t k = 0; k < K; ++k) s += P[k * ldp + i] * Q[k * ldq + c];
-        D[i * ldd + c] = s;
-      }
+  const int r = static_cast<int>(R);
+  for (int64_t c0 = 0; c0 < n_vec;) {
+    const int nv = static_cast<int>(std::min<int64_t>(MAXNV, (n_vec - c0) / W));
+    bsk::outer_fn(r, nv)(P, ldp, Q + c0, ldq, M, D + c0, ldd, false, 1);
+    c0 += nv * W;
   }
+  for (int64_t c = n_vec; c < N; ++c)
+    for (int64_t i = 0; i < R; ++i) {
+      float s = 0.f;
+      for (int64_t m = 0; m < M; ++m) s += P[m * ldp + i] * Q[m * ldq + c];
+      D[i * ldd + c] = s;
+    }
 }
 
 typedef int32_t vi __attribute__((vector_size(W * sizeof(int32_t))));
 
+inline vf vselect(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
+
 // exp(x) for x in [-87, 88] (clamped), Cephes expf polynomial; relative error ~2e-7.
 inline vf vexp(vf x) {
-  const vf lo = bsk::vsplat(-87.f), hi = bsk::vsplat(88.f);
-  vi below = x < lo, above = x > hi;
-  x = (vf)(((vi)lo & below) | ((vi)x & ~below));
-  x = (vf)(((vi)hi & above) | ((vi)x & ~above));
+  x = vselect(x < -87.f, bsk::vsplat(-87.f), x);
+  x = vselect(x > 88.f, bsk::vsplat(88.f), x);
   vf fx = x * 1.44269504088896341f + 0.5f;
   vi n = __builtin_convertvector(fx, vi);  // truncates toward zero: fix up to floor
   vf nf = __builtin_convertvector(n, vf);
-  vi too_big = nf > fx;
-  n = n + too_big;  // true lanes are -1
+  n = n + (vi)(nf > fx);  // true lanes are -1
   nf = __builtin_convertvector(n, vf);
   x = x - nf * 0.693359375f + nf * 2.12194440e-4f;
   vf y = x * 1.9875691500e-4f + 1.3981999507e-3f;
@@ -79,170 +118,140 @@ inline vf vexp(vf x) {
   return y * (vf)pow2n;
 }
 
-inline vf vmax(vf a, vf b) {
-  vi gt = a > b;
-  return (vf)(((vi)a & gt) | ((vi)b & ~gt));
+// Lane offsets 0, 1, ..., W-1 as a vector (for the causal mask).
+inline vi lane_index() {
+  vi v;
+  for (int i = 0; i < W; ++i) v[i] = i;
+  return v;
 }
 
-// row[j] = exp(row[j] - sub) for j < n; returns their sum.
-float exp_row(float* row, int64_t n, float sub) {
+// Softmax numerator of one score row: m = max(row[0:n]), row[j] = exp((row[j] - m) * scale)
+// for j < n and 0 for n <= j < end (end a multiple of W). Returns m; *sum = sum of row[0:n].
+float softmax_row(float* row, int64_t n, int64_t end, float scale, float* sum) {
   const int64_t n_vec = n - n % W;
-  vf acc{};
-  const vf s = bsk::vsplat(sub);
+  vf mv = bsk::vsplat(-INFINITY);
   for (int64_t j = 0; j < n_vec; j += W) {
-    vf e = vexp(bsk::vload(row + j) - s);
+    const vf x = bsk::vload(row + j);
+    mv = vselect(x > mv, x, mv);
+  }
+  float m = -INFINITY;
+  for (int i = 0; i < W; ++i) m = std::max(m, mv[i]);
+  for (int64_t j = n_vec; j < n; ++j) m = std::max(m, row[j]);
+  const vf ms = bsk::vsplat(m * scale);
+  const vi lanes = lane_index();
+  vf acc{};
+  for (int64_t j = 0; j < end; j += W) {
+    vf e = vexp(bsk::vload(row + j) * scale - ms);
+    e = vselect(lanes + int32_t(j) < int32_t(n), e, vf{});
     bsk::vstore(row + j, e);
     acc += e;
   }
   float total = 0.f;
   for (int i = 0; i < W; ++i) total += acc[i];
-  for (int64_t j = n_vec; j < n; ++j) total += (row[j] = std::exp(row[j] - sub));
-  return total;
+  *sum = total;
+  return m;
 }
 
-// For i in [i0, n): m[i] = max(m[i], row[i]).
-void max_into(const float* row, int64_t i0, int64_t n, float* m) {
-  int64_t i = i0;
-  for (; i + W <= n; i += W) bsk::vstore(m + i, vmax(bsk::vload(m + i), bsk::vload(row + i)));
-  for (; i < n; ++i) m[i] = std::max(m[i], row[i]);
+// dst[d * ldd + t] = src[t * lds + d] for t < rows, d < cols; dst[d * ldd + t] = 0 for
+// rows <= t < ldd (the padding).
+void transpose_pad(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,
+                   int64_t ldd) {
+  for (int64_t t0 = 0; t0 < rows; t0 += 16)
+    for (int64_t d0 = 0; d0 < cols; d0 += 16)
+      for (int64_t d = d0; d < std::min(cols, d0 + 16); ++d)
+        for (int64_t t = t0; t < std::min(rows, t0 + 16); ++t) dst[d * ldd + t] = src[t * lds + d];
+  for (int64_t d = 0; d < cols; ++d) std::fill(dst + d * ldd + rows, dst + (d + 1) * ldd, 0.f);
 }
 
-// For i in [i0, n): row[i] = exp(row[i] - m[i]), l[i] += row[i].
-void exp_into(float* row, int64_t i0, int64_t n, const float* m, float* l) {
-  int64_t i = i0;
-  for (; i + W <= n; i += W) {
-    vf e = vexp(bsk::vload(row + i) - bsk::vload(m + i));
-    bsk::vstore(row + i, e);
-    bsk::vstore(l + i, bsk::vload(l + i) + e);
-  }
-  for (; i < n; ++i) l[i] += (row[i] = std::exp(row[i] - m[i]));
-}
-
-// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols, in 16 x 16 tiles.
-void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
-  for (int64_t i0 = 0; i0 < rows; i0 += 16)
-    for (int64_t j0 = 0; j0 < cols; j0 += 16)
-      for (int64_t i = i0; i < std::min(rows, i0 + 16); ++i)
-        for (int64_t j = j0; j < std::min(cols, j0 + 16); ++j) dst[j * ldd + i] = src[i * lds + j];
-}
-
-struct Shape {
-  int64_t B, T, H, D;
-  int64_t ld() const { return H * D; }                                 // between tokens
-  int64_t head(int64_t bh) const { return (bh / H) * T * H * D + (bh % H) * D; }  // offset
+// One (sequence, head): pointers at its first token, token strides ld_in (q, k, v and their
+// gradients: H*D, or 3*H*D when packed) and ld_out (o, do: H*D).
+struct Head {
+  int64_t T, D, ld_in, ld_out;
+  int64_t Tp() const { return round_up(T, W); }
+  float scale() const { return 1.f / std::sqrt(float(D)); }
 };
 
-// Scratch of one thread: transposed operands (D x T) and three T x T matrices.
+// Scratch of one thread: two D x Tp transposed operands, two kBlock x Tp blocks, T x Tp dSt.
 struct Scratch {
-  std::vector<float> at, bt, s, p, u, m, l;
-  void fit(const Shape& sh) {
-    const size_t dt = size_t(sh.D * sh.T), tt = size_t(sh.T * sh.T);
+  std::vector<float> at, bt, s, u, ds, m, l;
+  void fit(const Head& hd, bool backward) {
+    const size_t tp = size_t(hd.Tp()), dt = size_t(hd.D) * tp, bt_ = size_t(kBlock) * tp;
     if (at.size() < dt) at.resize(dt), bt.resize(dt);
-    if (m.size() < size_t(sh.T)) m.resize(sh.T), l.resize(sh.T);
-    if (s.size() < tt) s.resize(tt), p.resize(tt), u.resize(tt);
+    if (s.size() < bt_) s.resize(bt_), u.resize(bt_);
+    if (m.size() < tp) m.resize(tp), l.resize(tp);
+    if (backward && ds.size() < size_t(hd.T) * tp) ds.resize(size_t(hd.T) * tp);
   }
 };
 
-// s (T x T) rows i: scores (q_i / sqrt(D)) . k_j for j <= i (row block granularity above it).
-void scores(const float* q, const float* k, const Shape& sh, Scratch& w) {
-  const int64_t T = sh.T, D = sh.D, ld = sh.ld();
-  const float scale = 1.f / std::sqrt(float(D));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t d = 0; d < D; ++d) {
-      w.at[d * T + t] = q[t * ld + d] * scale;
-      w.bt[d * T + t] = k[t * ld + d];
+void forward_head(const float* q, const float* k, const float* v, float* o, float* lse,
+                  const Head& hd, Scratch& w) {
+  const int64_t T = hd.T, D = hd.D, Tp = hd.Tp(), ld = hd.ld_in, lo = hd.ld_out;
+  const float scale = hd.scale();
+  float* kt = w.at.data();
+  transpose_pad(k, ld, T, D, kt, Tp);
+  float* S = w.s.data();
+  for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
+    const int64_t i1 = std::min(T, i0 + kBlock), n = std::min(Tp, round_up(i1, W));
+    gemm_nn(q + i0 * ld, ld, kt, Tp, D, i1 - i0, n, S, Tp);
+    for (int64_t i = i0; i < i1; ++i) {
+      float sum;
+      const float m = softmax_row(S + (i - i0) * Tp, i + 1, n, scale, &sum);
+      w.l[i] = 1.f / sum;
+      lse[i] = m * scale + std::log(sum);
     }
-  for (int64_t i0 = 0; i0 < T; i0 += kRowBlock) {
-    const int64_t i1 = std::min(T, i0 + kRowBlock);
-    gemm_tn(w.at.data() + i0, T, w.bt.data(), T, D, i1 - i0, i1, w.s.data() + i0 * T, T);
+    gemm_nn(S, Tp, v, ld, i1, i1 - i0, D, o + i0 * lo, lo);
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t d = 0; d < D; ++d) o[i * lo + d] *= w.l[i];
   }
 }
 
-// Forward on the transposed scores St[j, i] = k_j . q_i / sqrt(D) (rows = keys): the softmax runs
-// down columns, vectorized across queries, and St is then directly the left operand of o = P v.
-void forward_head(const float* q, const float* k, const float* v, float* o, float* lse,
-                  const Shape& sh, Scratch& w) {
-  const int64_t T = sh.T, D = sh.D, ld = sh.ld();
-  const float scale = 1.f / std::sqrt(float(D));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t d = 0; d < D; ++d) {
-      w.at[d * T + t] = q[t * ld + d] * scale;
-      w.bt[d * T + t] = k[t * ld + d];
+// Rows [j0, j1) of Pt and dSt from St and dPt (rows j - j0, columns i in [c0, Tp)).
+void probabilities_t(float* St, const float* dPt, float* dSt, int64_t j0, int64_t j1, int64_t c0,
+                     int64_t Tp, const float* lse, const float* delta, float scale) {
+  const vi lanes = lane_index();
+  for (int64_t j = j0; j < j1; ++j) {
+    float* p = St + (j - j0) * Tp;
+    const float* dp = dPt + (j - j0) * Tp;
+    float* ds = dSt + j * Tp;
+    for (int64_t i = c0; i < Tp; i += W) {
+      vf e = vexp(bsk::vload(p + i) * scale - bsk::vload(lse + i));
+      e = vselect(lanes + int32_t(i) >= int32_t(j), e, vf{});
+      bsk::vstore(p + i, e);
+      bsk::vstore(ds + i, e * (bsk::vload(dp + i) - bsk::vload(delta + i)) * scale);
     }
-  float* St = w.s.data();
-  for (int64_t j0 = 0; j0 < T; j0 += kRowBlock) {  // key rows [j0, j1): queries i >= j0
-    const int64_t j1 = std::min(T, j0 + kRowBlock);
-    gemm_tn(w.bt.data() + j0, T, w.at.data() + j0, T, D, j1 - j0, T - j0, St + j0 * T + j0, T);
-  }
-  float* m = w.m.data();
-  float* l = w.l.data();
-  std::fill(m, m + T, -INFINITY);
-  std::fill(l, l + T, 0.f);
-  for (int64_t j = 0; j < T; ++j) max_into(St + j * T, j, T, m);
-  for (int64_t j = 0; j < T; ++j) {
-    float* row = St + j * T;
-    std::fill(row, row + j, 0.f);  // queries before key j do not see it
-    exp_into(row, j, T, m, l);
-  }
-  for (int64_t i0 = 0; i0 < T; i0 += kRowBlock) {  // o[i] = sum over keys j < i1 of P[i, j] v[j]
-    const int64_t i1 = std::min(T, i0 + kRowBlock);
-    gemm_tn(St + i0, T, v, ld, i1, i1 - i0, D, o + i0 * ld, ld);
-  }
-  for (int64_t i = 0; i < T; ++i) {  // normalise: o[i] /= l[i]
-    const float inv = 1.f / l[i];
-    for (int64_t d = 0; d < D; ++d) o[i * ld + d] *= inv;
-    lse[i] = m[i] + std::log(l[i]);
   }
 }
 
 void backward_head(const float* q, const float* k, const float* v, const float* o,
-                   const float* lse, const float* dout, float* dq, float* dk, float* dv,
-                   const Shape& sh, Scratch& w) {
-  const int64_t T = sh.T, D = sh.D, ld = sh.ld();
-  const float scale = 1.f / std::sqrt(float(D));
-  scores(q, k, sh, w);
-  float* P = w.s.data();
-  for (int64_t i = 0; i < T; ++i) {  // P recomputed from the saved log-sum-exp
-    float* row = P + i * T;
-    exp_row(row, i + 1, lse[i]);
-    std::fill(row + i + 1, row + T, 0.f);
+                   const float* lse_in, const float* dout, float* dq, float* dk, float* dv,
+                   const Head& hd, Scratch& w) {
+  const int64_t T = hd.T, D = hd.D, Tp = hd.Tp(), ld = hd.ld_in, lo = hd.ld_out;
+  const float scale = hd.scale();
+  float *qt = w.at.data(), *dot = w.bt.data(), *lse = w.m.data(), *delta = w.l.data();
+  transpose_pad(q, ld, T, D, qt, Tp);
+  transpose_pad(dout, lo, T, D, dot, Tp);
+  for (int64_t i = 0; i < Tp; ++i) {  // padded queries: finite values, never read back
+    float s = 0.f;
+    if (i < T)
+      for (int64_t d = 0; d < D; ++d) s += dout[i * lo + d] * o[i * lo + d];
+    delta[i] = s;
+    lse[i] = i < T ? lse_in[i] : 0.f;
   }
-  for (int64_t j0 = 0; j0 < T; j0 += kRowBlock) {  // dv[j] = sum over i >= j of P[i, j] do[i]
-    const int64_t j1 = std::min(T, j0 + kRowBlock);
-    gemm_tn(P + j0 * T + j0, T, dout + j0 * ld, ld, T - j0, j1 - j0, D, dv + j0 * ld, ld);
+  float *St = w.s.data(), *dPt = w.u.data(), *dSt = w.ds.data();
+  for (int64_t j0 = 0; j0 < T; j0 += kBlock) {
+    const int64_t j1 = std::min(T, j0 + kBlock), c0 = j0 / W * W, R = j1 - j0;
+    gemm_nn(k + j0 * ld, ld, qt + c0, Tp, D, R, Tp - c0, St + c0, Tp);
+    gemm_nn(v + j0 * ld, ld, dot + c0, Tp, D, R, Tp - c0, dPt + c0, Tp);
+    probabilities_t(St, dPt, dSt, j0, j1, c0, Tp, lse, delta, scale);
+    gemm_nn(St + c0, Tp, dout + c0 * lo, lo, T - c0, R, D, dv + j0 * ld, ld);
+    gemm_nn(dSt + j0 * Tp + c0, Tp, q + c0 * ld, ld, T - c0, R, D, dk + j0 * ld, ld);
   }
-  // dP = do v^T on the causal blocks (at/bt now hold do^T and v^T).
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t d = 0; d < D; ++d) {
-      w.at[d * T + t] = dout[t * ld + d];
-      w.bt[d * T + t] = v[t * ld + d];
-    }
-  float* dP = w.u.data();
-  for (int64_t i0 = 0; i0 < T; i0 += kRowBlock) {
-    const int64_t i1 = std::min(T, i0 + kRowBlock);
-    gemm_tn(w.at.data() + i0, T, w.bt.data(), T, D, i1 - i0, i1, dP + i0 * T, T);
-  }
-  float* dS = P;  // overwrite P in place: dS = P (dP - delta) / sqrt(D), zero above the diagonal
-  for (int64_t i = 0; i < T; ++i) {
-    float delta = 0.f;
-    for (int64_t d = 0; d < D; ++d) delta += dout[i * ld + d] * o[i * ld + d];
-    float* row = dS + i * T;
-    const float* dp = dP + i * T;
-    for (int64_t j = 0; j <= i; ++j) row[j] = row[j] * (dp[j] - delta) * scale;
-  }
-  for (int64_t j0 = 0; j0 < T; j0 += kRowBlock) {  // dk[j] = sum over i >= j of dS[i, j] q[i]
-    const int64_t j1 = std::min(T, j0 + kRowBlock);
-    gemm_tn(dS + j0 * T + j0, T, q + j0 * ld, ld, T - j0, j1 - j0, D, dk + j0 * ld, ld);
-  }
-  // dSt = dS^T where dq reads it: rows j below the end of each query row block.
-  float* dSt = w.p.data();
-  for (int64_t i0 = 0; i0 < T; i0 += 16) {
-    const int64_t end = std::min(T, (i0 / kRowBlock + 1) * kRowBlock);
-    transpose(dS + i0 * T, T, std::min<int64_t>(16, T - i0), end, dSt + i0, T);
-  }
-  for (int64_t i0 = 0; i0 < T; i0 += kRowBlock) {  // dq[i] = sum over j < i1 of dS[i, j] k[j]
-    const int64_t i1 = std::min(T, i0 + kRowBlock);
-    gemm_tn(dSt + i0, T, k, ld, i1, i1 - i0, D, dq + i0 * ld, ld);
+  // dq[i] = sum over j <= i of dS[i, j] k[j]; the query tile [i0, i1) reads keys j < i1, whose
+  // key blocks all started at or before i0 (kBlock is a multiple of MR), so dSt[j, i0:i1] was
+  // written (zero where j > i).
+  for (int64_t i0 = 0; i0 < T; i0 += MR) {
+    const int64_t i1 = std::min(T, i0 + MR);
+    gemm_tn(dSt + i0, Tp, k, ld, i1, i1 - i0, D, dq + i0 * ld, ld);
   }
 }
 
@@ -251,33 +260,82 @@ bool same_dims(const A& a, const B& b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
 }
 
-ffi::Error shape_of(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k, ffi::Buffer<ffi::F32>& v,
-                    Shape* sh) {
+int threads_of(int64_t t) { return t < 1 ? 1 : static_cast<int>(t); }
+
+// Where the operands of (sequence b, head h) start. q, k, v (and dq, dk, dv) have token stride
+// ld_in; o, do have H*D; lse T per (b, h).
+struct Layout {
+  int64_t B, T, H, D, ld_in;
+  Head head() const { return Head{T, D, ld_in, H * D}; }
+  int64_t in(int64_t bh) const { return (bh / H) * T * ld_in + (bh % H) * D; }
+  int64_t out(int64_t bh) const { return (bh / H) * T * H * D + (bh % H) * D; }
+};
+
+// Runs the forward over all heads; q, k, v at token stride lay.ld_in.
+void forward_all(const Layout& lay, const float* q, const float* k, const float* v, float* o,
+                 float* lse, int64_t threads, ffi::ThreadPool& pool) {
+  const bsk::Schedule schedule = [&pool](std::function<void()> f) { pool.Schedule(std::move(f)); };
+  const Head hd = lay.head();
+  bsk::parallel_ranges(lay.B * lay.H, 1, threads_of(threads), [&](int, int64_t h0, int64_t h1) {
+    thread_local Scratch w;
+    w.fit(hd, false);
+    for (int64_t bh = h0; bh < h1; ++bh) {
+      const int64_t in = lay.in(bh), out = lay.out(bh);
+      forward_head(q + in, k + in, v + in, o + out, lse + bh * lay.T, hd, w);
+    }
+  }, schedule);
+}
+
+void backward_all(const Layout& lay, const float* q, const float* k, const float* v,
+                  const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                  float* dv, int64_t threads, ffi::ThreadPool& pool) {
+  const bsk::Schedule schedule = [&pool](std::function<void()> f) { pool.Schedule(std::move(f)); };
+  const Head hd = lay.head();
+  bsk::parallel_ranges(lay.B * lay.H, 1, threads_of(threads), [&](int, int64_t h0, int64_t h1) {
+    thread_local Scratch w;
+    w.fit(hd, true);
+    for (int64_t bh = h0; bh < h1; ++bh) {
+      const int64_t in = lay.in(bh), out = lay.out(bh);
+      backward_head(q + in, k + in, v + in, o + out, lse + bh * lay.T, dout + out, dq + in,
+                    dk + in, dv + in, hd, w);
+    }
+  }, schedule);
+}
+
+ffi::Error unpacked_layout(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k,
+                           ffi::Buffer<ffi::F32>& v, Layout* lay) {
   auto qd = q.dimensions();
   if (qd.size() != 4 || !same_dims(k.dimensions(), qd) || !same_dims(v.dimensions(), qd))
     return ffi::Error::InvalidArgument("causal attention: q, k and v must all be (B, T, H, D)");
-  *sh = Shape{qd[0], qd[1], qd[2], qd[3]};
+  *lay = Layout{qd[0], qd[1], qd[2], qd[3], qd[2] * qd[3]};
   return ffi::Error::Success();
 }
 
-int threads_of(int64_t t) { return t < 1 ? 1 : static_cast<int>(t); }
+ffi::Error packed_layout(ffi::Buffer<ffi::F32>& qkv, Layout* lay) {
+  auto d = qkv.dimensions();
+  if (d.size() != 5 || d[2] != 3)
+    return ffi::Error::InvalidArgument("causal attention: qkv must be (B, T, 3, H, D)");
+  *lay = Layout{d[0], d[1], d[3], d[4], 3 * d[3] * d[4]};
+  return ffi::Error::Success();
+}
+
+ffi::Error check_saved(const Layout& lay, ffi::Buffer<ffi::F32>& o, ffi::Buffer<ffi::F32>& lse,
+                       ffi::Buffer<ffi::F32>& dout) {
+  const int64_t n = lay.B * lay.T * lay.H * lay.D;
+  if (o.element_count() != n || dout.element_count() != n ||
+      lse.element_count() != lay.B * lay.H * lay.T)
+    return ffi::Error::InvalidArgument(
+        "causal attention backward: o and do must be (B, T, H, D), lse (B, H, T)");
+  return ffi::Error::Success();
+}
 
 ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
                        ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> lse,
                        int64_t threads, ffi::ThreadPool pool) {
-  const bsk::Schedule schedule = [&pool](std::function<void()> f) { pool.Schedule(std::move(f)); };
-  Shape sh;
-  if (auto err = shape_of(q, k, v, &sh); err.failure()) return err;
-  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
-  float *op = o->typed_data(), *lp = lse->typed_data();
-  bsk::parallel_ranges(sh.B * sh.H, 1, threads_of(threads), [&](int, int64_t h0, int64_t h1) {
-    thread_local Scratch w;
-    w.fit(sh);
-    for (int64_t bh = h0; bh < h1; ++bh) {
-      const int64_t off = sh.head(bh);
-      forward_head(qp + off, kp + off, vp + off, op + off, lp + bh * sh.T, sh, w);
-    }
-  }, schedule);
+  Layout lay;
+  if (auto err = unpacked_layout(q, k, v, &lay); err.failure()) return err;
+  forward_all(lay, q.typed_data(), k.typed_data(), v.typed_data(), o->typed_data(),
+              lse->typed_data(), threads, pool);
   return ffi::Error::Success();
 }
 
@@ -286,24 +344,38 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::B
                         ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dq,
                         ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv,
                         int64_t threads, ffi::ThreadPool pool) {
-  const bsk::Schedule schedule = [&pool](std::function<void()> f) { pool.Schedule(std::move(f)); };
-  Shape sh;
-  if (auto err = shape_of(q, k, v, &sh); err.failure()) return err;
-  if (!same_dims(o.dimensions(), q.dimensions()) || !same_dims(dout.dimensions(), q.dimensions()) ||
-      lse.element_count() != sh.B * sh.H * sh.T)
-    return ffi::Error::InvalidArgument("causal attention backward: o and do must be (B, T, H, D), lse (B, H, T)");
-  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
-  const float *op = o.typed_data(), *lp = lse.typed_data(), *gp = dout.typed_data();
-  float *dqp = dq->typed_data(), *dkp = dk->typed_data(), *dvp = dv->typed_data();
-  bsk::parallel_ranges(sh.B * sh.H, 1, threads_of(threads), [&](int, int64_t h0, int64_t h1) {
-    thread_local Scratch w;
-    w.fit(sh);
-    for (int64_t bh = h0; bh < h1; ++bh) {
-      const int64_t off = sh.head(bh);
-      backward_head(qp + off, kp + off, vp + off, op + off, lp + bh * sh.T, gp + off, dqp + off,
-                    dkp + off, dvp + off, sh, w);
-    }
-  }, schedule);
+  Layout lay;
+  if (auto err = unpacked_layout(q, k, v, &lay); err.failure()) return err;
+  if (auto err = check_saved(lay, o, lse, dout); err.failure()) return err;
+  backward_all(lay, q.typed_data(), k.typed_data(), v.typed_data(), o.typed_data(),
+               lse.typed_data(), dout.typed_data(), dq->typed_data(), dk->typed_data(),
+               dv->typed_data(), threads, pool);
+  return ffi::Error::Success();
+}
+
+ffi::Error PackedForwardImpl(ffi::Buffer<ffi::F32> qkv, ffi::ResultBuffer<ffi::F32> o,
+                             ffi::ResultBuffer<ffi::F32> lse, int64_t threads,
+                             ffi::ThreadPool pool) {
+  Layout lay;
+  if (auto err = packed_layout(qkv, &lay); err.failure()) return err;
+  const float* q = qkv.typed_data();
+  const int64_t part = lay.H * lay.D;
+  forward_all(lay, q, q + part, q + 2 * part, o->typed_data(), lse->typed_data(), threads, pool);
+  return ffi::Error::Success();
+}
+
+ffi::Error PackedBackwardImpl(ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::F32> o,
+                              ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
+                              ffi::ResultBuffer<ffi::F32> dqkv, int64_t threads,
+                              ffi::ThreadPool pool) {
+  Layout lay;
+  if (auto err = packed_layout(qkv, &lay); err.failure()) return err;
+  if (auto err = check_saved(lay, o, lse, dout); err.failure()) return err;
+  const float* q = qkv.typed_data();
+  float* dq = dqkv->typed_data();
+  const int64_t part = lay.H * lay.D;
+  backward_all(lay, q, q + part, q + 2 * part, o.typed_data(), lse.typed_data(),
+               dout.typed_data(), dq, dq + part, dq + 2 * part, threads, pool);
   return ffi::Error::Success();
 }
 
@@ -329,6 +401,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SparsetrainAttentionBackward, BackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("threads")
+                                  .Ctx<ffi::ThreadPool>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SparsetrainAttentionPackedForward, PackedForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("threads")
+                                  .Ctx<ffi::ThreadPool>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SparsetrainAttentionPackedBackward, PackedBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("threads")
                                   .Ctx<ffi::ThreadPool>());
