@@ -16,10 +16,13 @@
 // scratch (for T = 256 all of it, ~0.5 MiB, stays in the core's L2).
 //
 // Every product is C = A B with A read in place row by row (one broadcast per multiply-add row)
-// and B row-major: the register tiles of tiles.h (gather_tile with one block). The operand whose
-// reduction axis is D is transposed once per head into scratch (k^T in the forward; q^T and do^T
-// in the backward, zero-padded to Tp = T rounded up to the vector width), the others are read
-// where they lie (strided rows of the (packed) arrays).
+// and B row-major: the register tiles of tiles.h (gather_tile with one block; dq by outer_tile).
+// The operand whose reduction axis is D is transposed once per head into scratch, W x W blocks in
+// registers (k^T in the forward; q^T and do^T in the backward, zero-padded to Tp = T rounded up
+// to the vector width); the right operands read along T (v; do, q, k) are copied contiguous;
+// left operands are read where they lie (strided rows of the (packed) arrays). Scratch rows of
+// Tp floats lie lt = Tp + W apart (not a power of two: no L1 set conflicts down a column), and
+// the next head's rows are prefetched into L2 while this one computes.
 // Forward, by blocks of kBlock query rows [i0, i1): S = q_blk k^T over the keys j < i1 (columns
 // rounded up to whole vectors), one pass for each row's max and one for exp and sum, o_blk =
 // P v[:i1], then o /= l. Backward, by blocks of kBlock key rows [j0, j1) and the queries
@@ -98,15 +101,15 @@ typedef int32_t vi __attribute__((vector_size(W * sizeof(int32_t))));
 
 inline vf vselect(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 
-// exp(x) for x in [-87, 88] (clamped), Cephes expf polynomial; relative error ~2e-7.
+// exp(x) for x <= 0 (as every exponent here is: scores minus their row's maximum or log-sum-exp),
+// clamped below at -87 (exp = 1.6e-38 instead of a denormal or 0): x = n ln2 + f with n the
+// nearest integer (|f| <= ln2 / 2), e^f by the Cephes expf polynomial, 2^n built in the exponent
+// bits. Relative error ~2e-7.
 inline vf vexp(vf x) {
   x = vselect(x < -87.f, bsk::vsplat(-87.f), x);
-  x = vselect(x > 88.f, bsk::vsplat(88.f), x);
-  vf fx = x * 1.44269504088896341f + 0.5f;
-  vi n = __builtin_convertvector(fx, vi);  // truncates toward zero: fix up to floor
-  vf nf = __builtin_convertvector(n, vf);
-  n = n + (vi)(nf > fx);  // true lanes are -1
-  nf = __builtin_convertvector(n, vf);
+  const vf shifter = bsk::vsplat(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer
+  const vf nf = (x * 1.44269504088896341f + shifter) - shifter;
+  const vi n = __builtin_convertvector(nf, vi);
   x = x - nf * 0.693359375f + nf * 2.12194440e-4f;
   vf y = x * 1.9875691500e-4f + 1.3981999507e-3f;
   y = y * x + 8.3334519073e-3f;
@@ -114,8 +117,7 @@ inline vf vexp(vf x) {
   y = y * x + 1.6666665459e-1f;
   y = y * x + 5.0000001201e-1f;
   y = y * x * x + x + 1.f;
-  vi pow2n = (n + 127) << 23;
-  return y * (vf)pow2n;
+  return y * (vf)((n + 127) << 23);
 }
 
 // Lane offsets 0, 1, ..., W-1 as a vector (for the causal mask).
@@ -152,15 +154,55 @@ float softmax_row(float* row, int64_t n, int64_t end, float scale, float* sum) {
   return m;
 }
 
+// Swaps the off-diagonal H x H blocks of every 2H x 2H block of the W x W matrix whose rows
+// r[i] and r[i + H] are (i & H == 0): one stage of an in-register transpose (two-source shuffles,
+// one vpermt2ps each on AVX-512).
+template <int H>
+inline void swap_stage(vf* r) {
+  vi lo, hi;
+  for (int c = 0; c < W; ++c) {
+    lo[c] = (c & H) ? W + c - H : c;
+    hi[c] = (c & H) ? W + c : c + H;
+  }
+  for (int i = 0; i < W; ++i)
+    if (!(i & H)) {
+      const vf a = r[i], b = r[i + H];
+      r[i] = __builtin_shuffle(a, b, lo);
+      r[i + H] = __builtin_shuffle(a, b, hi);
+    }
+}
+
+// The W x W block at src (row stride lds) transposed into dst (row stride ldd).
+inline void transpose_block(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  vf r[W];
+  for (int i = 0; i < W; ++i) r[i] = bsk::vload(src + i * lds);
+  if constexpr (W >= 16) swap_stage<8>(r);
+  if constexpr (W >= 8) swap_stage<4>(r);
+  swap_stage<2>(r);
+  swap_stage<1>(r);
+  for (int i = 0; i < W; ++i) bsk::vstore(dst + i * ldd, r[i]);
+}
+
 // dst[d * ldd + t] = src[t * lds + d] for t < rows, d < cols; dst[d * ldd + t] = 0 for
-// rows <= t < ldd (the padding).
+// rows <= t < ldd (the padding). Whole W x W blocks in registers, the edges element by element.
 void transpose_pad(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,
                    int64_t ldd) {
-  for (int64_t t0 = 0; t0 < rows; t0 += 16)
-    for (int64_t d0 = 0; d0 < cols; d0 += 16)
-      for (int64_t d = d0; d < std::min(cols, d0 + 16); ++d)
-        for (int64_t t = t0; t < std::min(rows, t0 + 16); ++t) dst[d * ldd + t] = src[t * lds + d];
-  for (int64_t d = 0; d < cols; ++d) std::fill(dst + d * ldd + rows, dst + (d + 1) * ldd, 0.f);
+  const int64_t rows_w = rows - rows % W, cols_w = cols - cols % W;
+  for (int64_t t0 = 0; t0 < rows_w; t0 += W)
+    for (int64_t d0 = 0; d0 < cols_w; d0 += W)
+      transpose_block(src + t0 * lds + d0, lds, dst + d0 * ldd + t0, ldd);
+  for (int64_t d = 0; d < cols; ++d) {
+    const int64_t t_start = d < cols_w ? rows_w : 0;
+    for (int64_t t = t_start; t < rows; ++t) dst[d * ldd + t] = src[t * lds + d];
+    std::fill(dst + d * ldd + rows, dst + (d + 1) * ldd, 0.f);
+  }
+}
+
+// dst[t * D + d] = src[t * lds + d] for t < T, d < D: one head's rows made contiguous, so that the
+// products that stream them as their right operand find them in L1 (rows of the (packed) arrays
+// lie H*D or 3*H*D floats apart, which maps them onto a few L1 sets).
+void copy_rows(const float* src, int64_t lds, int64_t T, int64_t D, float* dst) {
+  for (int64_t t = 0; t < T; ++t) std::copy(src + t * lds, src + t * lds + D, dst + t * D);
 }
 
 // One (sequence, head): pointers at its first token, token strides ld_in (q, k, v and their
@@ -168,51 +210,75 @@ void transpose_pad(const float* src, int64_t lds, int64_t rows, int64_t cols, fl
 struct Head {
   int64_t T, D, ld_in, ld_out;
   int64_t Tp() const { return round_up(T, W); }
+  // Leading dimension of the scratch rows of Tp floats: one vector more, so that rows 1 KiB
+  // apart (T = 256) do not all fall on the same few L1 sets.
+  int64_t lt() const { return Tp() + W; }
   float scale() const { return 1.f / std::sqrt(float(D)); }
 };
 
-// Scratch of one thread: two D x Tp transposed operands, two kBlock x Tp blocks, T x Tp dSt.
+// Scratch of one thread (rows of Tp floats at stride lt): two D x Tp transposed operands, three
+// T x D contiguous copies, two kBlock x Tp blocks, T x Tp dSt.
 struct Scratch {
-  std::vector<float> at, bt, s, u, ds, m, l;
+  std::vector<float> at, bt, c1, c2, c3, s, u, ds, m, l;
   void fit(const Head& hd, bool backward) {
-    const size_t tp = size_t(hd.Tp()), dt = size_t(hd.D) * tp, bt_ = size_t(kBlock) * tp;
-    if (at.size() < dt) at.resize(dt), bt.resize(dt);
+    const size_t tp = size_t(hd.lt()), dt = size_t(hd.D) * tp, bt_ = size_t(kBlock) * tp;
+    if (at.size() < dt) at.resize(dt), bt.resize(dt), c1.resize(dt), c2.resize(dt), c3.resize(dt);
     if (s.size() < bt_) s.resize(bt_), u.resize(bt_);
     if (m.size() < tp) m.resize(tp), l.resize(tp);
     if (backward && ds.size() < size_t(hd.T) * tp) ds.resize(size_t(hd.T) * tp);
   }
 };
 
+// The operands of the head a thread computes next, requested into L2 a slice of rows at a time
+// while it computes this one: their rows lie H*D or 3*H*D floats apart (a page or more, the
+// hardware prefetchers stay within a page), so nothing else fetches them ahead.
+struct NextHead {
+  const float* p[5] = {};
+  int64_t ld[5] = {};
+  int n = 0;
+  int64_t T = 0, D = 0;
+  void add(const float* ptr, int64_t stride) { p[n] = ptr, ld[n++] = stride; }
+  void fetch(int64_t part, int64_t parts) const {  // rows [part * T / parts, (part+1) * T / parts)
+    for (int64_t t = part * T / parts; t < (part + 1) * T / parts; ++t)
+      for (int a = 0; a < n; ++a)
+        for (int64_t c = 0; c < D; c += 64 / int64_t(sizeof(float)))
+          __builtin_prefetch(p[a] + t * ld[a] + c, 0, 2);
+  }
+};
+
 void forward_head(const float* q, const float* k, const float* v, float* o, float* lse,
-                  const Head& hd, Scratch& w) {
-  const int64_t T = hd.T, D = hd.D, Tp = hd.Tp(), ld = hd.ld_in, lo = hd.ld_out;
+                  const Head& hd, const NextHead& next, Scratch& w) {
+  const int64_t T = hd.T, D = hd.D, Tp = hd.Tp(), lt = hd.lt(), ld = hd.ld_in, lo = hd.ld_out;
   const float scale = hd.scale();
   float* kt = w.at.data();
-  transpose_pad(k, ld, T, D, kt, Tp);
+  transpose_pad(k, ld, T, D, kt, lt);
+  float* vc = w.c1.data();
+  copy_rows(v, ld, T, D, vc);
   float* S = w.s.data();
   for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
     const int64_t i1 = std::min(T, i0 + kBlock), n = std::min(Tp, round_up(i1, W));
-    gemm_nn(q + i0 * ld, ld, kt, Tp, D, i1 - i0, n, S, Tp);
+    next.fetch(i0 / kBlock, (T + kBlock - 1) / kBlock);
+    gemm_nn(q + i0 * ld, ld, kt, lt, D, i1 - i0, n, S, lt);
     for (int64_t i = i0; i < i1; ++i) {
       float sum;
-      const float m = softmax_row(S + (i - i0) * Tp, i + 1, n, scale, &sum);
+      const float m = softmax_row(S + (i - i0) * lt, i + 1, n, scale, &sum);
       w.l[i] = 1.f / sum;
       lse[i] = m * scale + std::log(sum);
     }
-    gemm_nn(S, Tp, v, ld, i1, i1 - i0, D, o + i0 * lo, lo);
+    gemm_nn(S, lt, vc, D, i1, i1 - i0, D, o + i0 * lo, lo);
     for (int64_t i = i0; i < i1; ++i)
       for (int64_t d = 0; d < D; ++d) o[i * lo + d] *= w.l[i];
   }
 }
 
-// Rows [j0, j1) of Pt and dSt from St and dPt (rows j - j0, columns i in [c0, Tp)).
+// Rows [j0, j1) of Pt and dSt from St and dPt (rows j - j0, columns i in [c0, Tp), stride lt).
 void probabilities_t(float* St, const float* dPt, float* dSt, int64_t j0, int64_t j1, int64_t c0,
-                     int64_t Tp, const float* lse, const float* delta, float scale) {
+                     int64_t Tp, int64_t lt, const float* lse, const float* delta, float scale) {
   const vi lanes = lane_index();
   for (int64_t j = j0; j < j1; ++j) {
-    float* p = St + (j - j0) * Tp;
-    const float* dp = dPt + (j - j0) * Tp;
-    float* ds = dSt + j * Tp;
+    float* p = St + (j - j0) * lt;
+    const float* dp = dPt + (j - j0) * lt;
+    float* ds = dSt + j * lt;
     for (int64_t i = c0; i < Tp; i += W) {
       vf e = vexp(bsk::vload(p + i) * scale - bsk::vload(lse + i));
       e = vselect(lanes + int32_t(i) >= int32_t(j), e, vf{});
@@ -224,12 +290,16 @@ void probabilities_t(float* St, const float* dPt, float* dSt, int64_t j0, int64_
 
 void backward_head(const float* q, const float* k, const float* v, const float* o,
                    const float* lse_in, const float* dout, float* dq, float* dk, float* dv,
-                   const Head& hd, Scratch& w) {
-  const int64_t T = hd.T, D = hd.D, Tp = hd.Tp(), ld = hd.ld_in, lo = hd.ld_out;
+                   const Head& hd, const NextHead& next, Scratch& w) {
+  const int64_t T = hd.T, D = hd.D, Tp = hd.Tp(), lt = hd.lt(), ld = hd.ld_in, lo = hd.ld_out;
   const float scale = hd.scale();
   float *qt = w.at.data(), *dot = w.bt.data(), *lse = w.m.data(), *delta = w.l.data();
-  transpose_pad(q, ld, T, D, qt, Tp);
-  transpose_pad(dout, lo, T, D, dot, Tp);
+  transpose_pad(q, ld, T, D, qt, lt);
+  transpose_pad(dout, lo, T, D, dot, lt);
+  float *qc = w.c1.data(), *kc = w.c2.data(), *doc = w.c3.data();
+  copy_rows(q, ld, T, D, qc);
+  copy_rows(k, ld, T, D, kc);
+  copy_rows(dout, lo, T, D, doc);
   for (int64_t i = 0; i < Tp; ++i) {  // padded queries: finite values, never read back
     float s = 0.f;
     if (i < T)
@@ -240,18 +310,19 @@ void backward_head(const float* q, const float* k, const float* v, const float* 
   float *St = w.s.data(), *dPt = w.u.data(), *dSt = w.ds.data();
   for (int64_t j0 = 0; j0 < T; j0 += kBlock) {
     const int64_t j1 = std::min(T, j0 + kBlock), c0 = j0 / W * W, R = j1 - j0;
-    gemm_nn(k + j0 * ld, ld, qt + c0, Tp, D, R, Tp - c0, St + c0, Tp);
-    gemm_nn(v + j0 * ld, ld, dot + c0, Tp, D, R, Tp - c0, dPt + c0, Tp);
-    probabilities_t(St, dPt, dSt, j0, j1, c0, Tp, lse, delta, scale);
-    gemm_nn(St + c0, Tp, dout + c0 * lo, lo, T - c0, R, D, dv + j0 * ld, ld);
-    gemm_nn(dSt + j0 * Tp + c0, Tp, q + c0 * ld, ld, T - c0, R, D, dk + j0 * ld, ld);
+    next.fetch(j0 / kBlock, (T + kBlock - 1) / kBlock);
+    gemm_nn(k + j0 * ld, ld, qt + c0, lt, D, R, Tp - c0, St + c0, lt);
+    gemm_nn(v + j0 * ld, ld, dot + c0, lt, D, R, Tp - c0, dPt + c0, lt);
+    probabilities_t(St, dPt, dSt, j0, j1, c0, Tp, lt, lse, delta, scale);
+    gemm_nn(St + c0, lt, doc + c0 * D, D, T - c0, R, D, dv + j0 * ld, ld);
+    gemm_nn(dSt + j0 * lt + c0, lt, qc + c0 * D, D, T - c0, R, D, dk + j0 * ld, ld);
   }
   // dq[i] = sum over j <= i of dS[i, j] k[j]; the query tile [i0, i1) reads keys j < i1, whose
   // key blocks all started at or before i0 (kBlock is a multiple of MR), so dSt[j, i0:i1] was
   // written (zero where j > i).
   for (int64_t i0 = 0; i0 < T; i0 += MR) {
     const int64_t i1 = std::min(T, i0 + MR);
-    gemm_tn(dSt + i0, Tp, k, ld, i1, i1 - i0, D, dq + i0 * ld, ld);
+    gemm_tn(dSt + i0, lt, kc, D, i1, i1 - i0, D, dq + i0 * ld, ld);
   }
 }
 
@@ -281,7 +352,10 @@ void forward_all(const Layout& lay, const float* q, const float* k, const float*
     w.fit(hd, false);
     for (int64_t bh = h0; bh < h1; ++bh) {
       const int64_t in = lay.in(bh), out = lay.out(bh);
-      forward_head(q + in, k + in, v + in, o + out, lse + bh * lay.T, hd, w);
+      NextHead next{{}, {}, 0, lay.T, lay.D};
+      if (bh + 1 < h1)
+        for (const float* a : {q, k, v}) next.add(a + lay.in(bh + 1), lay.ld_in);
+      forward_head(q + in, k + in, v + in, o + out, lse + bh * lay.T, hd, next, w);
     }
   }, schedule);
 }
@@ -296,8 +370,13 @@ void backward_all(const Layout& lay, const float* q, const float* k, const float
     w.fit(hd, true);
     for (int64_t bh = h0; bh < h1; ++bh) {
       const int64_t in = lay.in(bh), out = lay.out(bh);
+      NextHead next{{}, {}, 0, lay.T, lay.D};
+      if (bh + 1 < h1) {
+        for (const float* a : {q, k, v}) next.add(a + lay.in(bh + 1), lay.ld_in);
+        for (const float* a : {o, dout}) next.add(a + lay.out(bh + 1), lay.H * lay.D);
+      }
       backward_head(q + in, k + in, v + in, o + out, lse + bh * lay.T, dout + out, dq + in,
-                    dk + in, dv + in, hd, w);
+                    dk + in, dv + in, hd, next, w);
     }
   }, schedule);
 }
