@@ -44,7 +44,7 @@ import numpy as np
 import optax
 from jax.profiler import ProfileData
 
-from sparsetrain.kernels.attention import causal_attention
+from sparsetrain.kernels.attention import causal_attention_packed
 from sparsetrain.kernels.fused_ops import bias_gelu
 from sparsetrain.models.gpt import layer_norm, linear_apply
 from sparsetrain.training.step import ModelFunctions
@@ -94,13 +94,14 @@ def _linears(fns: ModelFunctions, params: dict, indices: dict, B: int, T: int, r
 
 def _attention(fns: ModelFunctions, B: int, T: int, rng) -> Callable:
     shape = fns.spec.shape
-    qkv_shape = (shape.n_layers, B, T, shape.n_heads, shape.d_model // shape.n_heads)
-    q, k, v, ct = (_normal(rng, qkv_shape) for _ in range(4))
+    out_shape = (shape.n_layers, B, T, shape.n_heads, shape.d_model // shape.n_heads)
+    qkv = _normal(rng, out_shape[:3] + (3,) + out_shape[3:])  # packed, as the model runs it
+    ct = _normal(rng, out_shape)
 
-    def f(q, k, v):
-        return jnp.stack([causal_attention(q[l], k[l], v[l]) for l in range(shape.n_layers)])
+    def f(qkv):
+        return jnp.stack([causal_attention_packed(qkv[l]) for l in range(shape.n_layers)])
 
-    return _vjp_runner(f, (q, k, v), ct)
+    return _vjp_runner(f, (qkv,), ct)
 
 
 def _head_embed_loss(fns: ModelFunctions, params: dict, batch: dict, rng) -> Callable:
