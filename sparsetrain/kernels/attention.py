@@ -169,7 +169,8 @@ _compiled_packed.defvjp(_compiled_packed_fwd, _compiled_packed_bwd)
 
 def split_qkv(qkv: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """q, k, v, each (B, T, heads, head_dim), of a packed (B, T, 3, heads, head_dim) array."""
-    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    q, k, v = jnp.split(qkv, 3, axis=2)
+    return q[:, :, 0], k[:, :, 0], v[:, :, 0]
 
 
 def causal_attention_packed(qkv: jax.Array) -> jax.Array:
