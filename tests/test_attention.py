@@ -15,10 +15,10 @@ from conftest import causal_attention_reference
 compiled = pytest.mark.skipif(not ffi.AVAILABLE, reason=f"compiled kernel {ffi.DESCRIPTION}")
 
 # (B, T, heads, head_dim): one token, T and head_dim not multiples of any vector width or of the
-# kernel's row block (48 on AVX-512), several row blocks, the small-30m layer shape.
+# kernel's row block (24 rows; 16 on the generic path), several row blocks, the small-30m layer shape.
 SHAPES = [(1, 1, 1, 8), (2, 37, 3, 20), (1, 100, 2, 33), (2, 130, 2, 64), (8, 256, 8, 64)]
 # The packed entry: head_dim 32, 64 and 80 (five AVX-512 vectors: a partial column panel), one
-# head, T one past a row block and not a multiple of any vector width.
+# head, T one past a row block (49 = 2 x 24 + 1) and not a multiple of any vector width.
 PACKED_SHAPES = [(1, 1, 1, 8), (2, 49, 1, 32), (1, 77, 3, 80), (3, 97, 2, 64), (8, 256, 8, 64)]
 
 
