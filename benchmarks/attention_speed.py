@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--shape", default="8,256,8,64", help="B,T,heads,head_dim")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--baseline-library", help="another build of the kernel library to compare")
+    parser.add_argument("--baseline-label", default="",
+                        help="what the baseline build is (e.g. the commit it was built from), for the JSON")
     parser.add_argument("--out", default="benchmarks/results/attention_speed.json")
     args = parser.parse_args()
     if not ffi.AVAILABLE:
@@ -158,7 +160,9 @@ def main() -> None:
                           "kernels": ffi.DESCRIPTION, "load_average_start": load,
                           "load_average_end": " ".join(f"{x:.2f}" for x in os.getloadavg())},
               "shape": {"batch": b, "seq_len": t, "heads": h, "head_dim": hd},
-              "rounds": args.rounds, "baseline_library": args.baseline_library,
+              "rounds": args.rounds,
+              "baseline": ({"library": os.path.basename(args.baseline_library), "label": args.baseline_label}
+                           if args.baseline_library else None),
               "calls": rows, "speedups": ratios}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
