@@ -21,8 +21,7 @@
 // registers (k^T in the forward; q^T and do^T in the backward, zero-padded to Tp = T rounded up
 // to the vector width); the right operands read along T (v; do, q, k) are copied contiguous;
 // left operands are read where they lie (strided rows of the (packed) arrays). Scratch rows of
-// Tp floats lie lt = Tp + W apart (not a power of two: no L1 set conflicts down a column), and
-// the next head's rows are prefetched into L2 while this one computes.
+// Tp floats lie lt = Tp + W apart (not a power of two: no L1 set conflicts down a column).
 // Forward, by blocks of kBlock query rows [i0, i1): S = q_blk k^T over the keys j < i1 (columns
 // rounded up to whole vectors), one pass for each row's max and one for exp and sum, o_blk =
 // P v[:i1], then o /= l. Backward, by blocks of kBlock key rows [j0, j1) and the queries
@@ -88,25 +87,8 @@ struct Scratch {
   }
 };
 
-// The operands of the head a thread computes next, requested into L2 a slice of rows at a time
-// while it computes this one: their rows lie H*D or 3*H*D floats apart (a page or more, the
-// hardware prefetchers stay within a page), so nothing else fetches them ahead.
-struct NextHead {
-  const float* p[5] = {};
-  int64_t ld[5] = {};
-  int n = 0;
-  int64_t T = 0, D = 0;
-  void add(const float* ptr, int64_t stride) { p[n] = ptr, ld[n++] = stride; }
-  void fetch(int64_t part, int64_t parts) const {  // rows [part * T / parts, (part+1) * T / parts)
-    for (int64_t t = part * T / parts; t < (part + 1) * T / parts; ++t)
-      for (int a = 0; a < n; ++a)
-        for (int64_t c = 0; c < D; c += 64 / int64_t(sizeof(float)))
-          __builtin_prefetch(p[a] + t * ld[a] + c, 0, 2);
-  }
-};
-
 void forward_head(const float* q, const float* k, const float* v, float* o, float* lse,
-                  const Head& hd, const NextHead& next, Scratch& w) {
+                  const Head& hd, Scratch& w) {
   const int64_t T = hd.T, D = hd.D, Tp = hd.Tp(), lt = hd.lt(), ld = hd.ld_in, lo = hd.ld_out;
   const float scale = hd.scale();
   float* kt = w.at.data();
@@ -116,7 +98,6 @@ void forward_head(const float* q, const float* k, const float* v, float* o, floa
   float* S = w.s.data();
   for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
     const int64_t i1 = std::min(T, i0 + kBlock), n = std::min(Tp, round_up(i1, W));
-    next.fetch(i0 / kBlock, (T + kBlock - 1) / kBlock);
     gemm_nn(q + i0 * ld, ld, kt, lt, D, i1 - i0, n, S, lt);
     for (int64_t i = i0; i < i1; ++i) {
       float sum;
@@ -149,7 +130,7 @@ void probabilities_t(float* St, const float* dPt, float* dSt, int64_t j0, int64_
 
 void backward_head(const float* q, const float* k, const float* v, const float* o,
                    const float* lse_in, const float* dout, float* dq, float* dk, float* dv,
-                   const Head& hd, const NextHead& next, Scratch& w) {
+                   const Head& hd, Scratch& w) {
   const int64_t T = hd.T, D = hd.D, Tp = hd.Tp(), lt = hd.lt(), ld = hd.ld_in, lo = hd.ld_out;
   const float scale = hd.scale();
   float *qt = w.at.data(), *dot = w.bt.data(), *lse = w.m.data(), *delta = w.l.data();
@@ -169,7 +150,6 @@ void backward_head(const float* q, const float* k, const float* v, const float* 
   float *St = w.s.data(), *dPt = w.u.data(), *dSt = w.ds.data();
   for (int64_t j0 = 0; j0 < T; j0 += kBlock) {
     const int64_t j1 = std::min(T, j0 + kBlock), c0 = j0 / W * W, R = j1 - j0;
-    next.fetch(j0 / kBlock, (T + kBlock - 1) / kBlock);
     gemm_nn(k + j0 * ld, ld, qt + c0, lt, D, R, Tp - c0, St + c0, lt);
     gemm_nn(v + j0 * ld, ld, dot + c0, lt, D, R, Tp - c0, dPt + c0, lt);
     probabilities_t(St, dPt, dSt, j0, j1, c0, Tp, lt, lse, delta, scale);
@@ -211,10 +191,7 @@ void forward_all(const Layout& lay, const float* q, const float* k, const float*
     w.fit(hd, false);
     for (int64_t bh = h0; bh < h1; ++bh) {
       const int64_t in = lay.in(bh), out = lay.out(bh);
-      NextHead next{{}, {}, 0, lay.T, lay.D};
-      if (bh + 1 < h1)
-        for (const float* a : {q, k, v}) next.add(a + lay.in(bh + 1), lay.ld_in);
-      forward_head(q + in, k + in, v + in, o + out, lse + bh * lay.T, hd, next, w);
+      forward_head(q + in, k + in, v + in, o + out, lse + bh * lay.T, hd, w);
     }
   }, schedule);
 }
@@ -229,13 +206,8 @@ void backward_all(const Layout& lay, const float* q, const float* k, const float
     w.fit(hd, true);
     for (int64_t bh = h0; bh < h1; ++bh) {
       const int64_t in = lay.in(bh), out = lay.out(bh);
-      NextHead next{{}, {}, 0, lay.T, lay.D};
-      if (bh + 1 < h1) {
-        for (const float* a : {q, k, v}) next.add(a + lay.in(bh + 1), lay.ld_in);
-        for (const float* a : {o, dout}) next.add(a + lay.out(bh + 1), lay.H * lay.D);
-      }
       backward_head(q + in, k + in, v + in, o + out, lse + bh * lay.T, dout + out, dq + in,
-                    dk + in, dv + in, hd, next, w);
+                    dk + in, dv + in, hd, w);
     }
   }, schedule);
 }
