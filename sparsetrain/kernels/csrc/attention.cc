@@ -48,6 +48,7 @@ using attn::gemm_nn;
 using attn::gemm_tn;
 using attn::lane_index;
 using attn::round_up;
+using attn::row_dots;
 using attn::softmax_row;
 using attn::transpose_pad;
 using attn::vexp;
@@ -140,13 +141,9 @@ void backward_head(const float* q, const float* k, const float* v, const float* 
   copy_rows(q, ld, T, D, qc);
   copy_rows(k, ld, T, D, kc);
   copy_rows(dout, lo, T, D, doc);
-  for (int64_t i = 0; i < Tp; ++i) {  // padded queries: finite values, never read back
-    float s = 0.f;
-    if (i < T)
-      for (int64_t d = 0; d < D; ++d) s += dout[i * lo + d] * o[i * lo + d];
-    delta[i] = s;
-    lse[i] = i < T ? lse_in[i] : 0.f;
-  }
+  row_dots(doc, D, o, lo, T, D, delta);
+  for (int64_t i = 0; i < Tp; ++i) lse[i] = i < T ? lse_in[i] : 0.f;
+  std::fill(delta + T, delta + Tp, 0.f);  // padded queries: finite values, never read back
   float *St = w.s.data(), *dPt = w.u.data(), *dSt = w.ds.data();
   for (int64_t j0 = 0; j0 < T; j0 += kBlock) {
     const int64_t j1 = std::min(T, j0 + kBlock), c0 = j0 / W * W, R = j1 - j0;

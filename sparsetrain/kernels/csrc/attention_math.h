@@ -117,6 +117,23 @@ inline float softmax_row(float* row, int64_t n, int64_t end, float scale, float*
   return m;
 }
 
+// out[t] = sum over d < D of a[t * lda + d] * b[t * ldb + d] for t < T (vectors along d, one
+// horizontal sum per row: no serial chain of D scalar multiply-adds).
+inline void row_dots(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t T,
+                     int64_t D, float* out) {
+  const int64_t d_vec = D - D % W;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* x = a + t * lda;
+    const float* y = b + t * ldb;
+    vf acc{};
+    for (int64_t d = 0; d < d_vec; d += W) acc += bsk::vload(x + d) * bsk::vload(y + d);
+    float s = 0.f;
+    for (int i = 0; i < W; ++i) s += acc[i];
+    for (int64_t d = d_vec; d < D; ++d) s += x[d] * y[d];
+    out[t] = s;
+  }
+}
+
 // Swaps the off-diagonal H x H blocks of every 2H x 2H block of the W x W matrix whose rows
 // r[i] and r[i + H] are (i & H == 0): one stage of an in-register transpose (two-source shuffles,
 // one vpermt2ps each on AVX-512).
