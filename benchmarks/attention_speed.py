@@ -3,6 +3,11 @@
     python benchmarks/attention_speed.py                       # small-30m's layer shape
     python benchmarks/attention_speed.py --baseline-library OLD.so --out /tmp/attention_speed.json
 
+Run it with the allocator setting of benchmarks/train_throughput.py (GLIBC_TUNABLES=
+glibc.malloc.mmap_max=0:...): with glibc's default, every call's output buffers are fresh mmap'd
+pages whose first-touch faults land inside the timed kernel (the packed backward writes one
+12 MiB array at small-30m's shape and showed up to ~25% slower than the split one that way).
+
 Times each jitted call alone (median of --rounds, interleaved so that a busy machine slows all
 alike) at one shape (B, T, heads, head_dim), default small-30m's attention (8, 256, 8, 64):
 
@@ -133,7 +138,9 @@ def main() -> None:
     if args.baseline_library:
         register_baseline(args.baseline_library)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"{cpu_model()}, {os.cpu_count()} cores; kernel {ffi.DESCRIPTION}; load average {load}")
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    print(f"{cpu_model()}, {os.cpu_count()} cores; kernel {ffi.DESCRIPTION}; load average {load}; "
+          f"GLIBC_TUNABLES={tunables!r}")
     sec = timed(runners(shape, bool(args.baseline_library)), args.rounds)
     flops = {"forward": 2.0 * b * h * t * t * hd, "backward": 5.0 * b * h * t * t * hd}
     flops["forward+backward"] = flops["forward"] + flops["backward"]
@@ -157,7 +164,7 @@ def main() -> None:
     for name, r in ratios.items():
         print(f"{name}: {r:.2f}x")
     result = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "kernel_isa": ffi.ISA,
-                          "kernels": ffi.DESCRIPTION, "load_average_start": load,
+                          "kernels": ffi.DESCRIPTION, "glibc_tunables": tunables, "load_average_start": load,
                           "load_average_end": " ".join(f"{x:.2f}" for x in os.getloadavg())},
               "shape": {"batch": b, "seq_len": t, "heads": h, "head_dim": hd},
               "rounds": args.rounds,
