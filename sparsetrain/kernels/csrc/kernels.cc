@@ -23,6 +23,12 @@ namespace {
 // 1 MiB / 256 rows 9.0-9.2x and 7.4-7.8x (one thread alone, in CPU time, the two were even).
 constexpr int64_t kChunkBytes = 1024 * 1024;
 constexpr int64_t kMinChunkRows = 256;
+// Stored blocks of B per column group in sparse_product: half of L2 beside the chunk of A.
+constexpr int64_t kGroupBytes = 512 * 1024;
+// Row tiles per pass over a column group: at 2048x512 @ 512x1536 with one stored 64x64 block
+// per column (one thread, AVX-512 Xeon, CPU time) 4 ran the product at 150-154 GFLOP/s (2 and 3
+// no faster), a whole 510-row chunk per column (the order before) at 135-140.
+constexpr int64_t kGroupTiles = 4;
 // Rows per chunk of the reduction in sparse_outer: a (rows, kb) slice of P and a (rows, nb)
 // slice of Q stay in L1 while all tiles of one block read them.
 constexpr int64_t kOuterRows = 96;
@@ -119,20 +125,31 @@ static void outer_block(const float* P, int64_t ldp, const float* Q, int64_t ldq
   }
 }
 
-// One thread's rows [m0, m1) of sparse_product, in chunks of chunk_rows rows of A.
+// One thread's rows [m0, m1) of sparse_product, in chunks of chunk_rows rows of A (in L2). Per
+// chunk, output block-columns in groups whose stored blocks of B fit kGroupBytes (in L2), and
+// per group, kGroupTiles row tiles at a time across all its columns: the tiles' rows of A stay in
+// L1 while every column reads them, one B block serves kGroupTiles tiles from L1, and C's rows
+// are written in order.
 static void product_rows(const float* A, int64_t lda, int64_t m0, int64_t m1, const float* B,
                          int kb, int nb, const BlockList& list, float* C, int64_t ldc,
                          int64_t chunk_rows) {
   const int64_t n_out = static_cast<int64_t>(list.ptr.size()) - 1;
+  const int64_t block_bytes = int64_t(sizeof(float)) * kb * nb, group_rows = kGroupTiles * MR;
   std::vector<int64_t> a_off(list.a_blk.size());
   for (int64_t i = 0; i < int64_t(a_off.size()); ++i) a_off[i] = list.a_blk[i] * kb;
   for (int64_t mc0 = m0; mc0 < m1; mc0 += chunk_rows) {
     const int64_t mc1 = std::min(m1, mc0 + chunk_rows);
-    for (int64_t o = 0; o < n_out; ++o) {
-      const int64_t e0 = list.ptr[o];
-      gather_block(A + mc0 * lda, lda, a_off.data() + e0, B, list.b_off.data() + e0,
-                   static_cast<int>(list.ptr[o + 1] - e0), kb, nb, C + mc0 * ldc + o * nb, ldc,
-                   mc1 - mc0);
+    for (int64_t o0 = 0, o1; o0 < n_out; o0 = o1) {
+      for (o1 = o0 + 1; o1 < n_out && (list.ptr[o1 + 1] - list.ptr[o0]) * block_bytes <= kGroupBytes;)
+        ++o1;
+      for (int64_t mg = mc0; mg < mc1; mg += group_rows) {
+        for (int64_t o = o0; o < o1; ++o) {
+          const int64_t e0 = list.ptr[o];
+          gather_block(A + mg * lda, lda, a_off.data() + e0, B, list.b_off.data() + e0,
+                       static_cast<int>(list.ptr[o + 1] - e0), kb, nb, C + mg * ldc + o * nb, ldc,
+                       std::min(group_rows, mc1 - mg));
+        }
+      }
     }
   }
 }
@@ -212,6 +229,7 @@ static void backward_rows(const float* X, int64_t ldx, const float* dY, int64_t 
                           int bn, float* dX, int64_t lddx, float* D, bool* started, int64_t chunk,
                           float* xp, float* gp) {
   const int64_t nr = static_cast<int64_t>(rb.ptr.size()) - 1, block = int64_t(bk) * bn;
+  const int64_t group_rows = kGroupTiles * MR;
   std::vector<int64_t> a_off(rb.col.size()), b_off(rb.col.size());
   for (size_t s = 0; s < b_off.size(); ++s) b_off[s] = rb.blk[s] * block;
   for (int64_t mc0 = m0; mc0 < m1; mc0 += chunk) {
@@ -219,14 +237,18 @@ static void backward_rows(const float* X, int64_t ldx, const float* dY, int64_t 
     pack_block_major(X + mc0 * ldx, ldx, rows, nr, bk, xp);
     pack_block_major(dY + mc0 * ldy, ldy, rows, nc, bn, gp);
     for (size_t s = 0; s < a_off.size(); ++s) a_off[s] = rb.col[s] * rows * bn;
-    for (int64_t i = 0; i < nr; ++i) {
-      const int64_t e0 = rb.ptr[i], e1 = rb.ptr[i + 1];
-      gather_block(gp, bn, a_off.data() + e0, Wt, b_off.data() + e0, int(e1 - e0), bn, bk,
-                   dX + mc0 * lddx + i * bk, lddx, rows);
-      for (int64_t s = e0; s < e1; ++s)
+    // dX: kGroupTiles row tiles at a time across all input block-rows (as in product_rows).
+    for (int64_t mg = 0; mg < rows; mg += group_rows)
+      for (int64_t i = 0; i < nr; ++i)
+        gather_block(gp + mg * bn, bn, a_off.data() + rb.ptr[i], Wt, b_off.data() + rb.ptr[i],
+                     int(rb.ptr[i + 1] - rb.ptr[i]), bn, bk, dX + (mc0 + mg) * lddx + i * bk,
+                     lddx, std::min(group_rows, rows - mg));
+    // dW: per stored block, over all the chunk's rows (reading them in slices of kOuterRows
+    // rows, to keep P and Q in L1, measured no faster).
+    for (int64_t i = 0; i < nr; ++i)
+      for (int64_t s = rb.ptr[i]; s < rb.ptr[i + 1]; ++s)
         outer_block(xp + i * rows * bk, bk, gp + a_off[s], bn, rows, bk, bn, D + b_off[s],
                     *started);
-    }
     *started = true;
   }
 }
