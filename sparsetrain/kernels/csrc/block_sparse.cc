@@ -89,7 +89,7 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
 
   // Per input block-row i, its stored blocks (counting sort by row); W's blocks transposed for dx.
   thread_local std::vector<float> vt;
-  vt.resize(values.element_count());
+  if (vt.size() < size_t(values.element_count())) vt.resize(values.element_count());  // grown only
   bsk::transpose_blocks(values.typed_data(), nb, int(d.bk), int(d.bn), vt.data(), t, schedule);
   bsk::RowBlocks by_row;
   by_row.ptr.assign(d.nr + 1, 0);

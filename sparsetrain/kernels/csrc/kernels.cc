@@ -140,8 +140,8 @@ static void product_rows(const float* A, int64_t lda, int64_t m0, int64_t m1, co
   for (int64_t mc0 = m0; mc0 < m1; mc0 += chunk_rows) {
     const int64_t mc1 = std::min(m1, mc0 + chunk_rows);
     for (int64_t o0 = 0, o1; o0 < n_out; o0 = o1) {
-      for (o1 = o0 + 1; o1 < n_out && (list.ptr[o1 + 1] - list.ptr[o0]) * block_bytes <= kGroupBytes;)
-        ++o1;
+      o1 = o0 + 1;  // at least one column, then while the group's blocks fit kGroupBytes
+      while (o1 < n_out && (list.ptr[o1 + 1] - list.ptr[o0]) * block_bytes <= kGroupBytes) ++o1;
       for (int64_t mg = mc0; mg < mc1; mg += group_rows) {
         for (int64_t o = o0; o < o1; ++o) {
           const int64_t e0 = list.ptr[o];
@@ -272,7 +272,9 @@ void sparse_backward(const float* X, int64_t ldx, const float* dY, int64_t ldy, 
   // Per participant: its copies, then (all but the first) a partial dW summed at the end.
   thread_local std::vector<float> scratch;
   const int64_t pack = chunk * width;
-  scratch.resize(t * pack + (t - 1) * part);
+  // Grown only: shrinking and regrowing between the layers' calls would zero-fill MBs each time.
+  const size_t need = size_t(t * pack + (t - 1) * part);
+  if (scratch.size() < need) scratch.resize(need);
   // (A lambda names a thread_local as the running thread's own: capture a plain pointer.)
   float* const base = scratch.data();
   float* const partials = base + t * pack;
