@@ -32,6 +32,11 @@ constexpr int64_t kGroupTiles = 4;
 // Rows per chunk of the reduction in sparse_outer: a (rows, kb) slice of P and a (rows, nb)
 // slice of Q stay in L1 while all tiles of one block read them.
 constexpr int64_t kOuterRows = 96;
+// Fewest rows per chunk of sparse_backward (unless a participant has fewer): every chunk loads
+// and stores each dW block once. At 4096x2048x8192 (1/8) the L2 rule alone gives 24-row chunks
+// and the one-pass backward ran at 107-110 GFLOP/s in one thread's CPU time, with 96 at 119
+// (dx and dvalues apart: 114 and 120).
+constexpr int64_t kMinBackwardRows = 96;
 // Below this many multiply-adds a call runs on one thread (thread start costs ~20 us).
 constexpr double kMinParallelMacs = 4e6;
 
@@ -263,10 +268,10 @@ void sparse_backward(const float* X, int64_t ldx, const float* dY, int64_t ldy, 
     return;
   }
   const int t = effective_threads(threads, 2.0 * double(M) * double(part));
-  // Rows per chunk: its rows of X and dY fill at most kChunkBytes (in L2), and every
-  // participant gets about kRangesPerThread * 2 chunks to claim.
+  // Rows per chunk: its rows of X and dY fill at most kChunkBytes (in L2) but for
+  // kMinBackwardRows, and every participant gets about kRangesPerThread * 2 chunks to claim.
   const int64_t width = nr * bk + nc * bn;
-  const int64_t by_bytes = std::max<int64_t>(MR, kChunkBytes / (4 * width) / MR * MR);
+  const int64_t by_bytes = std::max(kMinBackwardRows, kChunkBytes / (4 * width) / MR * MR);
   const int64_t by_split = (M + t * kRangesPerThread * 2 - 1) / (t * kRangesPerThread * 2);
   const int64_t chunk = std::min(by_bytes, (by_split + MR - 1) / MR * MR);
   // Per participant: its copy of dY, then (all but the first) a partial dW summed at the end.
