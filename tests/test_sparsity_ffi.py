@@ -73,6 +73,20 @@ def test_ffi_equals_masked_dense_and_pure_jax(i):
             _close(a, b, n)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_rows_split_over_threads_and_chunks(monkeypatch, threads):
+    """Enough tokens that the backward cuts them in chunks (2000: no multiple of the chunk or the
+    row tile) and, with 3 participants, sums per-participant partial dvalues."""
+    monkeypatch.setattr(ffi, "THREADS", threads)
+    jax.clear_caches()  # the kernels' jitted calls read THREADS when traced
+    x, values, layout, dy = _operands(2000, 8, 12, (64, 64), 2, seed=5)
+    got = _run("ffi", x, values, layout, dy)
+    w = values_to_dense(values, layout)
+    dense = (x @ w, dy @ w.T, dense_to_values(x.T @ dy, layout))
+    for a, b, n in zip(got, dense, (w.shape[0], w.shape[1], 2000)):
+        _close(a, b, n)
+
+
 def test_unbalanced_layout_and_leading_dims():
     """Input rows holding unequal block counts (the transposed structure is ragged), x (2, 3, in)."""
     mask = np.zeros((4, 6), bool)

@@ -87,33 +87,25 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> values,
   const int64_t nb = d.nc * d.k;
   const int32_t* r = rows.typed_data();
 
-  // dx: per input block-row i, the stored blocks in row i (counting sort by row), transposed.
+  // Per input block-row i, its stored blocks (counting sort by row); W's blocks transposed for dx.
   thread_local std::vector<float> vt;
-  vt.resize(values.element_count());
+  if (vt.size() < size_t(values.element_count())) vt.resize(values.element_count());  // grown only
   bsk::transpose_blocks(values.typed_data(), nb, int(d.bk), int(d.bn), vt.data(), t, schedule);
-  bsk::BlockList list;
-  list.ptr.assign(d.nr + 1, 0);
-  for (int64_t e = 0; e < nb; ++e) ++list.ptr[r[e] + 1];
-  for (int64_t i = 0; i < d.nr; ++i) list.ptr[i + 1] += list.ptr[i];
-  list.a_blk.resize(nb);
-  list.b_off.resize(nb);
-  std::vector<int64_t> fill(list.ptr.begin(), list.ptr.end() - 1);
+  bsk::RowBlocks by_row;
+  by_row.ptr.assign(d.nr + 1, 0);
+  for (int64_t e = 0; e < nb; ++e) ++by_row.ptr[r[e] + 1];
+  for (int64_t i = 0; i < d.nr; ++i) by_row.ptr[i + 1] += by_row.ptr[i];
+  by_row.col.resize(nb);
+  by_row.blk.resize(nb);
+  std::vector<int64_t> fill(by_row.ptr.begin(), by_row.ptr.end() - 1);
   for (int64_t e = 0; e < nb; ++e) {
     const int64_t s = fill[r[e]]++;
-    list.a_blk[s] = e / d.k;  // dy column block = the block's output block-column
-    list.b_off[s] = e * d.bk * d.bn;   // its transposed (bn, bk) block in vt
+    by_row.col[s] = e / d.k;  // the block's output block-column
+    by_row.blk[s] = e;
   }
-  bsk::sparse_product(dy.typed_data(), d.out, d.M, vt.data(), int(d.bn), int(d.bk), list,
-                      dx->typed_data(), d.in, t, schedule);
-
-  // dvalues[e] = x[:, rows[e] block]^T @ dy[:, column block of e].
-  std::vector<int64_t> p_off(nb), q_off(nb);
-  for (int64_t e = 0; e < nb; ++e) {
-    p_off[e] = int64_t(r[e]) * d.bk;
-    q_off[e] = (e / d.k) * d.bn;
-  }
-  bsk::sparse_outer(x.typed_data(), d.in, dy.typed_data(), d.out, d.M, p_off.data(),
-                    q_off.data(), nb, int(d.bk), int(d.bn), dvalues->typed_data(), t, schedule);
+  bsk::sparse_backward(x.typed_data(), d.in, dy.typed_data(), d.out, d.M, d.nc, vt.data(), by_row,
+                       nb, int(d.bk), int(d.bn), dx->typed_data(), d.in, dvalues->typed_data(), t,
+                       schedule);
   return ffi::Error::Success();
 }
 

@@ -23,9 +23,20 @@ namespace {
 // 1 MiB / 256 rows 9.0-9.2x and 7.4-7.8x (one thread alone, in CPU time, the two were even).
 constexpr int64_t kChunkBytes = 1024 * 1024;
 constexpr int64_t kMinChunkRows = 256;
+// Stored blocks of B per column group in sparse_product: half of L2 beside the chunk of A.
+constexpr int64_t kGroupBytes = 512 * 1024;
+// Row tiles per pass over a column group: at 2048x512 @ 512x1536 with one stored 64x64 block
+// per column (one thread, AVX-512 Xeon, CPU time) 4 ran the product at 150-154 GFLOP/s (2 and 3
+// no faster), a whole 510-row chunk per column (the order before) at 135-140.
+constexpr int64_t kGroupTiles = 4;
 // Rows per chunk of the reduction in sparse_outer: a (rows, kb) slice of P and a (rows, nb)
 // slice of Q stay in L1 while all tiles of one block read them.
 constexpr int64_t kOuterRows = 96;
+// Fewest rows per chunk of sparse_backward (unless a participant has fewer): every chunk loads
+// and stores each dW block once. At 4096x2048x8192 (1/8) the L2 rule alone gives 24-row chunks
+// and the one-pass backward ran at 107-110 GFLOP/s in one thread's CPU time, with 96 at 119
+// (dx and dvalues apart: 114 and 120).
+constexpr int64_t kMinBackwardRows = 96;
 // Below this many multiply-adds a call runs on one thread (thread start costs ~20 us).
 constexpr double kMinParallelMacs = 4e6;
 
@@ -62,45 +73,86 @@ int effective_threads(int threads, double macs) {
 GatherFn gather_fn(int r, int nv) { return tables().gather[r - 1][nv - 1]; }
 OuterFn outer_fn(int r, int nv) { return tables().outer[r - 1][nv - 1]; }
 
-// One thread's rows [m0, m1) of sparse_product, in chunks of chunk_rows rows of A.
+// C[0:rows, 0:nb] (leading dimension ldc) = sum over the n entries e of
+// A[0:rows, a_off[e] : +kb] @ B_e, B_e = B + b_off[e] (kb, nb) row-major: one output block-column
+// of a sparse product over `rows` rows of A (leading dimension lda), remainders included.
+static void gather_block(const float* A, int64_t lda, const int64_t* a_off, const float* B,
+                         const int64_t* b_off, int n, int kb, int nb, float* C, int64_t ldc,
+                         int64_t rows) {
+  if (n == 0) {
+    for (int64_t m = 0; m < rows; ++m) std::memset(C + m * ldc, 0, sizeof(float) * nb);
+    return;
+  }
+  // Per row tile, all of the column's whole vectors: `full` passes of MAXNV vectors in one
+  // call, then the rest (nb_vec % (MAXNV * W), e.g. 48 of 112 columns on avx512).
+  const int nb_vec = nb - nb % W;
+  const int full = nb_vec / (MAXNV * W), rest = nb_vec % (MAXNV * W) / W;
+  for (int64_t m = 0; m < rows; m += MR) {
+    const int r = static_cast<int>(std::min<int64_t>(MR, rows - m));
+    const float* Am = A + m * lda;
+    float* Cm = C + m * ldc;
+    if (full > 0) gather_fn(r, MAXNV)(Am, lda, a_off, B, b_off, n, kb, nb, Cm, ldc, full);
+    const int c0 = full * MAXNV * W;
+    if (rest > 0) gather_fn(r, rest)(Am, lda, a_off, B + c0, b_off, n, kb, nb, Cm + c0, ldc, 1);
+  }
+  for (int c = nb_vec; c < nb; ++c) {  // columns beyond whole vectors (nb % W)
+    for (int64_t m = 0; m < rows; ++m) {
+      float s = 0.f;
+      for (int i = 0; i < n; ++i) {
+        const float* a = A + m * lda + a_off[i];
+        const float* b = B + b_off[i] + c;
+        for (int kk = 0; kk < kb; ++kk) s += a[kk] * b[kk * nb];
+      }
+      C[m * ldc + c] = s;
+    }
+  }
+}
+
+// D (kb, nb) (+)= P[0:rows, 0:kb]^T @ Q[0:rows, 0:nb] (leading dimensions ldp, ldq; D
+// contiguous), remainders included; acc=false overwrites D.
+static void outer_block(const float* P, int64_t ldp, const float* Q, int64_t ldq, int64_t rows,
+                        int kb, int nb, float* D, bool acc) {
+  const int nb_vec = nb - nb % W;
+  const int full = nb_vec / (MAXNV * W), rest = nb_vec % (MAXNV * W) / W;  // as in gather_block
+  for (int i0 = 0; i0 < kb; i0 += MR) {
+    const int r = std::min(MR, kb - i0);
+    float* di = D + int64_t(i0) * nb;
+    if (full > 0) outer_fn(r, MAXNV)(P + i0, ldp, Q, ldq, rows, di, nb, acc, full);
+    const int c0 = full * MAXNV * W;
+    if (rest > 0) outer_fn(r, rest)(P + i0, ldp, Q + c0, ldq, rows, di + c0, nb, acc, 1);
+    for (int c = nb_vec; c < nb; ++c) {
+      for (int i = i0; i < i0 + r; ++i) {
+        float s = acc ? D[int64_t(i) * nb + c] : 0.f;
+        for (int64_t m = 0; m < rows; ++m) s += P[m * ldp + i] * Q[m * ldq + c];
+        D[int64_t(i) * nb + c] = s;
+      }
+    }
+  }
+}
+
+// One thread's rows [m0, m1) of sparse_product, in chunks of chunk_rows rows of A (in L2). Per
+// chunk, output block-columns in groups whose stored blocks of B fit kGroupBytes (in L2), and
+// per group, kGroupTiles row tiles at a time across all its columns: the tiles' rows of A stay in
+// L1 while every column reads them, one B block serves kGroupTiles tiles from L1, and C's rows
+// are written in order.
 static void product_rows(const float* A, int64_t lda, int64_t m0, int64_t m1, const float* B,
                          int kb, int nb, const BlockList& list, float* C, int64_t ldc,
                          int64_t chunk_rows) {
   const int64_t n_out = static_cast<int64_t>(list.ptr.size()) - 1;
-  const int nb_vec = nb - nb % W;
+  const int64_t block_bytes = int64_t(sizeof(float)) * kb * nb, group_rows = kGroupTiles * MR;
   std::vector<int64_t> a_off(list.a_blk.size());
   for (int64_t i = 0; i < int64_t(a_off.size()); ++i) a_off[i] = list.a_blk[i] * kb;
   for (int64_t mc0 = m0; mc0 < m1; mc0 += chunk_rows) {
     const int64_t mc1 = std::min(m1, mc0 + chunk_rows);
-    for (int64_t o = 0; o < n_out; ++o) {
-      const int64_t e0 = list.ptr[o];
-      const int n = static_cast<int>(list.ptr[o + 1] - e0);
-      float* Co = C + o * nb;
-      if (n == 0) {
-        for (int64_t m = mc0; m < mc1; ++m) std::memset(Co + m * ldc, 0, sizeof(float) * nb);
-        continue;
-      }
-      const int64_t* b_off = list.b_off.data() + e0;
-      // Per row tile, all of the column's whole vectors: `full` passes of MAXNV vectors in one
-      // call, then the rest (nb_vec % (MAXNV * W), e.g. 48 of 112 columns on avx512).
-      const int full = nb_vec / (MAXNV * W), rest = nb_vec % (MAXNV * W) / W;
-      for (int64_t m = mc0; m < mc1; m += MR) {
-        const int r = static_cast<int>(std::min<int64_t>(MR, mc1 - m));
-        const float* Am = A + m * lda;
-        float* Cm = Co + m * ldc;
-        if (full > 0) gather_fn(r, MAXNV)(Am, lda, a_off.data() + e0, B, b_off, n, kb, nb, Cm, ldc, full);
-        const int c0 = full * MAXNV * W;
-        if (rest > 0) gather_fn(r, rest)(Am, lda, a_off.data() + e0, B + c0, b_off, n, kb, nb, Cm + c0, ldc, 1);
-      }
-      for (int c = nb_vec; c < nb; ++c) {  // columns beyond whole vectors (nb % W)
-        for (int64_t m = mc0; m < mc1; ++m) {
-          float s = 0.f;
-          for (int i = 0; i < n; ++i) {
-            const float* a = A + m * lda + a_off[e0 + i];
-            const float* b = B + b_off[i] + c;
-            for (int kk = 0; kk < kb; ++kk) s += a[kk] * b[kk * nb];
-          }
-          Co[m * ldc + c] = s;
+    for (int64_t o0 = 0, o1; o0 < n_out; o0 = o1) {
+      o1 = o0 + 1;  // at least one column, then while the group's blocks fit kGroupBytes
+      while (o1 < n_out && (list.ptr[o1 + 1] - list.ptr[o0]) * block_bytes <= kGroupBytes) ++o1;
+      for (int64_t mg = mc0; mg < mc1; mg += group_rows) {
+        for (int64_t o = o0; o < o1; ++o) {
+          const int64_t e0 = list.ptr[o];
+          gather_block(A + mg * lda, lda, a_off.data() + e0, B, list.b_off.data() + e0,
+                       static_cast<int>(list.ptr[o + 1] - e0), kb, nb, C + mg * ldc + o * nb, ldc,
+                       std::min(group_rows, mc1 - mg));
         }
       }
     }
@@ -130,8 +182,6 @@ static void pack_slice(const float* src, int64_t ld, int64_t m0, int64_t rows, i
 static void outer_blocks(const float* P, int64_t ldp, const float* Q, int64_t ldq, int64_t M,
                          const int64_t* p_off, const int64_t* q_off, int64_t e0, int64_t e1, int kb,
                          int nb, float* D) {
-  const int nb_vec = nb - nb % W;
-  const int full = nb_vec / (MAXNV * W), rest = nb_vec % (MAXNV * W) / W;  // as in product_rows
   const int64_t block = int64_t(kb) * nb;
   if (M == 0) {
     std::memset(D + e0 * block, 0, sizeof(float) * block * (e1 - e0));
@@ -145,23 +195,7 @@ static void outer_blocks(const float* P, int64_t ldp, const float* Q, int64_t ld
     for (int64_t e = e0; e < e1; ++e) {
       pack_slice(P, ldp, mc0, rows, p_off[e], kb, pp.data());
       if (q_off[e] != q_packed) pack_slice(Q, ldq, mc0, rows, q_packed = q_off[e], nb, qp.data());
-      const float* p = pp.data();
-      const float* q = qp.data();
-      float* d = D + e * block;
-      for (int i0 = 0; i0 < kb; i0 += MR) {
-        const int r = std::min(MR, kb - i0);
-        float* di = d + int64_t(i0) * nb;
-        if (full > 0) outer_fn(r, MAXNV)(p + i0, kb, q, nb, rows, di, nb, acc, full);
-        const int c0 = full * MAXNV * W;
-        if (rest > 0) outer_fn(r, rest)(p + i0, kb, q + c0, nb, rows, di + c0, nb, acc, 1);
-        for (int c = nb_vec; c < nb; ++c) {
-          for (int i = i0; i < i0 + r; ++i) {
-            float s = acc ? d[int64_t(i) * nb + c] : 0.f;
-            for (int64_t m = 0; m < rows; ++m) s += p[m * kb + i] * q[m * nb + c];
-            d[int64_t(i) * nb + c] = s;
-          }
-        }
-      }
+      outer_block(pp.data(), kb, qp.data(), nb, rows, kb, nb, D + e * block, acc);
     }
   }
 }
@@ -173,6 +207,94 @@ void sparse_outer(const float* P, int64_t ldp, const float* Q, int64_t ldq, int6
   parallel_ranges(n_blocks, 1, effective_threads(threads, macs), [&](int, int64_t e0, int64_t e1) {
     outer_blocks(P, ldp, Q, ldq, M, p_off, q_off, e0, e1, kb, nb, D);
   }, schedule);
+}
+
+// Copies rows [0, rows) of the n_blk column blocks (w columns each) of src (leading dimension
+// ld) block-major: block b to dst + b * rows * w, (rows, w) row-major. Reads src row by row
+// (sequential, so the hardware prefetchers stream it; per-block strided reads would not).
+static void pack_block_major(const float* src, int64_t ld, int64_t rows, int64_t n_blk, int w,
+                             float* dst) {
+  const int w_vec = w - w % W;
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* s = src + m * ld;
+    float* d = dst + m * w;
+    for (int64_t b = 0; b < n_blk; ++b, s += w, d += rows * w) {  // inline: w is only ~64
+      for (int c = 0; c < w_vec; c += W) vstore(d + c, vload(s + c));
+      for (int c = w_vec; c < w; ++c) d[c] = s[c];
+    }
+  }
+}
+
+// One participant's rows [m0, m1) of sparse_backward, in chunks of `chunk` rows: the chunk of dY
+// copied block-major into gp (it stays in L2), then its dX (gathers over each input block-row's
+// blocks) and every block's dW (accumulated into D unless *started is false: the participant's
+// first chunk overwrites every block). X is read in place: copying it block-major too measured
+// 5-15% slower (one thread, AVX-512 Xeon, CPU time, small-30m shapes).
+static void backward_rows(const float* X, int64_t ldx, const float* dY, int64_t ldy, int64_t m0,
+                          int64_t m1, int64_t nc, const float* Wt, const RowBlocks& rb, int bk,
+                          int bn, float* dX, int64_t lddx, float* D, bool* started, int64_t chunk,
+                          float* gp) {
+  const int64_t nr = static_cast<int64_t>(rb.ptr.size()) - 1, block = int64_t(bk) * bn;
+  const int64_t group_rows = kGroupTiles * MR;
+  std::vector<int64_t> a_off(rb.col.size()), b_off(rb.col.size());
+  for (size_t s = 0; s < b_off.size(); ++s) b_off[s] = rb.blk[s] * block;
+  for (int64_t mc0 = m0; mc0 < m1; mc0 += chunk) {
+    const int64_t rows = std::min(chunk, m1 - mc0);
+    pack_block_major(dY + mc0 * ldy, ldy, rows, nc, bn, gp);
+    for (size_t s = 0; s < a_off.size(); ++s) a_off[s] = rb.col[s] * rows * bn;
+    // dX: kGroupTiles row tiles at a time across all input block-rows (as in product_rows).
+    for (int64_t mg = 0; mg < rows; mg += group_rows)
+      for (int64_t i = 0; i < nr; ++i)
+        gather_block(gp + mg * bn, bn, a_off.data() + rb.ptr[i], Wt, b_off.data() + rb.ptr[i],
+                     int(rb.ptr[i + 1] - rb.ptr[i]), bn, bk, dX + (mc0 + mg) * lddx + i * bk,
+                     lddx, std::min(group_rows, rows - mg));
+    // dW: per stored block, over all the chunk's rows (reading them in slices of kOuterRows
+    // rows, to keep P and Q in L1, measured no faster).
+    for (int64_t i = 0; i < nr; ++i)
+      for (int64_t s = rb.ptr[i]; s < rb.ptr[i + 1]; ++s)
+        outer_block(X + mc0 * ldx + i * bk, ldx, gp + a_off[s], bn, rows, bk, bn, D + b_off[s],
+                    *started);
+    *started = true;
+  }
+}
+
+void sparse_backward(const float* X, int64_t ldx, const float* dY, int64_t ldy, int64_t M,
+                     int64_t nc, const float* Wt, const RowBlocks& by_row, int64_t n_blocks,
+                     int bk, int bn, float* dX, int64_t lddx, float* dW, int threads,
+                     const Schedule& schedule) {
+  const int64_t nr = static_cast<int64_t>(by_row.ptr.size()) - 1, part = n_blocks * bk * bn;
+  if (M == 0) {
+    std::memset(dW, 0, sizeof(float) * part);
+    return;
+  }
+  const int t = effective_threads(threads, 2.0 * double(M) * double(part));
+  // Rows per chunk: its rows of X and dY fill at most kChunkBytes (in L2) but for
+  // kMinBackwardRows, and every participant gets about kRangesPerThread * 2 chunks to claim.
+  const int64_t width = nr * bk + nc * bn;
+  const int64_t by_bytes = std::max(kMinBackwardRows, kChunkBytes / (4 * width) / MR * MR);
+  const int64_t by_split = (M + t * kRangesPerThread * 2 - 1) / (t * kRangesPerThread * 2);
+  const int64_t chunk = std::min(by_bytes, (by_split + MR - 1) / MR * MR);
+  // Per participant: its copy of dY, then (all but the first) a partial dW summed at the end.
+  thread_local std::vector<float> scratch;
+  const int64_t pack = chunk * nc * bn;
+  // Grown only: shrinking and regrowing between the layers' calls would zero-fill MBs each time.
+  const size_t need = size_t(t * pack + (t - 1) * part);
+  if (scratch.size() < need) scratch.resize(need);
+  // (A lambda names a thread_local as the running thread's own: capture a plain pointer.)
+  float* const base = scratch.data();
+  float* const partials = base + t * pack;
+  std::vector<char> started(t, 0);
+  parallel_ranges(M, chunk, t, [&](int id, int64_t m0, int64_t m1) {
+    bool s = started[id];
+    backward_rows(X, ldx, dY, ldy, m0, m1, nc, Wt, by_row, bk, bn, dX, lddx,
+                  id == 0 ? dW : partials + (id - 1) * part, &s, chunk, base + id * pack);
+    started[id] = s;
+  }, schedule);
+  for (int id = 1; id < t; ++id) {
+    if (!started[id]) continue;
+    const float* p = partials + (id - 1) * part;
+    for (int64_t i = 0; i < part; ++i) dW[i] += p[i];
+  }
 }
 
 void transpose_blocks(const float* src, int64_t n_blocks, int rows, int cols, float* dst,
