@@ -14,17 +14,16 @@ namespace bsk {
 typedef int32_t vi __attribute__((vector_size(W * sizeof(int32_t))));
 
 // exp(x) for x in [-87, 88] (clamped), Cephes expf polynomial; relative error ~2e-7.
+// n = round(x / ln 2) by the shifter trick (adding 1.5 * 2^23 leaves the rounded integer in the
+// low mantissa bits): no float-int conversions; r = x - n ln 2 in [-ln2 / 2, ln2 / 2], the
+// polynomial's range.
 inline vf vexp(vf x) {
-  const vf lo = vsplat(-87.f), hi = vsplat(88.f);
-  vi below = x < lo, above = x > hi;
-  x = (vf)(((vi)lo & below) | ((vi)x & ~below));
-  x = (vf)(((vi)hi & above) | ((vi)x & ~above));
-  vf fx = x * 1.44269504088896341f + 0.5f;
-  vi n = __builtin_convertvector(fx, vi);  // truncates toward zero: fix up to floor
-  vf nf = __builtin_convertvector(n, vf);
-  vi too_big = nf > fx;
-  n = n + too_big;  // true lanes are -1
-  nf = __builtin_convertvector(n, vf);
+  const vf lo = vsplat(-87.f), hi = vsplat(88.f), shifter = vsplat(12582912.f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const vf fx = x * 1.44269504088896341f + shifter;
+  const vi n = (vi)fx - (vi)shifter;
+  const vf nf = fx - shifter;
   x = x - nf * 0.693359375f + nf * 2.12194440e-4f;
   vf y = x * 1.9875691500e-4f + 1.3981999507e-3f;
   y = y * x + 8.3334519073e-3f;
@@ -32,8 +31,7 @@ inline vf vexp(vf x) {
   y = y * x + 1.6666665459e-1f;
   y = y * x + 5.0000001201e-1f;
   y = y * x * x + x + 1.f;
-  vi pow2n = (n + 127) << 23;
-  return y * (vf)pow2n;
+  return y * (vf)((n + 127) << 23);
 }
 
 // 1 / x for finite x != 0: the hardware's reciprocal estimate (relative error < 2^-14 with
