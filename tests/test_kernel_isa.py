@@ -76,8 +76,8 @@ from sparsetrain.kernels import norm_gelu  # LayerNorm (+ residual add) and bias
 x, a, dy, ds = (rng.standard_normal((37, 83), np.float32) for _ in range(4))
 sc, b = rng.standard_normal(83, np.float32), rng.standard_normal(83, np.float32)
 ref_ln = lambda x, s, b: (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5) * s + b
-pairs = [(lambda x, a, s, b: norm_gelu.add_layer_norm(x, a, s, b),
-          lambda x, a, s, b: (x + a, ref_ln(x + a, s, b)), (x, a, sc, b), (ds, dy)),
+pairs = [(lambda x, a, s, b: norm_gelu.add_layer_norm(x, a, s, b, a_bias=2 * b),
+          lambda x, a, s, b: (x + (a + 2 * b), ref_ln(x + (a + 2 * b), s, b)), (x, a, sc, b), (ds, dy)),
          (norm_gelu.layer_norm, ref_ln, (x, sc, b), dy),
          (norm_gelu.bias_gelu, lambda u, b: jax.nn.gelu(u + b, approximate=True), (3 * x, b), dy)]
 for f, ref, args, ct in pairs:

@@ -11,6 +11,8 @@ import pytest
 
 from sparsetrain.kernels import ffi, norm_gelu
 from sparsetrain.kernels.dispatch import use_kernel_backend
+from sparsetrain.models import gpt
+from sparsetrain.models.gpt import GPTSpec, LinearSpec
 
 pytestmark = pytest.mark.skipif(not ffi.AVAILABLE, reason=f"compiled kernel {ffi.DESCRIPTION}")
 
@@ -58,15 +60,21 @@ def test_layer_norm_and_its_gradients_equal_autodiff_of_the_formula(shape):
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_add_layer_norm_returns_the_sum_and_adds_its_cotangent(shape):
+    """s = x + a + a_bias and LayerNorm(s); gradients of x, a, a_bias, scale, bias."""
     d = shape[-1]
     x, a, ds, dy = (_normal(i, shape) for i in range(4))
-    scale, bias = _normal(4, (d,)), _normal(5, (d,))
-    ref = lambda x, a, scale, bias: (x + a, ref_layer_norm(x + a, scale, bias))
-    out, grads = jax.jit(lambda *p: _vjp(norm_gelu.add_layer_norm, p, (ds, dy)))(x, a, scale, bias)
-    out_ref, grads_ref = jax.jit(lambda *p: _vjp(ref, p, (ds, dy)))(x, a, scale, bias)
-    np.testing.assert_array_equal(out[0], out_ref[0])  # s = x + a exactly
+    scale, bias, a_bias = _normal(4, (d,)), _normal(5, (d,)), _normal(14, (d,))
+    fused = lambda x, a, ab, scale, bias: norm_gelu.add_layer_norm(x, a, scale, bias, a_bias=ab)
+    ref = lambda x, a, ab, scale, bias: (x + (a + ab), ref_layer_norm(x + (a + ab), scale, bias))
+    args = (x, a, a_bias, scale, bias)
+    out, grads = jax.jit(lambda *p: _vjp(fused, p, (ds, dy)))(*args)
+    out_ref, grads_ref = jax.jit(lambda *p: _vjp(ref, p, (ds, dy)))(*args)
+    np.testing.assert_array_equal(out[0], out_ref[0])  # s exactly
     _close(out[1:], out_ref[1:], 1e-5, 1e-6)
     _close(grads, grads_ref, 1e-4, 1e-5)
+    # without a bias: s = x + a
+    s, _ = norm_gelu.add_layer_norm(x, a, scale, bias)
+    np.testing.assert_array_equal(s, x + a)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -123,3 +131,25 @@ def test_compiled_only_for_float32_on_cpu_with_the_compiled_kernels_chosen():
     assert not norm_gelu.compiled_elementwise(jnp.bfloat16)
     with use_kernel_backend("jax"):  # the RDU lowering: plain ops it can cost
         assert not norm_gelu.compiled_elementwise(jnp.float32)
+
+
+@pytest.mark.parametrize("dropout_key", [None, 0])
+def test_layer_output_equals_the_plain_one_with_and_without_residual_dropout(monkeypatch, dropout_key):
+    """gpt.layer_output (attn_out bias folded into the compiled add + LayerNorm unless dropout
+    comes between them): output and gradients equal those of the plain jnp path, same key."""
+    d = 40
+    linears = (("attn_out", LinearSpec(d, d)), ("mlp_up", LinearSpec(d, 4 * d)),
+               ("mlp_down", LinearSpec(4 * d, d)))
+    spec = GPTSpec(shape=None, vocab_size=1, linears=linears, resid_dropout=0.25)
+    p = {kind: {"kernel": _normal(20 + i, (lin.n_in, lin.n_out), 0.2), "bias": _normal(30 + i, (lin.n_out,))}
+         for i, (kind, lin) in enumerate(linears)}
+    p.update(ln2_scale=_normal(40, (d,), 0.5, 1.0), ln2_bias=_normal(41, (d,)))
+    x, att, w = _normal(42, (2, 9, d)), _normal(43, (2, 9, 4, d // 4)), _normal(44, (2, 9, d))
+    key = None if dropout_key is None else jax.random.key(dropout_key)
+    f = lambda p, x, att: jnp.sum(gpt.layer_output(p, x, att, spec, key) * w)
+    got = jax.jit(jax.value_and_grad(f, (0, 1, 2)))(p, x, att)
+    monkeypatch.setattr(norm_gelu, "compiled_elementwise", lambda dtype: False)
+    want = jax.jit(jax.value_and_grad(f, (0, 1, 2)))(p, x, att)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for g, r in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5 * float(np.abs(r).max()))

@@ -7,9 +7,10 @@ threads as the other compiled kernels (XLA's intra-op pool):
 
 - `layer_norm(x, scale, bias, eps)`: LayerNorm over the last axis; the forward also saves each
   row's mean and 1/sqrt(var + eps) (N,) for the backward (dx, dscale, dbias in one pass).
-- `add_layer_norm(x, a, scale, bias, eps)`: (s, LayerNorm(s)) of s = x + a, the residual add
-  and the LayerNorm after it in one pass; its backward adds s's cotangent (the residual stream's
-  gradient) to dx in the same pass.
+- `add_layer_norm(x, a, scale, bias, eps, a_bias)`: (s, LayerNorm(s)) of s = x + a (+ a_bias,
+  the bias of the linear that made a), the residual add and the LayerNorm after it in one pass;
+  its backward adds s's cotangent (the residual stream's gradient) to dx in the same pass and sums
+  that over rows for a_bias's gradient.
 - `bias_gelu(u, bias)`: gelu(u + bias), `jax.nn.gelu(approximate=True)`'s math; the backward
   recomputes the tanh and sums dbias over rows.
 
@@ -63,10 +64,10 @@ def layer_norm_forward(x2, scale, bias, eps):
 
 
 @functools.partial(jax.jit, static_argnames="eps")
-def add_layer_norm_forward(x2, a2, scale, bias, eps):
-    """(s, y, mean, rstd): s = x2 + a2 (N, d), y its LayerNorm, mean and rstd (N,)."""
-    return _call("sparsetrain_add_layer_norm_forward", _norm_outs(*x2.shape, True), x2, a2, scale,
-                 bias, eps=np.float32(eps))
+def add_layer_norm_forward(x2, a2, a_bias, scale, bias, eps):
+    """(s, y, mean, rstd): s = x2 + a2 + a_bias (N, d), y its LayerNorm, mean and rstd (N,)."""
+    return _call("sparsetrain_add_layer_norm_forward", _norm_outs(*x2.shape, True), x2, a2, a_bias,
+                 scale, bias, eps=np.float32(eps))
 
 
 @jax.jit
@@ -79,9 +80,10 @@ def layer_norm_backward(x2, mean, rstd, scale, dy):
 
 @jax.jit
 def add_layer_norm_backward(s2, mean, rstd, scale, dy, ds):
-    """layer_norm_backward's three, with ds (N, d) (the cotangent of s) added to dx."""
+    """layer_norm_backward's three with ds (N, d) (the cotangent of s) added to dx, and the
+    column sums of that dx (d,) (a_bias's gradient)."""
     n, d = s2.shape
-    outs = (jax.ShapeDtypeStruct((n, d), _F32),) + (jax.ShapeDtypeStruct((d,), _F32),) * 2
+    outs = (jax.ShapeDtypeStruct((n, d), _F32),) + (jax.ShapeDtypeStruct((d,), _F32),) * 3
     return _call("sparsetrain_add_layer_norm_backward", outs, s2, mean, rstd, scale, dy, ds)
 
 
@@ -126,31 +128,33 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-
     return y.reshape(x.shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _add_layer_norm(x2, a2, scale, bias, eps):
-    s, y, _, _ = add_layer_norm_forward(x2, a2, scale, bias, eps)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _add_layer_norm(x2, a2, a_bias, scale, bias, eps):
+    s, y, _, _ = add_layer_norm_forward(x2, a2, a_bias, scale, bias, eps)
     return s, y
 
 
-def _add_layer_norm_fwd(x2, a2, scale, bias, eps):
-    s, y, mean, rstd = add_layer_norm_forward(x2, a2, scale, bias, eps)
+def _add_layer_norm_fwd(x2, a2, a_bias, scale, bias, eps):
+    s, y, mean, rstd = add_layer_norm_forward(x2, a2, a_bias, scale, bias, eps)
     return (s, y), (s, mean, rstd, scale)
 
 
 def _add_layer_norm_bwd(eps, res, cts):
     ds, dy = cts
-    dx, dscale, dbias = add_layer_norm_backward(*res, dy, ds)
-    return dx, dx, dscale, dbias
+    dx, dscale, dbias, da_bias = add_layer_norm_backward(*res, dy, ds)
+    return dx, dx, da_bias, dscale, dbias
 
 
 _add_layer_norm.defvjp(_add_layer_norm_fwd, _add_layer_norm_bwd)
 
 
 def add_layer_norm(x: jax.Array, a: jax.Array, scale: jax.Array, bias: jax.Array,
-                   eps: float = 1e-5) -> tuple[jax.Array, jax.Array]:
-    """(s, layer_norm(s, scale, bias, eps)) of s = x + a. x, a (..., d) float32 -> two (..., d)."""
+                   eps: float = 1e-5, a_bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(s, layer_norm(s, scale, bias, eps)) of s = x + a + a_bias (a_bias (d,) or None: zero).
+    x, a (..., d) float32 -> two (..., d)."""
     d = x.shape[-1]
-    s, y = _add_layer_norm(x.reshape(-1, d), a.reshape(-1, d), scale.astype(_F32),
+    a_bias = jnp.zeros((d,), _F32) if a_bias is None else a_bias.astype(_F32)
+    s, y = _add_layer_norm(x.reshape(-1, d), a.reshape(-1, d), a_bias, scale.astype(_F32),
                            bias.astype(_F32), float(eps))
     return s.reshape(x.shape), y.reshape(x.shape)
 

@@ -205,12 +205,17 @@ def layer_output(p: dict, x: jax.Array, att: jax.Array, spec: GPTSpec,
     """
     B, T, d = x.shape
     k1, k2 = jax.random.split(key) if key is not None else (None, None)
-    a = dropout(linear_apply(p["attn_out"], spec.linear("attn_out"), att.reshape(B, T, d)),
-                spec.resid_dropout, k1)
     compiled = norm_gelu.compiled_elementwise(x.dtype)
-    if compiled:  # the residual add and ln2 in one pass each way
+    out = spec.linear("attn_out")
+    # attn_out's bias joins the residual add and ln2 in one compiled pass each way (when no
+    # dropout comes between the bias and the add)
+    fold = compiled and out.bias and (k1 is None or spec.resid_dropout == 0.0)
+    a = dropout(linear_apply(p["attn_out"], out, att.reshape(B, T, d), add_bias=not fold),
+                spec.resid_dropout, k1)
+    if compiled:
         with jax.named_scope("layer_norm"):
-            x, h = norm_gelu.add_layer_norm(x, a, p["ln2_scale"], p["ln2_bias"])
+            x, h = norm_gelu.add_layer_norm(x, a, p["ln2_scale"], p["ln2_bias"],
+                                            a_bias=p["attn_out"]["bias"] if fold else None)
     else:
         with jax.named_scope("residual"):
             x = x + a

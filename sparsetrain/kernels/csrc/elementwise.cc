@@ -1,13 +1,14 @@
 // XLA FFI handlers of the GPT's element-wise passes in float32 on CPU: LayerNorm over the last
 // axis (optionally after the residual add before it) and bias + tanh-GELU, forward and backward.
 //
-// Operands, row-major: x, a, s, y, dy, ds (N, d); scale, bias (d,); mean, rstd (N,); for the
-// GELU u, g, du (N, n) and b (n,).
+// Operands, row-major: x, a, s, y, dy, ds (N, d); scale, bias, ab (d,); mean, rstd (N,); for
+// the GELU u, g, du (N, n) and b (n,).
 // Handlers:
 //   SparsetrainLayerNormForward      y = (x - mean) * rstd * scale + bias     -> y, mean, rstd
-//   SparsetrainAddLayerNormForward   s = x + a, then LayerNorm of s           -> s, y, mean, rstd
+//   SparsetrainAddLayerNormForward   s = x + a + ab (ab: a's bias), LayerNorm of s -> s, y, mean, rstd
 //   SparsetrainLayerNormBackward     dx, dscale, dbias for cotangent dy      (x, mean, rstd saved)
-//   SparsetrainAddLayerNormBackward  the same with dx += ds, the cotangent of the output s
+//   SparsetrainAddLayerNormBackward  the same with dx += ds (the cotangent of the output s), and
+//                                    dab = sum of dx rows (= da summed: a's bias gradient)
 //   SparsetrainBiasGeluForward       gelu(u + b), tanh approximation          -> (N, n)
 //   SparsetrainBiasGeluBackward      du = g * gelu'(u + b) (tanh recomputed), dbias = sum of du rows
 // mean and var (mean squared deviation) are two passes over a row that stays in L1;
@@ -70,11 +71,12 @@ void norm_row(const float* x, const float* scale, const float* bias, float eps, 
   *rstd_out = rstd;
 }
 
-// dx (d,) of one row for cotangent dy, plus ds when not null; adds dy * xhat to dscale and dy to
-// dbias (this chunk's partial sums). xhat = (x - mean) * rstd, dxhat = dy * scale:
+// dx (d,) of one row for cotangent dy, plus ds when not null; adds dy * xhat to dscale, dy to
+// dbias and (when not null) dx to dsum (this chunk's partial sums). xhat = (x - mean) * rstd, dxhat = dy * scale:
 // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
 void norm_back_row(const float* x, float mean, float rstd, const float* scale, const float* dy,
-                   const float* ds, int64_t d, float* dx, float* dscale, float* dbias) {
+                   const float* ds, int64_t d, float* dx, float* dscale, float* dbias,
+                   float* dsum) {
   const int64_t dv = d - d % W;
   const vf m = vsplat(mean), r = vsplat(rstd);
   vf sa{}, sb{};
@@ -101,10 +103,12 @@ void norm_back_row(const float* x, float mean, float rstd, const float* scale, c
     vf out = r * (vload(dy + j) * vload(scale + j) - ca - xh * cb);
     if (ds) out += vload(ds + j);
     vstore(dx + j, out);
+    if (dsum) vstore(dsum + j, vload(dsum + j) + out);
   }
   for (int64_t j = dv; j < d; ++j) {
     const float xh = (x[j] - mean) * rstd;
     dx[j] = rstd * (dy[j] * scale[j] - a - xh * b) + (ds ? ds[j] : 0.f);
+    if (dsum) dsum[j] += dx[j];
   }
 }
 
@@ -190,25 +194,28 @@ ffi::Error rows_cols(const F32& x, std::initializer_list<int64_t> per_col,
   return ffi::Error::Success();
 }
 
-ffi::Error NormForward(F32 x, const F32* a, F32 scale, F32 bias, F32Out* s, F32Out y, F32Out mean,
-                       F32Out rstd, float eps, int64_t threads, ffi::ThreadPool& pool) {
+ffi::Error NormForward(F32 x, const F32* a, const F32* ab, F32 scale, F32 bias, F32Out* s, F32Out y,
+                       F32Out mean, F32Out rstd, float eps, int64_t threads, ffi::ThreadPool& pool) {
   int64_t N, d;
   if (auto err = rows_cols(x, {scale.element_count(), bias.element_count()},
                            {mean->element_count(), rstd->element_count()}, &N, &d);
       err.failure())
     return err;
-  if (a && a->element_count() != N * d)
-    return ffi::Error::InvalidArgument("add + LayerNorm: x and a must have the same shape");
+  if (a && (a->element_count() != N * d || ab->element_count() != d))
+    return ffi::Error::InvalidArgument("add + LayerNorm: a must have x's shape, its bias (d,)");
   const float *xp = x.typed_data(), *ap = a ? a->typed_data() : nullptr;
+  const float* abp = a ? ab->typed_data() : nullptr;
   float* sp = s ? (*s)->typed_data() : nullptr;
   bsk::parallel_ranges(N, 1, threads_of(threads), [&](int, int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const float* row = xp + i * d;
-      if (ap) {  // s = x + a, then normalise s while its row is in L1
+      if (ap) {  // s = x + a + ab, then normalise s while its row is in L1
         float* srow = sp + i * d;
+        const float* arow = ap + i * d;
         int64_t j = 0;
-        for (; j + W <= d; j += W) vstore(srow + j, vload(row + j) + vload(ap + i * d + j));
-        for (; j < d; ++j) srow[j] = row[j] + ap[i * d + j];
+        for (; j + W <= d; j += W)
+          vstore(srow + j, vload(row + j) + (vload(arow + j) + vload(abp + j)));
+        for (; j < d; ++j) srow[j] = row[j] + (arow[j] + abp[j]);
         row = srow;
       }
       norm_row(row, scale.typed_data(), bias.typed_data(), eps, d, y->typed_data() + i * d,
@@ -219,45 +226,47 @@ ffi::Error NormForward(F32 x, const F32* a, F32 scale, F32 bias, F32Out* s, F32O
 }
 
 ffi::Error NormBackward(F32 x, F32 mean, F32 rstd, F32 scale, F32 dy, const F32* ds, F32Out dx,
-                        F32Out dscale, F32Out dbias, int64_t threads, ffi::ThreadPool& pool) {
+                        F32Out dscale, F32Out dbias, F32Out* dab, int64_t threads,
+                        ffi::ThreadPool& pool) {
   int64_t N, d;
   if (auto err = rows_cols(x, {scale.element_count(), dscale->element_count(), dbias->element_count()},
                            {mean.element_count(), rstd.element_count()}, &N, &d);
       err.failure())
     return err;
-  if (dy.element_count() != N * d || (ds && ds->element_count() != N * d))
+  if (dy.element_count() != N * d || (ds && ds->element_count() != N * d) ||
+      (dab && (*dab)->element_count() != d))
     return ffi::Error::InvalidArgument("LayerNorm backward: dy (and ds) must be (N, d) like x");
-  float* sums[2] = {dscale->typed_data(), dbias->typed_data()};
+  float* sums[3] = {dscale->typed_data(), dbias->typed_data(), dab ? (*dab)->typed_data() : nullptr};
   const float* dsp = ds ? ds->typed_data() : nullptr;
-  rows_with_column_sums(N, d, 2, sums, threads_of(threads), schedule_on(pool),
+  rows_with_column_sums(N, d, dab ? 3 : 2, sums, threads_of(threads), schedule_on(pool),
                         [&](int64_t i, float* partial) {
     norm_back_row(x.typed_data() + i * d, mean.typed_data()[i], rstd.typed_data()[i],
                   scale.typed_data(), dy.typed_data() + i * d, dsp ? dsp + i * d : nullptr, d,
-                  dx->typed_data() + i * d, partial, partial + d);
+                  dx->typed_data() + i * d, partial, partial + d, dab ? partial + 2 * d : nullptr);
   });
   return ffi::Error::Success();
 }
 
 ffi::Error LayerNormForwardImpl(F32 x, F32 scale, F32 bias, F32Out y, F32Out mean, F32Out rstd,
                                 float eps, int64_t threads, ffi::ThreadPool pool) {
-  return NormForward(x, nullptr, scale, bias, nullptr, y, mean, rstd, eps, threads, pool);
+  return NormForward(x, nullptr, nullptr, scale, bias, nullptr, y, mean, rstd, eps, threads, pool);
 }
 
-ffi::Error AddLayerNormForwardImpl(F32 x, F32 a, F32 scale, F32 bias, F32Out s, F32Out y,
+ffi::Error AddLayerNormForwardImpl(F32 x, F32 a, F32 ab, F32 scale, F32 bias, F32Out s, F32Out y,
                                    F32Out mean, F32Out rstd, float eps, int64_t threads,
                                    ffi::ThreadPool pool) {
-  return NormForward(x, &a, scale, bias, &s, y, mean, rstd, eps, threads, pool);
+  return NormForward(x, &a, &ab, scale, bias, &s, y, mean, rstd, eps, threads, pool);
 }
 
 ffi::Error LayerNormBackwardImpl(F32 x, F32 mean, F32 rstd, F32 scale, F32 dy, F32Out dx,
                                  F32Out dscale, F32Out dbias, int64_t threads, ffi::ThreadPool pool) {
-  return NormBackward(x, mean, rstd, scale, dy, nullptr, dx, dscale, dbias, threads, pool);
+  return NormBackward(x, mean, rstd, scale, dy, nullptr, dx, dscale, dbias, nullptr, threads, pool);
 }
 
 ffi::Error AddLayerNormBackwardImpl(F32 x, F32 mean, F32 rstd, F32 scale, F32 dy, F32 ds,
-                                    F32Out dx, F32Out dscale, F32Out dbias, int64_t threads,
-                                    ffi::ThreadPool pool) {
-  return NormBackward(x, mean, rstd, scale, dy, &ds, dx, dscale, dbias, threads, pool);
+                                    F32Out dx, F32Out dscale, F32Out dbias, F32Out dab,
+                                    int64_t threads, ffi::ThreadPool pool) {
+  return NormBackward(x, mean, rstd, scale, dy, &ds, dx, dscale, dbias, &dab, threads, pool);
 }
 
 ffi::Error BiasGeluForwardImpl(F32 u, F32 b, F32Out out, int64_t threads, ffi::ThreadPool pool) {
@@ -298,7 +307,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SparsetrainLayerNormForward, LayerNormForwardImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparsetrainAddLayerNormForward, AddLayerNormForwardImpl,
                               ffi::Ffi::Bind()
-                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
                                   .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>()
                                   .Attr<float>("eps")
                                   .Attr<int64_t>("threads")
@@ -314,7 +323,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SparsetrainLayerNormBackward, LayerNormBackwardImp
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparsetrainAddLayerNormBackward, AddLayerNormBackwardImpl,
                               ffi::Ffi::Bind()
                                   .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>()
                                   .Attr<int64_t>("threads")
                                   .Ctx<ffi::ThreadPool>());
 
