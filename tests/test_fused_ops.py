@@ -8,7 +8,7 @@ import numpy as np
 import optax
 
 from sparsetrain.config import Config, from_dict, validate
-from sparsetrain.kernels import fused_ops
+from sparsetrain.kernels import ffi, fused_ops
 from sparsetrain.models import gpt
 from sparsetrain.models.gpt import GPTSpec, build_model
 from sparsetrain.training.step import ModelFunctions
@@ -52,7 +52,8 @@ def test_head_cross_entropy_matches_optax_loss_and_gradients():
 
 
 def test_gpt_loss_and_gradients_equal_the_unfused_model(monkeypatch):
-    """Block-sparse linears (the dense ones share every fused piece)."""
+    """Block-sparse linears (the dense ones share every fused piece); with the compiled LayerNorm
+    and bias-GELU kernels when the library is built."""
     raw = {"model": {"preset": "tiny", "n_layers": 2, "d_model": 64, "n_heads": 2, "context": 16},
            "sparsity": {"pattern": "random_balanced", "density": 0.5, "block": 16},
            "data": {"vocab_size": 300, "seq_len": 16, "batch_size": 2}}
@@ -63,12 +64,21 @@ def test_gpt_loss_and_gradients_equal_the_unfused_model(monkeypatch):
     params = jax.tree.map(lambda p: p + _normal(4, p.shape, 0.02), params)  # non-zero biases
     tokens = jax.random.randint(jax.random.key(0), (2, 16), 0, 300)
     batch = {"tokens": tokens, "targets": jnp.roll(tokens, -1, axis=1)}
-    loss_grad = lambda: jax.jit(jax.value_and_grad(fns.loss))(params, indices, batch)
-    fused_loss, fused_grads = loss_grad()
+
+    def loss_grad():
+        lowered = jax.jit(jax.value_and_grad(fns.loss)).lower(params, indices, batch)
+        return lowered.compile()(params, indices, batch), lowered.as_text()
+
+    (fused_loss, fused_grads), hlo = loss_grad()
     assert fused_ops.cpu_fusions()
+    if ffi.AVAILABLE:  # LayerNorm and bias-GELU by the compiled kernels (kernels/norm_gelu.py)
+        for target in ("sparsetrain_add_layer_norm_forward", "sparsetrain_layer_norm_backward",
+                       "sparsetrain_bias_gelu_backward"):
+            assert target in hlo
     monkeypatch.setattr(gpt, "cpu_fusions", lambda: False)  # the plain path: autodiff of jnp ops
     monkeypatch.setattr(fused_ops, "cpu_fusions", lambda: False)
-    ref_loss, ref_grads = loss_grad()
+    (ref_loss, ref_grads), ref_hlo = loss_grad()
+    assert "sparsetrain_layer_norm" not in ref_hlo and "sparsetrain_bias_gelu" not in ref_hlo
     np.testing.assert_allclose(fused_loss, ref_loss, rtol=1e-5)
     for got, want in zip(jax.tree.leaves(fused_grads), jax.tree.leaves(ref_grads)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -1,6 +1,7 @@
 """Every instruction-set path of the compiled CPU kernels that this CPU runs gives the results of
 the references (block-sparse forward, dx, dvalues against the masked dense product in float64;
-causal attention and its gradients against jax.nn.dot_product_attention); forcing a path the CPU
+causal attention and its gradients against jax.nn.dot_product_attention; LayerNorm, add +
+LayerNorm and bias-GELU with their gradients against autodiff of the formulas); forcing a path the CPU
 lacks or that was not built is refused; a compiler that rejects a path's flags only skips it.
 
 One subprocess per path: a process registers one library's handlers (SPARSETRAIN_KERNEL_ISA picks
@@ -79,6 +80,19 @@ with use_kernel_backend("ffi"):
 o, vjp = jax.vjp(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True), *split_qkv(qkv))
 for g, g_ref in zip(got, (o, *vjp(do))):
     np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-6 + 2e-5 * float(np.abs(g_ref).max()))
+
+from sparsetrain.kernels import norm_gelu  # LayerNorm (+ residual add) and bias-GELU, 37 x 83
+x, a, dy, ds = (rng.standard_normal((37, 83), np.float32) for _ in range(4))
+sc, b = rng.standard_normal(83, np.float32), rng.standard_normal(83, np.float32)
+ref_ln = lambda x, s, b: (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5) * s + b
+pairs = [(lambda x, a, s, b: norm_gelu.add_layer_norm(x, a, s, b, a_bias=2 * b),
+          lambda x, a, s, b: (x + (a + 2 * b), ref_ln(x + (a + 2 * b), s, b)), (x, a, sc, b), (ds, dy)),
+         (norm_gelu.layer_norm, ref_ln, (x, sc, b), dy),
+         (norm_gelu.bias_gelu, lambda u, b: jax.nn.gelu(u + b, approximate=True), (3 * x, b), dy)]
+for f, ref, args, ct in pairs:
+    got, want = (jax.jit(lambda: (lambda o, vjp: (o, vjp(ct)))(*jax.vjp(g, *args)))() for g in (f, ref))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))
 print("checked", ffi.ISA)
 """
 EXPECTED_ISA = {"avx512": "avx512", "avx2": "avx2+fma", "generic": "generic"}

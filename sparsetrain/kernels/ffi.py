@@ -1,5 +1,6 @@
-"""The compiled float32 CPU kernels (XLA FFI), when they were built: block_sparse_matmul's and
-causal attention's (used by sparsetrain.kernels.attention).
+"""The compiled float32 CPU kernels (XLA FFI), when they were built: block_sparse_matmul's,
+causal attention's (used by sparsetrain.kernels.attention), LayerNorm's and bias-GELU's (used by
+sparsetrain.kernels.norm_gelu).
 
 `pip install` compiles every `csrc/*.cc` once per instruction set into
 `_block_sparse_cpu_{avx512,avx2,generic}<suffix>.so` next to this module (setup.py; optional: an
@@ -8,7 +9,7 @@ installs and setup prints why). Importing this module picks the library: the wid
 that this CPU runs (avx512 > avx2 > generic, the CPU asked through the generic library's
 `__builtin_cpu_supports`), or the one $SPARSETRAIN_KERNEL_ISA names (avx2, avx512 or generic;
 for tests and benchmarks: ConfigError if this CPU lacks it or it was not built). It loads that
-library with ctypes and registers its six handlers with XLA for the CPU platform. If no library
+library with ctypes and registers its handlers with XLA for the CPU platform. If no library
 loads or registers, `AVAILABLE` is False and `REASON` says why; `dispatch.py` then picks the
 pure-JAX kernels. `ISA` names the path in use ("avx512", "avx2+fma", "generic (sse2)").
 
@@ -36,6 +37,16 @@ ATTENTION_FORWARD_TARGET = "sparsetrain_attention_forward"
 ATTENTION_BACKWARD_TARGET = "sparsetrain_attention_backward"
 ATTENTION_PACKED_FORWARD_TARGET = "sparsetrain_attention_packed_forward"
 ATTENTION_PACKED_BACKWARD_TARGET = "sparsetrain_attention_packed_backward"
+# LayerNorm and bias-GELU (csrc/elementwise.cc, used by sparsetrain.kernels.norm_gelu):
+# target name -> handler symbol.
+ELEMENTWISE_TARGETS = {
+    "sparsetrain_layer_norm_forward": "SparsetrainLayerNormForward",
+    "sparsetrain_add_layer_norm_forward": "SparsetrainAddLayerNormForward",
+    "sparsetrain_layer_norm_backward": "SparsetrainLayerNormBackward",
+    "sparsetrain_add_layer_norm_backward": "SparsetrainAddLayerNormBackward",
+    "sparsetrain_bias_gelu_forward": "SparsetrainBiasGeluForward",
+    "sparsetrain_bias_gelu_backward": "SparsetrainBiasGeluBackward",
+}
 LIBRARY_STEM = "_block_sparse_cpu"
 ISAS = ("avx512", "avx2", "generic")  # the libraries setup.py builds, widest first
 ISA_ENV = "SPARSETRAIN_KERNEL_ISA"
@@ -110,7 +121,8 @@ def _load():
                                (ATTENTION_FORWARD_TARGET, lib.SparsetrainAttentionForward),
                                (ATTENTION_BACKWARD_TARGET, lib.SparsetrainAttentionBackward),
                                (ATTENTION_PACKED_FORWARD_TARGET, lib.SparsetrainAttentionPackedForward),
-                               (ATTENTION_PACKED_BACKWARD_TARGET, lib.SparsetrainAttentionPackedBackward)):
+                               (ATTENTION_PACKED_BACKWARD_TARGET, lib.SparsetrainAttentionPackedBackward),
+                               *((t, getattr(lib, sym)) for t, sym in ELEMENTWISE_TARGETS.items())):
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
     except Exception as err:  # noqa: BLE001 - any failure means: use the pure-JAX kernel
         return None, None, f"{path} failed to load or register: {err!r}"

@@ -26,6 +26,7 @@ from flax import nnx
 
 from sparsetrain.config import Config, ConfigError, ModelShape, linear_shapes
 from sparsetrain.kernels.attention import causal_attention_dropout, causal_attention_packed, split_qkv
+from sparsetrain.kernels import norm_gelu
 from sparsetrain.kernels.fused_ops import (bias_gelu, cpu_fusions, head_cross_entropy,
                                            residual_gradient_barrier)
 from sparsetrain.sparsity import BlockLayout, block_sparse_matmul, make_layout
@@ -165,7 +166,12 @@ def _product(p: dict, lin: LinearSpec, x: jax.Array) -> jax.Array:
 
 @jax.named_scope("layer_norm")
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-5) -> jax.Array:
-    """LayerNorm over the last axis, computed in float32, returned in x's dtype."""
+    """LayerNorm over the last axis, computed in float32, returned in x's dtype.
+
+    For float32 on XLA:CPU: the compiled kernel (`norm_gelu.compiled_elementwise`), one pass each way.
+    """
+    if norm_gelu.compiled_elementwise(x.dtype):
+        return norm_gelu.layer_norm(x, scale, bias, eps)
     xf = x.astype(jnp.float32)
     mean = xf.mean(-1, keepdims=True)
     var = jnp.square(xf - mean).mean(-1, keepdims=True)
@@ -204,15 +210,26 @@ def layer_output(p: dict, x: jax.Array, att: jax.Array, spec: GPTSpec,
     """
     B, T, d = x.shape
     k1, k2 = jax.random.split(key) if key is not None else (None, None)
-    a = linear_apply(p["attn_out"], spec.linear("attn_out"), att.reshape(B, T, d))
-    with jax.named_scope("residual"):
-        x = x + dropout(a, spec.resid_dropout, k1)
-    h = layer_norm(x, p["ln2_scale"], p["ln2_bias"])
+    compiled = norm_gelu.compiled_elementwise(x.dtype)
+    out = spec.linear("attn_out")
+    # attn_out's bias joins the residual add and ln2 in one compiled pass each way (when no
+    # dropout comes between the bias and the add)
+    fold = compiled and out.bias and (k1 is None or spec.resid_dropout == 0.0)
+    a = dropout(linear_apply(p["attn_out"], out, att.reshape(B, T, d), add_bias=not fold),
+                spec.resid_dropout, k1)
+    if compiled:
+        with jax.named_scope("layer_norm"):
+            x, h = norm_gelu.add_layer_norm(x, a, p["ln2_scale"], p["ln2_bias"],
+                                            a_bias=p["attn_out"]["bias"] if fold else None)
+    else:
+        with jax.named_scope("residual"):
+            x = x + a
+        h = layer_norm(x, p["ln2_scale"], p["ln2_bias"])
     up = spec.linear("mlp_up")
-    if up.bias and cpu_fusions():  # bias and GELU in one pass each way (fused_ops.bias_gelu)
+    if up.bias and cpu_fusions():  # bias and GELU in one pass each way
         u = linear_apply(p["mlp_up"], up, h, add_bias=False)
         with jax.named_scope("bias_gelu"):
-            h = bias_gelu(u, p["mlp_up"]["bias"])
+            h = (norm_gelu.bias_gelu if compiled else bias_gelu)(u, p["mlp_up"]["bias"])
     else:
         h = jax.nn.gelu(linear_apply(p["mlp_up"], up, h))
     m = linear_apply(p["mlp_down"], spec.linear("mlp_down"), h)
