@@ -7,8 +7,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # glibc malloc returns XLA's large buffers to the OS after each step and page-faults them back
-# in (2-3x slower sparse kernels); keeping them in the heap avoids it. Printed by the demo.
-MALLOC := GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456
+# in (2-3x slower sparse kernels); keeping them in the heap, with one arena for every thread,
+# avoids it (sparsetrain/allocator.py explains; TUNED_GLIBC there is this string). Printed by the demo.
+MALLOC := GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456:glibc.malloc.arena_max=1
 
 .PHONY: demo test install bench clean
 

@@ -24,8 +24,8 @@ every round pairs with a dense run of its own; the JSON keeps each round's ratio
 
 Allocator: XLA:CPU allocates its big buffers with malloc; glibc hands those out with mmap and
 returns them on free, so every call page-faults its outputs again. `--allocator tuned` re-runs the
-process with GLIBC_TUNABLES that keep freed memory in the heap (mmap_max=0, a huge
-trim_threshold); `--allocator tcmalloc` preloads libtcmalloc_minimal if `ldconfig -p` finds it.
+process with `sparsetrain.allocator.TUNED_GLIBC` (freed memory kept in the heap, one arena for
+every thread); `--allocator tcmalloc` preloads libtcmalloc_minimal if `ldconfig -p` finds it.
 The setting that ran is printed and stored in the JSON.
 """
 
@@ -41,7 +41,8 @@ import sys
 import tempfile
 import time
 
-TUNED_GLIBC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456"
+from sparsetrain import allocator
+
 SHAPES = [(8192, 768, 3072), (4096, 2048, 8192), (2048, 512, 2048)]  # tokens x in x out; the last
 # is the train step's (2048 tokens x 512 in x 2048 out)
 BLOCKS = [32, 64, 128]
@@ -63,24 +64,17 @@ def _reexec_with_allocator(choice: str) -> None:
     """Restart this script with the allocator environment, once (before jax is imported)."""
     if os.environ.get("_BSMM_ALLOCATOR_SET") or choice == "default":
         return
-    env = dict(os.environ, _BSMM_ALLOCATOR_SET="1")
     if choice == "tuned":
-        env["GLIBC_TUNABLES"] = TUNED_GLIBC
-    elif choice == "tcmalloc":
-        lib = _find_tcmalloc()
-        if lib is None:
-            sys.exit("--allocator tcmalloc: libtcmalloc_minimal not found by `ldconfig -p`")
-        env["LD_PRELOAD"] = lib
+        allocator.reexec_tuned({"_BSMM_ALLOCATOR_SET": "1"})
+        return
+    lib = _find_tcmalloc()
+    if lib is None:
+        sys.exit("--allocator tcmalloc: libtcmalloc_minimal not found by `ldconfig -p`")
+    env = dict(os.environ, _BSMM_ALLOCATOR_SET="1", LD_PRELOAD=lib)
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
-def allocator_setting() -> str:
-    parts = []
-    if os.environ.get("LD_PRELOAD"):
-        parts.append(f"LD_PRELOAD={os.environ['LD_PRELOAD']}")
-    if os.environ.get("GLIBC_TUNABLES"):
-        parts.append(f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}")
-    return " ".join(parts) or "glibc malloc, default settings"
+allocator_setting = allocator.describe
 
 
 def _parse(argv):

@@ -29,6 +29,12 @@ import sys
 import time
 from pathlib import Path
 
+from sparsetrain import allocator
+
+if __name__ == "__main__" and "--allocator=default" not in sys.argv and \
+        not any(a == "--allocator" and b == "default" for a, b in zip(sys.argv, sys.argv[1:])):
+    allocator.reexec_tuned()  # before jax is imported: GLIBC_TUNABLES is read at process start
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -224,6 +230,9 @@ def main() -> None:
     parser.add_argument("--profile-isolated", action="store_true",
                         help="profile each component's own jitted forward+backward instead of a trace")
     parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
+    parser.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
+                        help="tuned (default): re-run under sparsetrain.allocator.TUNED_GLIBC; "
+                             "default: the environment's allocator as it is")
     args = parser.parse_args()
     names = ["tiny"] if args.quick else args.configs
     steps = 3 if args.quick else args.steps
