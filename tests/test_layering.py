@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lower layers first: a package may import only packages listed before it (and itself). The
 # training loop sits above the RDU glue: it runs either step object (XLA or emulated RDU), while
 # the RDU glue builds its programs from the pure train step of the training package.
-LAYERS = ["errors", "run_files", "kernels", "sparsity", "data", "config", "models", "training", "rdu",
+LAYERS = ["allocator", "errors", "run_files", "kernels", "sparsity", "data", "config", "models", "training", "rdu",
           "training.loop", "evaluation", "commands", "cli"]
 
 

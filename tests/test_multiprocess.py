@@ -38,8 +38,9 @@ LOSS_RTOL = 1e-6      # 2 processes vs 1: the same math, collectives sum in anot
 # Parameters after 20 AdamW steps: the reordering's ~1e-7 gradient differences become update
 # differences of up to ~1% of lr (1e-2) where a gradient is near zero (Adam normalises each
 # element); measured: L2 distance 6e-6 of the norm with the pure-JAX kernels, 1.2e-5 with the
-# compiled kernels under shard_map (their reductions split differently again); largest element 4e-5.
-PARAM_REL_L2, PARAM_MAX_ABS = 5e-5, 1e-4
+# compiled kernels under shard_map (their reductions split differently again); largest element 4e-5,
+# then 1.1e-4 (1.1% of lr) once the compiled backward summed dvalues in one pass over row slices.
+PARAM_REL_L2, PARAM_MAX_ABS = 5e-5, 3e-4
 
 
 def _env(devices: int | None = None) -> dict:

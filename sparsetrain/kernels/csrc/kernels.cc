@@ -269,12 +269,15 @@ void sparse_backward(const float* X, int64_t ldx, const float* dY, int64_t ldy, 
   }
   const int t = effective_threads(threads, 2.0 * double(M) * double(part));
   // Rows per chunk: its rows of X and dY fill at most kChunkBytes (in L2) but for
-  // kMinBackwardRows, and every participant gets about kRangesPerThread * 2 chunks to claim.
+  // kMinBackwardRows, and about kRangesPerThread * 2 chunks per participant.
   const int64_t width = nr * bk + nc * bn;
   const int64_t by_bytes = std::max(kMinBackwardRows, kChunkBytes / (4 * width) / MR * MR);
   const int64_t by_split = (M + t * kRangesPerThread * 2 - 1) / (t * kRangesPerThread * 2);
   const int64_t chunk = std::min(by_bytes, (by_split + MR - 1) / MR * MR);
-  // Per participant: its copy of dY, then (all but the first) a partial dW summed at the end.
+  // Rows split into t fixed slices at chunk boundaries, slice u accumulating its own dW (slice 0
+  // into dW itself, the others into partials summed in slice order at the end): the sum order
+  // depends on t alone, never on which thread claimed a slice, so a step is bit-reproducible.
+  // Each participant has its own copy of dY's chunk (scratch by participant id).
   thread_local std::vector<float> scratch;
   const int64_t pack = chunk * nc * bn;
   // Grown only: shrinking and regrowing between the layers' calls would zero-fill MBs each time.
@@ -283,16 +286,21 @@ void sparse_backward(const float* X, int64_t ldx, const float* dY, int64_t ldy, 
   // (A lambda names a thread_local as the running thread's own: capture a plain pointer.)
   float* const base = scratch.data();
   float* const partials = base + t * pack;
+  const int64_t units = (M + chunk - 1) / chunk;
+  auto slice_start = [&](int64_t u) { return std::min(M, units * u / t * chunk); };
   std::vector<char> started(t, 0);
-  parallel_ranges(M, chunk, t, [&](int id, int64_t m0, int64_t m1) {
-    bool s = started[id];
-    backward_rows(X, ldx, dY, ldy, m0, m1, nc, Wt, by_row, bk, bn, dX, lddx,
-                  id == 0 ? dW : partials + (id - 1) * part, &s, chunk, base + id * pack);
-    started[id] = s;
+  parallel_ranges(t, 1, t, [&](int id, int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      bool s = false;
+      backward_rows(X, ldx, dY, ldy, slice_start(u), slice_start(u + 1), nc, Wt, by_row, bk, bn,
+                    dX, lddx, u == 0 ? dW : partials + (u - 1) * part, &s, chunk, base + id * pack);
+      started[u] = s;
+    }
   }, schedule);
-  for (int id = 1; id < t; ++id) {
-    if (!started[id]) continue;
-    const float* p = partials + (id - 1) * part;
+  if (!started[0]) std::memset(dW, 0, sizeof(float) * part);
+  for (int u = 1; u < t; ++u) {
+    if (!started[u]) continue;
+    const float* p = partials + (u - 1) * part;
     for (int64_t i = 0; i < part; ++i) dW[i] += p[i];
   }
 }
