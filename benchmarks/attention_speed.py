@@ -29,7 +29,6 @@ import argparse
 import ctypes
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -38,21 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from machine import cpu_model  # benchmarks/ (this script's folder) is on sys.path
 from sparsetrain.kernels import ffi
 
 BASELINE_FORWARD = "sparsetrain_attention_baseline_forward"
 BASELINE_BACKWARD = "sparsetrain_attention_baseline_backward"
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def register_baseline(path: str) -> None:

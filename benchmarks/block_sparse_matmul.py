@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 
+from machine import cpu_model  # benchmarks/ (this script's folder) is on sys.path
 from sparsetrain import allocator
 
 SHAPES = [(8192, 768, 3072), (4096, 2048, 8192), (2048, 512, 2048)]  # tokens x in x out; the last
@@ -249,18 +250,6 @@ def _kernel_rows(np, kernels, isa, f_times, fb_times, case) -> list[dict]:
                          fwd_round_ratios=[float(r) for r in f_ratios],
                          fwd_bwd_round_ratios=[float(r) for r in fb_ratios]))
     return rows
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), else platform's processor string."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def _load(avg) -> str:
     return "/".join(f"{v:.1f}" for v in avg) + " (1/5/15 min)"

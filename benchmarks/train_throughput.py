@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -48,6 +47,7 @@ from sparsetrain.kernels.dispatch import kernel_backend, kernel_backend_info
 from sparsetrain.training.step import ModelFunctions, init_state, make_train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model  # noqa: E402 - benchmarks/ is on the path from here
 import step_profile  # noqa: E402  (this folder's module, also when imported from elsewhere)
 
 CASES = {  # name -> (preset, batch, seq_len, block)
@@ -180,17 +180,6 @@ def summary(times: list[float], facts: dict) -> dict:
     if "train_flops_effective" in facts:
         out["tflops_effective"] = facts["train_flops_effective"] / t / 1e12
     return out
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> str:
