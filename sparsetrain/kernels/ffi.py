@@ -136,34 +136,37 @@ DESCRIPTION = (f"compiled CPU kernel ({ISA}, {THREADS} threads"
                if AVAILABLE else f"unavailable: {REASON}")
 
 
+def call(target: str, outs, *args, **attrs):
+    """Run the registered handler `target` on float32 args with the `threads` attribute every
+    handler takes (plus `attrs`); `outs`: the result's ShapeDtypeStruct(s)."""
+    return jax.ffi.ffi_call(target, outs, vmap_method="sequential")(
+        *args, threads=np.int64(THREADS), **attrs)
+
+
 def forward(x2, values, rows):
     """y (T, out) = x2 (T, in) @ W for float32 operands (rows int32)."""
     nc, _, _, bn = values.shape
     out = jax.ShapeDtypeStruct((x2.shape[0], nc * bn), jnp.float32)
-    return jax.ffi.ffi_call(FORWARD_TARGET, out, vmap_method="sequential")(
-        x2, values, rows.astype(jnp.int32), threads=np.int64(THREADS))
+    return call(FORWARD_TARGET, out, x2, values, rows.astype(jnp.int32))
 
 
 def backward(x2, values, rows, dy):
     """(dx (T, in), dvalues like values) of y = x2 @ W for cotangent dy (T, out)."""
     outs = (jax.ShapeDtypeStruct(x2.shape, jnp.float32), jax.ShapeDtypeStruct(values.shape, jnp.float32))
-    return jax.ffi.ffi_call(BACKWARD_TARGET, outs, vmap_method="sequential")(
-        x2, values, rows.astype(jnp.int32), dy.astype(jnp.float32), threads=np.int64(THREADS))
+    return call(BACKWARD_TARGET, outs, x2, values, rows.astype(jnp.int32), dy.astype(jnp.float32))
 
 
 def attention_forward(q, k, v):
     """(o (B, T, H, D), lse (B, H, T)) of causal softmax attention, float32 q, k, v (B, T, H, D)."""
     b, t, h, _ = q.shape
     outs = (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((b, h, t), jnp.float32))
-    return jax.ffi.ffi_call(ATTENTION_FORWARD_TARGET, outs, vmap_method="sequential")(
-        q, k, v, threads=np.int64(THREADS))
+    return call(ATTENTION_FORWARD_TARGET, outs, q, k, v)
 
 
 def attention_backward(q, k, v, o, lse, do):
     """(dq, dk, dv), each (B, T, H, D), of causal attention for cotangent do of o."""
     outs = tuple(jax.ShapeDtypeStruct(q.shape, jnp.float32) for _ in range(3))
-    return jax.ffi.ffi_call(ATTENTION_BACKWARD_TARGET, outs, vmap_method="sequential")(
-        q, k, v, o, lse, do, threads=np.int64(THREADS))
+    return call(ATTENTION_BACKWARD_TARGET, outs, q, k, v, o, lse, do)
 
 
 def attention_packed_forward(qkv):
@@ -171,12 +174,10 @@ def attention_packed_forward(qkv):
     float32 qkv projection output (B, T, 3, H, D) (no split copies)."""
     b, t, _, h, d = qkv.shape
     outs = (jax.ShapeDtypeStruct((b, t, h, d), jnp.float32), jax.ShapeDtypeStruct((b, h, t), jnp.float32))
-    return jax.ffi.ffi_call(ATTENTION_PACKED_FORWARD_TARGET, outs, vmap_method="sequential")(
-        qkv, threads=np.int64(THREADS))
+    return call(ATTENTION_PACKED_FORWARD_TARGET, outs, qkv)
 
 
 def attention_packed_backward(qkv, o, lse, do):
     """dqkv (B, T, 3, H, D), written packed, of causal attention for cotangent do (B, T, H, D)."""
     out = jax.ShapeDtypeStruct(qkv.shape, jnp.float32)
-    return jax.ffi.ffi_call(ATTENTION_PACKED_BACKWARD_TARGET, out, vmap_method="sequential")(
-        qkv, o, lse, do, threads=np.int64(THREADS))
+    return call(ATTENTION_PACKED_BACKWARD_TARGET, out, qkv, o, lse, do)

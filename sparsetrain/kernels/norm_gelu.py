@@ -38,16 +38,10 @@ _F32 = jnp.float32
 
 def compiled_elementwise(dtype) -> bool:
     """Whether LayerNorm / bias-GELU calls of `dtype` traced now run the compiled kernels: for
-    XLA:CPU's fused pieces (`fused_ops.cpu_fusions`), float32, the library loaded, the compiled
-    kernels chosen (`dispatch.kernel_backend`) and no mesh in force (under a mesh the plain
-    formulas run, which XLA splits over the devices itself)."""
-    return (fused_ops.cpu_fusions() and ffi.AVAILABLE and jnp.dtype(dtype) == _F32
-            and kernel_backend(dtype) == "ffi" and not mesh_axes())
-
-
-def _call(target: str, outs, *args, **attrs):
-    return jax.ffi.ffi_call(target, outs, vmap_method="sequential")(
-        *args, threads=np.int64(ffi.THREADS), **attrs)
+    XLA:CPU's fused pieces (`fused_ops.cpu_fusions`), the compiled kernels chosen for `dtype`
+    (`dispatch.kernel_backend`: float32 on CPU with the library loaded) and no mesh in force
+    (under a mesh the plain formulas run, which XLA splits over the devices itself)."""
+    return fused_ops.cpu_fusions() and kernel_backend(dtype) == "ffi" and not mesh_axes()
 
 
 def _norm_outs(n: int, d: int, with_sum: bool):
@@ -59,15 +53,15 @@ def _norm_outs(n: int, d: int, with_sum: bool):
 @functools.partial(jax.jit, static_argnames="eps")
 def layer_norm_forward(x2, scale, bias, eps):
     """(y, mean, rstd): y (N, d) LayerNorm of x2 (N, d), mean and rstd (N,)."""
-    return _call("sparsetrain_layer_norm_forward", _norm_outs(*x2.shape, False), x2, scale, bias,
-                 eps=np.float32(eps))
+    return ffi.call("sparsetrain_layer_norm_forward", _norm_outs(*x2.shape, False), x2, scale, bias,
+                    eps=np.float32(eps))
 
 
 @functools.partial(jax.jit, static_argnames="eps")
 def add_layer_norm_forward(x2, a2, a_bias, scale, bias, eps):
     """(s, y, mean, rstd): s = x2 + a2 + a_bias (N, d), y its LayerNorm, mean and rstd (N,)."""
-    return _call("sparsetrain_add_layer_norm_forward", _norm_outs(*x2.shape, True), x2, a2, a_bias,
-                 scale, bias, eps=np.float32(eps))
+    return ffi.call("sparsetrain_add_layer_norm_forward", _norm_outs(*x2.shape, True), x2, a2,
+                    a_bias, scale, bias, eps=np.float32(eps))
 
 
 @jax.jit
@@ -75,7 +69,7 @@ def layer_norm_backward(x2, mean, rstd, scale, dy):
     """(dx (N, d), dscale (d,), dbias (d,)) of y = LayerNorm(x2) for cotangent dy (N, d)."""
     n, d = x2.shape
     outs = (jax.ShapeDtypeStruct((n, d), _F32),) + (jax.ShapeDtypeStruct((d,), _F32),) * 2
-    return _call("sparsetrain_layer_norm_backward", outs, x2, mean, rstd, scale, dy)
+    return ffi.call("sparsetrain_layer_norm_backward", outs, x2, mean, rstd, scale, dy)
 
 
 @jax.jit
@@ -84,20 +78,20 @@ def add_layer_norm_backward(s2, mean, rstd, scale, dy, ds):
     column sums of that dx (d,) (a_bias's gradient)."""
     n, d = s2.shape
     outs = (jax.ShapeDtypeStruct((n, d), _F32),) + (jax.ShapeDtypeStruct((d,), _F32),) * 3
-    return _call("sparsetrain_add_layer_norm_backward", outs, s2, mean, rstd, scale, dy, ds)
+    return ffi.call("sparsetrain_add_layer_norm_backward", outs, s2, mean, rstd, scale, dy, ds)
 
 
 @jax.jit
 def bias_gelu_forward(u2, bias):
     """gelu(u2 + bias) (N, n), tanh approximation."""
-    return _call("sparsetrain_bias_gelu_forward", jax.ShapeDtypeStruct(u2.shape, _F32), u2, bias)
+    return ffi.call("sparsetrain_bias_gelu_forward", jax.ShapeDtypeStruct(u2.shape, _F32), u2, bias)
 
 
 @jax.jit
 def bias_gelu_backward(u2, bias, g):
     """(du (N, n), dbias (n,)) of gelu(u2 + bias) for cotangent g (N, n)."""
     outs = (jax.ShapeDtypeStruct(u2.shape, _F32), jax.ShapeDtypeStruct(bias.shape, _F32))
-    return _call("sparsetrain_bias_gelu_backward", outs, u2, bias, g)
+    return ffi.call("sparsetrain_bias_gelu_backward", outs, u2, bias, g)
 
 
 # LayerNorm ---------------------------------------------------------------------------------

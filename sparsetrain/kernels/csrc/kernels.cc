@@ -225,15 +225,14 @@ static void pack_block_major(const float* src, int64_t ld, int64_t rows, int64_t
   }
 }
 
-// One participant's rows [m0, m1) of sparse_backward, in chunks of `chunk` rows: the chunk of dY
+// One slice's rows [m0, m1) of sparse_backward, in chunks of `chunk` rows: the chunk of dY
 // copied block-major into gp (it stays in L2), then its dX (gathers over each input block-row's
-// blocks) and every block's dW (accumulated into D unless *started is false: the participant's
-// first chunk overwrites every block). X is read in place: copying it block-major too measured
-// 5-15% slower (one thread, AVX-512 Xeon, CPU time, small-30m shapes).
-static void backward_rows(const float* X, int64_t ldx, const float* dY, int64_t ldy, int64_t m0,
+// blocks) and every block's dW (the first chunk overwrites D, the others accumulate into it).
+// Returns whether D was written (false for an empty slice). X is read in place: copying it
+// block-major too measured 5-15% slower (one thread, AVX-512 Xeon, CPU time, small-30m shapes).
+static bool backward_rows(const float* X, int64_t ldx, const float* dY, int64_t ldy, int64_t m0,
                           int64_t m1, int64_t nc, const float* Wt, const RowBlocks& rb, int bk,
-                          int bn, float* dX, int64_t lddx, float* D, bool* started, int64_t chunk,
-                          float* gp) {
+                          int bn, float* dX, int64_t lddx, float* D, int64_t chunk, float* gp) {
   const int64_t nr = static_cast<int64_t>(rb.ptr.size()) - 1, block = int64_t(bk) * bn;
   const int64_t group_rows = kGroupTiles * MR;
   std::vector<int64_t> a_off(rb.col.size()), b_off(rb.col.size());
@@ -253,9 +252,9 @@ static void backward_rows(const float* X, int64_t ldx, const float* dY, int64_t 
     for (int64_t i = 0; i < nr; ++i)
       for (int64_t s = rb.ptr[i]; s < rb.ptr[i + 1]; ++s)
         outer_block(X + mc0 * ldx + i * bk, ldx, gp + a_off[s], bn, rows, bk, bn, D + b_off[s],
-                    *started);
-    *started = true;
+                    mc0 > m0);
   }
+  return m1 > m0;
 }
 
 void sparse_backward(const float* X, int64_t ldx, const float* dY, int64_t ldy, int64_t M,
@@ -290,12 +289,10 @@ void sparse_backward(const float* X, int64_t ldx, const float* dY, int64_t ldy, 
   auto slice_start = [&](int64_t u) { return std::min(M, units * u / t * chunk); };
   std::vector<char> started(t, 0);
   parallel_ranges(t, 1, t, [&](int id, int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      bool s = false;
-      backward_rows(X, ldx, dY, ldy, slice_start(u), slice_start(u + 1), nc, Wt, by_row, bk, bn,
-                    dX, lddx, u == 0 ? dW : partials + (u - 1) * part, &s, chunk, base + id * pack);
-      started[u] = s;
-    }
+    for (int64_t u = u0; u < u1; ++u)
+      started[u] = backward_rows(X, ldx, dY, ldy, slice_start(u), slice_start(u + 1), nc, Wt,
+                                 by_row, bk, bn, dX, lddx, u == 0 ? dW : partials + (u - 1) * part,
+                                 chunk, base + id * pack);
   }, schedule);
   if (!started[0]) std::memset(dW, 0, sizeof(float) * part);
   for (int u = 1; u < t; ++u) {

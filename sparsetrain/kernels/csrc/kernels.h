@@ -6,7 +6,7 @@
 //             dW = x^T @ dy         sparse_outer, only at stored blocks
 //             both at once          sparse_backward (one pass over x and dy)
 // No atomics: every thread writes disjoint rows (products) or disjoint blocks (outer);
-// sparse_backward sums per-thread partial dW once at the end.
+// sparse_backward sums partial dW of fixed row slices once at the end, in slice order.
 #pragma once
 
 #include <cstdint>
